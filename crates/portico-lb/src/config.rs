@@ -1,0 +1,381 @@
+//! The load balancer's sections of `portico.toml`, as plain serde structs.
+//!
+//! These types only describe what the user wrote (`deny_unknown_fields` everywhere, so a typo is an
+//! error, not a silently ignored key). [`crate::Snapshot::build`] turns them once into validated
+//! runtime types; nothing past that point re-reads these structs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// Everything the load balancer reads from the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LbConfig {
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(default, rename = "target_group")]
+    pub target_groups: Vec<TargetGroupConfig>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// `[[certificate]]`: imported from files (like "Import a certificate" in ACM). Requested
+/// certificates (`domains`, `issuer`, `challenge`) are the certificate manager's; their keys are
+/// accepted here so that one table serves both, and validated by whoever owns them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub name: String,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub issuer: Option<String>,
+    pub challenge: Option<String>,
+}
+
+/// `[[target_group]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroupConfig {
+    pub name: String,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    /// How long to wait for a TCP connection to a target.
+    #[serde(default = "defaults::connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// How long to wait for a target's response head before answering 504.
+    #[serde(default = "defaults::response_timeout", with = "duration")]
+    pub response_timeout: Duration,
+}
+
+/// How a target group spreads requests over its healthy targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    LeastOutstandingRequests,
+}
+
+/// A target: `"host:port"` or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TargetConfig {
+    Address(String),
+    Weighted(WeightedTarget),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTarget {
+    pub address: String,
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+impl TargetConfig {
+    pub fn address(&self) -> &str {
+        match self {
+            TargetConfig::Address(a) => a,
+            TargetConfig::Weighted(w) => &w.address,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            TargetConfig::Address(_) => 1,
+            TargetConfig::Weighted(w) => w.weight,
+        }
+    }
+}
+
+/// `[target_group.health_check]`, with an Application Load Balancer's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default)]
+    pub protocol: HealthCheckProtocol,
+    #[serde(default = "defaults::health_path")]
+    pub path: String,
+    /// Port to check; the target's own port when absent ("traffic port").
+    pub port: Option<u16>,
+    #[serde(default = "defaults::health_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "defaults::health_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Status codes that count as healthy: `"200"`, `"200,204"`, `"200-399"`.
+    #[serde(default = "defaults::matcher")]
+    pub matcher: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckProtocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// One address or several (`["0.0.0.0:443", "[::]:443"]`).
+    #[serde(deserialize_with = "one_or_many")]
+    pub bind: Vec<String>,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// Certificate for clients that send no SNI (or an unknown name); the first of `certificates`
+    /// when absent.
+    pub default_certificate: Option<String>,
+    #[serde(default)]
+    pub tls_policy: TlsPolicy,
+    /// Security-group inbound rules: when `allow` is non-empty, only these sources may connect;
+    /// `deny` wins over `allow`.
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    #[serde(default)]
+    pub deny: Vec<IpNet>,
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+    pub default_action: ActionConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    pub access_log: Option<AccessLogConfig>,
+    #[serde(default = "defaults::header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(default = "defaults::idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+/// Named TLS policies, after Mozilla's server-side TLS recommendations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsPolicy {
+    /// TLS 1.3 only.
+    Modern,
+    /// TLS 1.2 (ECDHE with AEAD ciphers) and TLS 1.3.
+    #[default]
+    Intermediate,
+}
+
+/// `access_log = { path = "/var/log/portico/https.log", format = "json" }`; `path = "-"` is stdout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default = "defaults::access_log_path")]
+    pub path: String,
+    #[serde(default)]
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    #[default]
+    Combined,
+    Json,
+}
+
+/// `[[listener.rule]]`: every condition given must match; values within one condition are ORed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub priority: u32,
+    #[serde(default)]
+    pub host: Vec<String>,
+    #[serde(default)]
+    pub path: Vec<String>,
+    #[serde(default)]
+    pub method: Vec<String>,
+    /// Header name → accepted value patterns (`*`, `?`).
+    #[serde(default)]
+    pub header: BTreeMap<String, Vec<String>>,
+    /// Query key → accepted value pattern (`*`, `?`).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source: Vec<IpNet>,
+    pub action: ActionConfig,
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+}
+
+/// What a listener or rule does with a request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionConfig {
+    Forward(ForwardConfig),
+    Redirect(RedirectConfig),
+    FixedResponse(FixedResponseConfig),
+}
+
+/// `forward = "api"` or `forward = [{ target_group = "blue", weight = 9 }, …]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ForwardConfig {
+    One(String),
+    Weighted(Vec<WeightedGroup>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedGroup {
+    pub target_group: String,
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+/// Redirect parts with ALB placeholders `#{protocol}`, `#{host}`, `#{port}`, `#{path}` (without
+/// its leading slash) and `#{query}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    #[serde(default = "defaults::placeholder_protocol")]
+    pub protocol: String,
+    #[serde(default = "defaults::placeholder_host")]
+    pub host: String,
+    #[serde(default, deserialize_with = "port_or_placeholder")]
+    pub port: Option<String>,
+    #[serde(default = "defaults::placeholder_path")]
+    pub path: String,
+    #[serde(default = "defaults::placeholder_query")]
+    pub query: String,
+    #[serde(default = "defaults::redirect_status")]
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedResponseConfig {
+    pub status: u16,
+    #[serde(default = "defaults::content_type")]
+    pub content_type: String,
+    #[serde(default)]
+    pub body: String,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn port_or_placeholder<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(u16),
+        Text(String),
+    }
+    Ok(Some(match Port::deserialize(d)? {
+        Port::Number(n) => n.to_string(),
+        Port::Text(s) => s,
+    }))
+}
+
+/// Durations written as humans write them: `"10s"`, `"500ms"`, `"2m"`.
+pub mod duration {
+    use super::*;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (write e.g. \"10s\", \"500ms\", \"2m\")"
+            ))
+        })
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn health_path() -> String {
+        "/".into()
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn healthy_threshold() -> u32 {
+        5
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        2
+    }
+    pub fn matcher() -> String {
+        "200".into()
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn max_header_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn access_log_path() -> String {
+        "-".into()
+    }
+    pub fn placeholder_protocol() -> String {
+        "#{protocol}".into()
+    }
+    pub fn placeholder_host() -> String {
+        "#{host}".into()
+    }
+    pub fn placeholder_path() -> String {
+        "/#{path}".into()
+    }
+    pub fn placeholder_query() -> String {
+        "#{query}".into()
+    }
+    pub fn redirect_status() -> u16 {
+        301
+    }
+    pub fn content_type() -> String {
+        "text/plain; charset=utf-8".into()
+    }
+}

@@ -1,0 +1,118 @@
+//! One client connection: TLS handshake (bounded by the header timeout), HTTP/1.1 or HTTP/2 by
+//! ALPN, hyper with a timer for the header-read timeout and a bounded header buffer, an idle
+//! watcher, and a graceful end when the process drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::idle::{Activity, IdleIo};
+use crate::proxy::{handle, ConnCtx};
+use crate::server::LoadBalancer;
+use crate::snapshot::Listener;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Http1,
+    Http2,
+    /// Plain HTTP: HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+    Auto,
+}
+
+pub async fn serve(
+    lb: Arc<LoadBalancer>,
+    listener: Arc<Listener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    draining: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let activity = Activity::new();
+    let io = IdleIo::new(stream, activity.clone());
+    let ctx = Arc::new(ConnCtx {
+        listener_name: listener.name.as_str().into(),
+        listener: listener.clone(),
+        peer,
+        local,
+        activity: activity.clone(),
+        lb,
+    });
+    match &listener.tls {
+        None => run(io, ctx, Mode::Auto, draining).await,
+        Some(config) => {
+            let acceptor = TlsAcceptor::from(config.clone());
+            let tls = match tokio::time::timeout(listener.header_timeout, acceptor.accept(io)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let mode = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Mode::Http2,
+                _ => Mode::Http1,
+            };
+            run(tls, ctx, mode, draining).await
+        }
+    }
+}
+
+async fn run<I>(io: I, ctx: Arc<ConnCtx>, mode: Mode, draining: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let l = &ctx.listener;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.header_timeout)
+        .max_buf_size(l.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(l.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let builder = match mode {
+        Mode::Http1 => builder.http1_only(),
+        Mode::Http2 => builder.http2_only(),
+        Mode::Auto => builder,
+    };
+    let (idle_timeout, activity) = (l.idle_timeout, ctx.activity.clone());
+    let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut draining_seen = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = draining.cancelled(), if !draining_seen => {
+                draining_seen = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.idle_for(idle_timeout) => {
+                tracing::debug!("idle timeout: closing connection");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Portico's load balancer: what an Application Load Balancer or nginx does in front of an API.
+//!
+//! Configuration ([`config`]) is validated and compiled into an immutable [`Snapshot`]; a
+//! [`LoadBalancer`] serves the current snapshot on its listeners and swaps in a new one on reload.
+//! Certificates reach handshakes through the [`tls::CertStore`], which the certificate manager
+//! publishes into as well.
+
+pub mod access_log;
+pub mod action;
+mod body;
+pub mod config;
+mod connection;
+mod idle;
+pub mod issue;
+pub mod proxy;
+pub mod rule;
+mod server;
+pub mod snapshot;
+pub mod target_group;
+pub mod tls;
+
+pub use issue::{ConfigIssue, PathSeg};
+pub use server::{LoadBalancer, TargetHealth};
+pub use snapshot::Snapshot;

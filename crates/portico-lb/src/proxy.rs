@@ -1,0 +1,505 @@
+//! One request through the load balancer: match a rule, run its action, and for `forward`
+//! stream the request to a target and the response back, retrying a failed connect once.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::access_log::Entry;
+use crate::action::{Action, RedirectInput};
+use crate::body::LoggedBody;
+use crate::config::Protocol;
+use crate::idle::Activity;
+use crate::rule::RequestFacts;
+use crate::snapshot::{canonical_ip, Listener};
+use crate::target_group::{OutstandingGuard, TargetGroup};
+
+pub type BoxBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = LoggedBody<BoxBody>;
+/// The HTTP/1.1 client to targets: one keep-alive pool per target address.
+pub type TargetClient = Client<HttpConnector, BoxBody>;
+
+/// A client whose pool keeps idle keep-alive connections to targets for reuse.
+pub fn target_client(connect_timeout: std::time::Duration) -> TargetClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(55))
+        .pool_max_idle_per_host(256)
+        .set_host(false)
+        .build(connector)
+}
+
+/// What every request on one client connection shares.
+pub struct ConnCtx {
+    pub listener: Arc<Listener>,
+    pub listener_name: Arc<str>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub activity: Activity,
+    pub lb: Arc<crate::LoadBalancer>,
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub async fn handle(
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    // Rules and actions come from the newest snapshot, so that a reload reaches keep-alive
+    // connections too; the connection's own listener serves if the listener was removed.
+    let listener = ctx
+        .lb
+        .listener_named(&ctx.listener_name)
+        .unwrap_or_else(|| ctx.listener.clone());
+    let host = request_host(&req);
+    let mut log = listener.access_log.as_ref().map(|log| {
+        (
+            log.clone(),
+            Entry {
+                listener: ctx.listener_name.clone(),
+                client: canonical_ip(ctx.peer.ip()),
+                time: SystemTime::now(),
+                method: req.method().to_string(),
+                uri: req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "/".into()),
+                version: req.version(),
+                host: host.clone(),
+                status: 0,
+                bytes: 0,
+                referer: header_str(req.headers(), header::REFERER),
+                user_agent: header_str(req.headers(), header::USER_AGENT),
+                target: None,
+                duration: Default::default(),
+            },
+        )
+    });
+
+    let (mut res, extra_headers, target, guard) = if req
+        .headers()
+        .contains_key(header::CONTENT_LENGTH)
+        && req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        // A smuggling vector: never pass both on (nginx answers 400 too).
+        (
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "request has both Content-Length and Transfer-Encoding",
+            ),
+            &[][..],
+            None,
+            None,
+        )
+    } else {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let facts = RequestFacts {
+            method: req.method(),
+            headers: req.headers(),
+            host: &host,
+            path: &path,
+            query: &query,
+            client: canonical_ip(ctx.peer.ip()),
+        };
+        let rule = listener.rules.iter().find(|r| r.matches(&facts));
+        let (action, extra) = match rule {
+            Some(r) => (&r.action, &r.response_headers[..]),
+            None => (&listener.default_action, &[][..]),
+        };
+        match action {
+            Action::FixedResponse(f) => {
+                let mut res = Response::new(full(f.body.clone()));
+                *res.status_mut() = f.status;
+                res.headers_mut()
+                    .insert(header::CONTENT_TYPE, f.content_type.clone());
+                (res, extra, None, None)
+            }
+            Action::Redirect(r) => {
+                let location = r.location(&RedirectInput {
+                    protocol: scheme(&listener),
+                    host: &host,
+                    port: ctx.local.port(),
+                    path: &path,
+                    query: &query,
+                });
+                let mut res = error_response(r.status, "");
+                match HeaderValue::from_str(&location) {
+                    Ok(v) => {
+                        res.headers_mut().insert(header::LOCATION, v);
+                    }
+                    Err(_) => {
+                        res = error_response(
+                            StatusCode::BAD_REQUEST,
+                            "cannot build redirect location",
+                        )
+                    }
+                }
+                (res, extra, None, None)
+            }
+            Action::Forward(f) => match f.pick() {
+                None => (
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "no target group"),
+                    extra,
+                    None,
+                    None,
+                ),
+                Some(group) => {
+                    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+                    let (res, target, guard) = forward(&ctx, &listener, group, req, upgrade).await;
+                    (res, extra, target, guard)
+                }
+            },
+        }
+    };
+    for (k, v) in listener.response_headers.iter().chain(extra_headers) {
+        res.headers_mut().insert(k.clone(), v.clone());
+    }
+    if let Some((_, e)) = &mut log {
+        e.status = res.status().as_u16();
+        e.target = target;
+    }
+    Ok(res.map(|b| LoggedBody::new(b, log, guard, start)))
+}
+
+async fn forward(
+    ctx: &ConnCtx,
+    listener: &Listener,
+    group: &Arc<TargetGroup>,
+    req: Request<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> (
+    Response<BoxBody>,
+    Option<SocketAddr>,
+    Option<OutstandingGuard>,
+) {
+    let (mut parts, body) = req.into_parts();
+    let host_header = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
+    if let Some(h) = host_header {
+        parts.headers.insert(header::HOST, h);
+    }
+    add_forwarded(&mut parts.headers, ctx, listener);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let retry_safe = is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
+    let mut body = Some(body.boxed_unsync());
+    let mut exclude = None;
+    let client = group.client();
+    for attempt in 0..2 {
+        let Some(target) = group.select(exclude) else {
+            return (
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no target is registered in the target group",
+                ),
+                None,
+                None,
+            );
+        };
+        let guard = target.state.begin_request();
+        let uri = match format!("http://{}{}", target.addr, path).parse::<http::Uri>() {
+            Ok(u) => u,
+            Err(_) => {
+                return (
+                    error_response(StatusCode::BAD_REQUEST, "bad request target"),
+                    None,
+                    None,
+                )
+            }
+        };
+        let mut out = Request::new(body.take().unwrap_or_else(empty));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = parts.headers.clone();
+        let sent = tokio::time::timeout(group.response_timeout, client.request(out)).await;
+        match sent {
+            Err(_) => {
+                return (
+                    error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the target did not answer in time",
+                    ),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                target
+                    .state
+                    .connect_failed(group, target.addr, &error_chain(&e));
+                tracing::debug!(target_group = %group.name, target = %target.addr, attempt, error = %error_chain(&e), "connect failed");
+                if attempt == 0 && retry_safe && group.targets.len() > 1 {
+                    exclude = Some(target.addr);
+                    continue;
+                }
+                return (
+                    error_response(StatusCode::BAD_GATEWAY, "the target refused the connection"),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(target_group = %group.name, target = %target.addr, error = %error_chain(&e), "target failed");
+                return (
+                    error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "the target closed the connection or sent an invalid response",
+                    ),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+            Ok(Ok(mut res)) => {
+                target.state.connect_succeeded();
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade {
+                        tunnel(
+                            client_side,
+                            hyper::upgrade::on(&mut res),
+                            ctx.activity.clone(),
+                            listener.idle_timeout,
+                        );
+                    }
+                    strip_hop_by_hop(res.headers_mut(), true);
+                } else {
+                    strip_hop_by_hop(res.headers_mut(), false);
+                }
+                return (
+                    res.map(|b| b.boxed_unsync()),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+        }
+    }
+    (
+        error_response(StatusCode::BAD_GATEWAY, "the target refused the connection"),
+        None,
+        None,
+    )
+}
+
+/// Copies bytes both ways between an upgraded client and target connection (WebSocket).
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    target: hyper::upgrade::OnUpgrade,
+    activity: Activity,
+    idle: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let (Ok(c), Ok(t)) = tokio::join!(client, target) else {
+            return;
+        };
+        let mut c = TokioIo::new(c);
+        let mut t = TokioIo::new(t);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut t) => {}
+            _ = activity.idle_for(idle) => {}
+        }
+    });
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers, and any header the Connection header names; keeps
+/// `Connection: upgrade` and `Upgrade` when a protocol switch is being passed through.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(h)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn add_forwarded(h: &mut HeaderMap, ctx: &ConnCtx, listener: &Listener) {
+    let ip = canonical_ip(ctx.peer.ip()).to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(scheme(listener)),
+    );
+    h.insert("x-forwarded-port", HeaderValue::from(ctx.local.port()));
+}
+
+fn scheme(l: &Listener) -> &'static str {
+    match l.protocol {
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The request's host without port, lower-cased: the Host header, else the URI authority (h2).
+fn request_host(req: &Request<Incoming>) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    strip_port(raw).to_ascii_lowercase()
+}
+
+fn strip_port(hostport: &str) -> &str {
+    if hostport.starts_with('[') {
+        return hostport.find(']').map_or(hostport, |i| &hostport[..=i]);
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => hostport,
+    }
+}
+
+fn header_str(h: &HeaderMap, name: HeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn full(b: Bytes) -> BoxBody {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn empty() -> BoxBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A short plain-text answer from Portico itself.
+pub fn error_response(status: StatusCode, detail: &str) -> Response<BoxBody> {
+    let body = if detail.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::from(format!(
+            "{} {}: {detail}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        ))
+    };
+    let mut res = Response::new(full(body));
+    *res.status_mut() = status;
+    if !detail.is_empty() {
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    res
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_split() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+}

@@ -1,0 +1,312 @@
+//! The running load balancer: listening sockets, the current snapshot, reloads and shutdown.
+//!
+//! [`LoadBalancer::apply`] is the only way configuration changes: it builds a snapshot beside the
+//! serving one, binds any new addresses, and only then swaps. Sockets whose address is still
+//! configured are kept (no connection is refused during a reload); connections in flight keep the
+//! listener they were accepted with; health state and pooled target connections carry over.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::LbConfig;
+use crate::issue::ConfigIssue;
+use crate::path;
+use crate::snapshot::{Listener, Snapshot};
+use crate::target_group::{health_check, TargetRegistry};
+use crate::tls::CertStore;
+
+/// The load balancer of one Portico process.
+pub struct LoadBalancer {
+    snapshot: ArcSwap<Snapshot>,
+    certs: Arc<CertStore>,
+    registry: TargetRegistry,
+    acceptors: Mutex<HashMap<SocketAddr, Acceptor>>,
+    imported: Mutex<HashSet<String>>,
+    health: Mutex<CancellationToken>,
+    /// Fired on shutdown: every connection finishes its request in flight and closes.
+    draining: CancellationToken,
+    connections: TaskTracker,
+    apply_lock: tokio::sync::Mutex<()>,
+}
+
+struct Acceptor {
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// Health of one target as the load balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetHealth {
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    pub reason: String,
+    pub outstanding: usize,
+}
+
+impl LoadBalancer {
+    /// An idle load balancer serving nothing, publishing certificates through `certs`.
+    pub fn new(certs: Arc<CertStore>) -> Arc<Self> {
+        Arc::new(LoadBalancer {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                listeners: Vec::new(),
+                target_groups: HashMap::new(),
+            }),
+            certs,
+            registry: TargetRegistry::default(),
+            acceptors: Mutex::default(),
+            imported: Mutex::default(),
+            health: Mutex::new(CancellationToken::new()),
+            draining: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            apply_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn certs(&self) -> &Arc<CertStore> {
+        &self.certs
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Validates `config` and, if it is valid and every new address can be bound, serves it.
+    /// On error nothing changes. `managed_certs` are certificate names another part publishes.
+    pub async fn apply(
+        self: &Arc<Self>,
+        config: &LbConfig,
+        base_dir: &Path,
+        managed_certs: &HashSet<String>,
+    ) -> Result<(), Vec<ConfigIssue>> {
+        let _one_at_a_time = self.apply_lock.lock().await;
+        let built = Snapshot::build(config, base_dir, &self.certs, &self.registry, managed_certs)?;
+
+        // Bind what is new before touching anything, so that a port in use refuses the reload.
+        let mut fresh: Vec<(SocketAddr, TcpListener)> = Vec::new();
+        {
+            let acceptors = lock(&self.acceptors);
+            let mut issues = Vec::new();
+            for (i, l) in built.snapshot.listeners.iter().enumerate() {
+                for b in &l.binds {
+                    if acceptors.contains_key(b) {
+                        continue;
+                    }
+                    match bind(*b) {
+                        Ok(s) => fresh.push((*b, s)),
+                        Err(e) => issues.push(
+                            ConfigIssue::new(path!["listener", i, "bind"], format!("cannot listen on {b}: {e}"))
+                                .hint("another process may hold this port (ss -ltnp shows which), or binding below 1024 needs CAP_NET_BIND_SERVICE"),
+                        ),
+                    }
+                }
+            }
+            if !issues.is_empty() {
+                return Err(issues);
+            }
+        }
+
+        // Publish imported certificates, retire those no longer configured.
+        let names: HashSet<String> = built.imported.iter().map(|(n, _)| n.clone()).collect();
+        for (name, cert) in built.imported {
+            self.certs.publish(&name, cert);
+        }
+        {
+            let mut imported = lock(&self.imported);
+            for gone in imported.difference(&names) {
+                if !managed_certs.contains(gone) {
+                    self.certs.remove(gone);
+                }
+            }
+            *imported = names;
+        }
+
+        let snapshot = Arc::new(built.snapshot);
+        self.snapshot.store(snapshot.clone());
+
+        let wanted: HashSet<SocketAddr> = snapshot
+            .listeners
+            .iter()
+            .flat_map(|l| l.binds.iter().copied())
+            .collect();
+        {
+            let mut acceptors = lock(&self.acceptors);
+            acceptors.retain(|addr, a| {
+                let keep = wanted.contains(addr);
+                if !keep {
+                    a.stop.cancel();
+                }
+                keep
+            });
+            for (addr, socket) in fresh {
+                let local = socket.local_addr().unwrap_or(addr);
+                let stop = CancellationToken::new();
+                tokio::spawn(accept_loop(self.clone(), addr, socket, stop.clone()));
+                tracing::info!(bind = %addr, local = %local, "listening");
+                acceptors.insert(addr, Acceptor { local, stop });
+            }
+        }
+
+        // Health checks restart on the new groups; their state carries over in the registry.
+        let token = CancellationToken::new();
+        for g in snapshot.target_groups.values() {
+            health_check::spawn(g.clone(), token.clone());
+        }
+        std::mem::replace(&mut *lock(&self.health), token).cancel();
+        self.registry.retain(|g, a| {
+            snapshot
+                .target_groups
+                .get(g)
+                .is_some_and(|tg| tg.targets.iter().any(|t| t.addr == a))
+        });
+        Ok(())
+    }
+
+    /// The addresses a listener actually listens on (the kernel's port when the config says 0).
+    pub fn local_addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        let snapshot = self.snapshot.load();
+        let Some(l) = snapshot.listener(listener) else {
+            return Vec::new();
+        };
+        let acceptors = lock(&self.acceptors);
+        l.binds
+            .iter()
+            .filter_map(|b| acceptors.get(b).map(|a| a.local))
+            .collect()
+    }
+
+    /// Health of each target of a group, in configuration order.
+    pub fn target_health(&self, group: &str) -> Vec<TargetHealth> {
+        let snapshot = self.snapshot.load();
+        snapshot
+            .target_groups
+            .get(group)
+            .map(|g| {
+                g.targets
+                    .iter()
+                    .map(|t| TargetHealth {
+                        addr: t.addr,
+                        healthy: t.state.healthy(),
+                        reason: t.state.reason(),
+                        outstanding: t.state.outstanding(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops accepting, lets requests in flight finish for up to `deadline`, then returns
+    /// whether every connection ended in time.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        for a in lock(&self.acceptors).drain() {
+            a.1.stop.cancel();
+        }
+        lock(&self.health).cancel();
+        self.draining.cancel();
+        self.connections.close();
+        tokio::time::timeout(deadline, self.connections.wait())
+            .await
+            .is_ok()
+    }
+
+    fn listener_for(&self, bind: SocketAddr) -> Option<Arc<Listener>> {
+        self.snapshot
+            .load()
+            .listeners
+            .iter()
+            .find(|l| l.binds.contains(&bind))
+            .cloned()
+    }
+
+    pub(crate) fn listener_named(&self, name: &str) -> Option<Arc<Listener>> {
+        self.snapshot.load().listener(name).cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A listening socket like nginx's: SO_REUSEADDR, IPv6 sockets IPv6-only (bind `0.0.0.0` and
+/// `[::]` side by side), a deep backlog.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+async fn accept_loop(
+    lb: Arc<LoadBalancer>,
+    bind: SocketAddr,
+    socket: TcpListener,
+    stop: CancellationToken,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = socket.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%bind, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some(listener) = lb.listener_for(bind) else {
+            continue;
+        };
+        // Security-group rules: before any TLS or HTTP work.
+        if !listener.admits(peer.ip()) {
+            tracing::debug!(listener = %listener.name, %peer, "connection refused by allow/deny rules");
+            drop(stream);
+            continue;
+        }
+        if active.load(Ordering::Relaxed) >= listener.max_connections {
+            tracing::warn!(listener = %listener.name, %peer, max = listener.max_connections, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        }
+        let slot = ConnSlot::take(active.clone());
+        let lb2 = lb.clone();
+        lb.connections.spawn(async move {
+            crate::connection::serve(lb2.clone(), listener, stream, peer, lb2.draining.clone())
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+/// Counts one open connection against the listener's limit until dropped.
+struct ConnSlot(Arc<AtomicUsize>);
+
+impl ConnSlot {
+    fn take(active: Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
+        ConnSlot(active)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

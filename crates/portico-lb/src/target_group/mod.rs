@@ -1,0 +1,314 @@
+//! Target groups: the targets behind a forward action, how one is chosen, and their health.
+//!
+//! A [`TargetGroup`] belongs to one snapshot and is immutable. The state that must outlive a reload
+//! (health, outstanding requests) is a [`TargetState`] kept in the [`TargetRegistry`], keyed by
+//! group name and address, and shared by every snapshot that still names that target.
+
+pub mod health_check;
+mod selection;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Algorithm;
+use crate::proxy::{target_client, TargetClient};
+pub use health_check::HealthCheck;
+
+/// When no active health check is configured, a target taken out by passive detection is tried
+/// again after this long (nginx's `fail_timeout`).
+const PASSIVE_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Without an active health check, this many consecutive connection failures take a target out.
+const PASSIVE_FAILURES_WITHOUT_CHECK: u32 = 1;
+
+/// A compiled target group.
+pub struct TargetGroup {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub targets: Vec<Target>,
+    pub health_check: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    client: TargetClient,
+    /// Target indices repeated by weight and interleaved, for weighted round robin.
+    sequence: Vec<usize>,
+    next: AtomicUsize,
+    /// Set while every target is unhealthy and requests fail open, so it is logged once.
+    failing_open: AtomicBool,
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: Arc<TargetState>,
+}
+
+impl std::fmt::Debug for TargetGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetGroup")
+            .field("name", &self.name)
+            .field("targets", &self.targets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TargetGroup {
+    pub fn new(
+        name: String,
+        algorithm: Algorithm,
+        targets: Vec<Target>,
+        health_check: Option<HealthCheck>,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        client: TargetClient,
+    ) -> Self {
+        let sequence = crate::action::interleave(
+            targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, t.weight))
+                .collect(),
+        );
+        TargetGroup {
+            name,
+            algorithm,
+            targets,
+            health_check,
+            connect_timeout,
+            response_timeout,
+            client,
+            sequence,
+            next: AtomicUsize::new(0),
+            failing_open: AtomicBool::new(false),
+        }
+    }
+
+    /// The keep-alive client that reaches this group's targets.
+    pub fn client(&self) -> &TargetClient {
+        &self.client
+    }
+
+    /// Chooses a target for one request, avoiding `exclude` (the target a retry moves away from).
+    /// Unhealthy targets are skipped; when none is healthy, every target is eligible (fail open,
+    /// as an ALB does).
+    pub fn select(&self, exclude: Option<SocketAddr>) -> Option<&Target> {
+        let has_check = self.health_check.is_some();
+        let eligible = |t: &Target| Some(t.addr) != exclude && t.state.available(has_check);
+        let any_healthy = self.targets.iter().any(eligible);
+        if !any_healthy {
+            if !self.targets.is_empty()
+                && !self.failing_open.swap(true, Ordering::Relaxed)
+                && self.targets.iter().all(|t| !t.state.available(has_check))
+            {
+                tracing::warn!(target_group = %self.name, "no healthy target: routing to all targets (fail open)");
+            }
+        } else if self.failing_open.swap(false, Ordering::Relaxed) {
+            tracing::info!(target_group = %self.name, "healthy targets are back: fail open ended");
+        }
+        let candidate = |t: &Target| {
+            if any_healthy {
+                eligible(t)
+            } else {
+                Some(t.addr) != exclude || self.targets.len() == 1
+            }
+        };
+        match self.algorithm {
+            Algorithm::RoundRobin => {
+                selection::round_robin(&self.targets, &self.sequence, &self.next, candidate)
+            }
+            Algorithm::LeastOutstandingRequests => {
+                selection::least_outstanding(&self.targets, &self.next, candidate)
+            }
+        }
+    }
+}
+
+/// Run-time state of one target, surviving reloads.
+#[derive(Debug, Default)]
+pub struct TargetState {
+    unhealthy: AtomicBool,
+    /// Milliseconds since `epoch()` when the target last went unhealthy.
+    down_since_ms: AtomicU64,
+    outstanding: AtomicUsize,
+    passive_failures: AtomicU32,
+    reason: Mutex<String>,
+}
+
+impl TargetState {
+    pub fn healthy(&self) -> bool {
+        !self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    fn available(&self, has_check: bool) -> bool {
+        if self.healthy() {
+            return true;
+        }
+        // Without an active check nothing would bring the target back: retry it after a while.
+        !has_check
+            && epoch().elapsed().as_millis() as u64
+                >= self.down_since_ms.load(Ordering::Relaxed)
+                    + PASSIVE_RETRY_AFTER.as_millis() as u64
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Why the target is in its current state ("" while nothing went wrong).
+    pub fn reason(&self) -> String {
+        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Marks the target healthy or unhealthy; returns true on a transition.
+    pub fn set_healthy(&self, healthy: bool, reason: &str) -> bool {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason.to_string();
+        }
+        let was_unhealthy = self.unhealthy.swap(!healthy, Ordering::Relaxed);
+        if !healthy {
+            self.down_since_ms
+                .store(epoch().elapsed().as_millis() as u64, Ordering::Relaxed);
+        } else {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
+        was_unhealthy == healthy
+    }
+
+    /// Passive detection: a connection to the target failed.
+    pub fn connect_failed(&self, group: &TargetGroup, addr: SocketAddr, error: &str) {
+        let threshold = group
+            .health_check
+            .as_ref()
+            .map(|h| h.unhealthy_threshold)
+            .unwrap_or(PASSIVE_FAILURES_WITHOUT_CHECK);
+        let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= threshold && self.set_healthy(false, &format!("connection failed: {error}")) {
+            tracing::warn!(target_group = %group.name, target = %addr, failures = n, %error,
+                "target unhealthy (passive: connection failures)");
+        }
+    }
+
+    /// A connection to the target succeeded.
+    pub fn connect_succeeded(&self) {
+        self.passive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts one request in flight until the guard drops.
+    pub fn begin_request(self: &Arc<Self>) -> OutstandingGuard {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        OutstandingGuard(self.clone())
+    }
+}
+
+/// Decrements a target's outstanding count when the request (including its body) is done.
+#[derive(Debug)]
+pub struct OutstandingGuard(Arc<TargetState>);
+
+impl Drop for OutstandingGuard {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // Back-date the epoch so that "never down" (0) is long enough ago.
+    *EPOCH.get_or_init(|| {
+        Instant::now()
+            .checked_sub(PASSIVE_RETRY_AFTER)
+            .unwrap_or_else(Instant::now)
+    })
+}
+
+/// Target states by (group, address), and target clients (with their connection pools) by
+/// connect timeout, shared across snapshots so that a reload keeps health and pooled connections.
+#[derive(Default)]
+pub struct TargetRegistry {
+    states: Mutex<HashMap<(String, SocketAddr), Arc<TargetState>>>,
+    clients: Mutex<HashMap<Duration, TargetClient>>,
+}
+
+impl std::fmt::Debug for TargetRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TargetRegistry")
+    }
+}
+
+impl TargetRegistry {
+    pub fn client(&self, connect_timeout: Duration) -> TargetClient {
+        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(connect_timeout)
+            .or_insert_with(|| target_client(connect_timeout))
+            .clone()
+    }
+
+    pub fn state(&self, group: &str, addr: SocketAddr) -> Arc<TargetState> {
+        let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((group.to_string(), addr)).or_default().clone()
+    }
+
+    /// Forgets targets no snapshot names any more.
+    pub fn retain(&self, keep: impl Fn(&str, SocketAddr) -> bool) {
+        let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(g, a), _| keep(g, *a));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(n: usize, algorithm: Algorithm) -> TargetGroup {
+        let targets = (0..n)
+            .map(|i| Target {
+                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                weight: 1,
+                state: Arc::default(),
+            })
+            .collect();
+        TargetGroup::new(
+            "g".into(),
+            algorithm,
+            targets,
+            None,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            target_client(Duration::from_secs(1)),
+        )
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_and_fails_open() {
+        let g = group(3, Algorithm::RoundRobin);
+        let picks: Vec<u16> = (0..6)
+            .map(|_| g.select(None).unwrap().addr.port())
+            .collect();
+        assert_eq!(picks, vec![1000, 1001, 1002, 1000, 1001, 1002]);
+        g.targets[1].state.set_healthy(false, "test");
+        for _ in 0..6 {
+            assert_ne!(g.select(None).unwrap().addr.port(), 1001);
+        }
+        g.targets[0].state.set_healthy(false, "test");
+        g.targets[2].state.set_healthy(false, "test");
+        assert!(g.select(None).is_some(), "fail open");
+    }
+
+    #[test]
+    fn least_outstanding_prefers_idle() {
+        let g = group(2, Algorithm::LeastOutstandingRequests);
+        let _busy = g.targets[0].state.begin_request();
+        for _ in 0..4 {
+            assert_eq!(g.select(None).unwrap().addr.port(), 1001);
+        }
+    }
+
+    #[test]
+    fn exclude_moves_retry_elsewhere() {
+        let g = group(2, Algorithm::RoundRobin);
+        let first = g.select(None).unwrap().addr;
+        assert_ne!(g.select(Some(first)).unwrap().addr, first);
+    }
+}

@@ -1,0 +1,146 @@
+//! TLS for HTTPS listeners: certificates from PEM files, the SNI cert resolver, named policies.
+
+pub mod resolver;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerSessionMemoryCache;
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::TlsPolicy;
+pub use resolver::{CertStore, ListenerResolver, ServedCert};
+
+/// Why a certificate could not be loaded; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey { path: String },
+    #[error("{path}: unsupported private key: {detail}")]
+    BadKey { path: String, detail: String },
+    #[error("{path}: certificate cannot be parsed: {detail}")]
+    BadCertificate { path: String, detail: String },
+    #[error("the private key in {key_path} does not belong to the certificate in {cert_path}")]
+    Mismatch { cert_path: String, key_path: String },
+}
+
+/// Loads a certificate chain and its key from PEM files (certbot's `fullchain.pem` and
+/// `privkey.pem` work as they are).
+pub fn load_pem_files(cert_path: &Path, key_path: &Path) -> Result<ServedCert, CertError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| CertError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
+    served_cert_from_pem(
+        &cert_pem,
+        &key_pem,
+        &cert_path.display().to_string(),
+        &key_path.display().to_string(),
+    )
+}
+
+/// Builds a [`ServedCert`] from PEM bytes; `cert_name`/`key_name` only label errors.
+pub fn served_cert_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<ServedCert, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    let leaf = chain.first().ok_or_else(|| CertError::NoCertificate {
+        path: cert_name.into(),
+    })?;
+    let names = dns_names(leaf).map_err(|detail| CertError::BadCertificate {
+        path: cert_name.into(),
+        detail,
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| CertError::NoKey {
+        path: key_name.into(),
+    })?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| CertError::BadKey {
+            path: key_name.into(),
+            detail: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signer);
+    if certified.keys_match().is_err() {
+        return Err(CertError::Mismatch {
+            cert_path: cert_name.into(),
+            key_path: key_name.into(),
+        });
+    }
+    Ok(ServedCert {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// The DNS names of a certificate's subjectAltName (falling back to the subject CN).
+fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            match gn {
+                GeneralName::DNSName(n) => names.push(n.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// A listener's rustls configuration: the policy's versions, ALPN h2 + http/1.1, session
+/// resumption by tickets and by ID, and certificates from `resolver`.
+pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match policy {
+        TlsPolicy::Modern => &[&rustls::version::TLS13],
+        // rustls's TLS 1.2 suites are exactly ECDHE + AES-GCM / ChaCha20-Poly1305: Mozilla's
+        // intermediate list without the legacy CBC and DHE suites it still tolerates.
+        TlsPolicy::Intermediate => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+    match rustls::crypto::ring::Ticketer::new() {
+        Ok(t) => config.ticketer = t,
+        Err(e) => tracing::warn!(error = %e, "TLS session tickets unavailable"),
+    }
+    Arc::new(config)
+}

@@ -1,0 +1,113 @@
+//! The cert resolver: which certificate a TLS handshake gets.
+//!
+//! [`CertStore`] holds every served certificate by name (the `[[certificate]]` name, which is also
+//! the certbot lineage name). Whoever owns a certificate — the config loader for imported files,
+//! the certificate manager for issued ones — calls [`CertStore::publish`]; the next handshake uses
+//! it, with no restart and no lock on the handshake path. Each HTTPS listener has a
+//! [`ListenerResolver`] that picks among the certificates that listener names, by SNI.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// A certificate ready to serve, with the names it is valid for.
+#[derive(Debug)]
+pub struct ServedCert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the subjectAltName extension, lower-case; may start with `*.`.
+    pub names: Vec<String>,
+}
+
+impl ServedCert {
+    /// Does this certificate cover `host` (exactly, or by a one-label wildcard)?
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.names.iter().any(|n| match n.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => *n == host,
+        })
+    }
+}
+
+/// All served certificates by name, swapped atomically as a whole map.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    certs: ArcSwap<HashMap<String, Arc<ServedCert>>>,
+}
+
+impl CertStore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(CertStore::default())
+    }
+
+    /// Serves `cert` under `name` from the next handshake on, replacing any previous one.
+    pub fn publish(&self, name: &str, cert: ServedCert) {
+        let cert = Arc::new(cert);
+        self.certs.rcu(|old| {
+            let mut map = HashMap::clone(old);
+            map.insert(name.to_string(), cert.clone());
+            map
+        });
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.certs.rcu(|old| {
+            let mut map = HashMap::clone(old);
+            map.remove(name);
+            map
+        });
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ServedCert>> {
+        self.certs.load().get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.certs.load().keys().cloned().collect()
+    }
+}
+
+/// Picks one of a listener's certificates by SNI; the default for no SNI or an unknown name.
+#[derive(Debug)]
+pub struct ListenerResolver {
+    store: Arc<CertStore>,
+    names: Vec<String>,
+    default: Option<String>,
+}
+
+impl ListenerResolver {
+    pub fn new(store: Arc<CertStore>, names: Vec<String>, default: Option<String>) -> Self {
+        ListenerResolver {
+            store,
+            names,
+            default,
+        }
+    }
+
+    /// The certificate for `sni`, as a handshake would choose it.
+    pub fn choose(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let map = self.store.certs.load();
+        if let Some(sni) = sni {
+            for name in &self.names {
+                if let Some(c) = map.get(name) {
+                    if c.covers(sni) {
+                        return Some(c.key.clone());
+                    }
+                }
+            }
+        }
+        let default = self.default.as_ref().or(self.names.first())?;
+        map.get(default).map(|c| c.key.clone())
+    }
+}
+
+impl ResolvesServerCert for ListenerResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.choose(hello.server_name())
+    }
+}

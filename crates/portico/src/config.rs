@@ -1,0 +1,316 @@
+//! `portico.toml`: the whole file, composed of each part's sections, and errors that point into it.
+//!
+//! Parsing errors come from the TOML deserialiser with a byte span; validation errors come from
+//! the parts as TOML paths (`listener[0].default_action.forward`) and are located here by walking
+//! a span-preserving parse of the same text. Either way the user sees file:line:column, the line,
+//! a caret, and a hint.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portico_lb::config::{CertificateConfig, LbConfig, ListenerConfig, TargetGroupConfig};
+use portico_lb::{ConfigIssue, PathSeg};
+use serde::Deserialize;
+
+/// The top level of `portico.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PorticoConfig {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How long SIGTERM waits for requests in flight before exiting.
+    #[serde(
+        default = "default_shutdown_timeout",
+        with = "portico_lb::config::duration"
+    )]
+    pub shutdown_timeout: Duration,
+    #[serde(default)]
+    pub certificate: Vec<CertificateConfig>,
+    #[serde(default)]
+    pub target_group: Vec<TargetGroupConfig>,
+    #[serde(default)]
+    pub listener: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `portico_lb=debug,info`. `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/portico")
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl PorticoConfig {
+    pub fn lb(&self) -> LbConfig {
+        LbConfig {
+            certificates: self.certificate.clone(),
+            target_groups: self.target_group.clone(),
+            listeners: self.listener.clone(),
+        }
+    }
+
+    /// Checks that belong to no single part yet.
+    pub fn own_issues(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        for (i, c) in self.certificate.iter().enumerate() {
+            if c.cert_file.is_none() && (!c.domains.is_empty() || c.issuer.is_some()) {
+                issues.push(
+                    ConfigIssue::new(
+                        vec![PathSeg::Key("certificate".into()), PathSeg::Index(i)],
+                        format!("certificate {:?} asks to be issued, and this build of Portico has no certificate manager yet", c.name),
+                    )
+                    .hint("import it with cert_file and key_file (certbot's fullchain.pem and privkey.pem work)"),
+                );
+            }
+        }
+        issues
+    }
+}
+
+/// A config file as read, kept for locating errors.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                at: None,
+                line_text: None,
+                message: format!("cannot read the config file: {e}"),
+                hint: Some("pass the file with -c PATH".into()),
+            }],
+        })?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// The directory relative file names in the config resolve against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    pub fn parse(&self) -> Result<PorticoConfig, ConfigError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let at = e.span().map(|s| self.position(s.start));
+            ConfigError {
+                file: self.path.clone(),
+                problems: vec![Problem {
+                    line_text: at.map(|(l, _)| self.line(l)),
+                    at,
+                    message: e.message().trim().to_string(),
+                    hint: hint_for_parse(e.message()),
+                }],
+            }
+        })
+    }
+
+    /// Locates validation issues from the parts.
+    pub fn locate(&self, issues: &[ConfigIssue]) -> ConfigError {
+        let doc = toml_edit::ImDocument::parse(self.text.as_str()).ok();
+        let problems = issues
+            .iter()
+            .map(|issue| {
+                let at = doc
+                    .as_ref()
+                    .and_then(|d| span_of(d.as_item(), &issue.path))
+                    .map(|s| self.position(s.start));
+                Problem {
+                    line_text: at.map(|(l, _)| self.line(l)),
+                    at,
+                    message: format!("{}: {}", issue.dotted_path(), issue.message),
+                    hint: issue.hint.clone(),
+                }
+            })
+            .collect();
+        ConfigError {
+            file: self.path.clone(),
+            problems,
+        }
+    }
+
+    /// 1-based line and column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn line(&self, line: usize) -> String {
+        self.text.lines().nth(line - 1).unwrap_or("").to_string()
+    }
+}
+
+/// The span of the deepest item on `path` that exists; a key's own span when the path ends in one.
+fn span_of(root: &toml_edit::Item, path: &[PathSeg]) -> Option<Range<usize>> {
+    let mut item = root;
+    let mut best = None;
+    for seg in path {
+        let next = match seg {
+            PathSeg::Key(k) => {
+                let pair = item.as_table_like().and_then(|t| t.get_key_value(k));
+                if let Some((key, _)) = pair {
+                    best = key.span().or(best);
+                }
+                pair.map(|(_, v)| v)
+            }
+            PathSeg::Index(i) => item.get(*i),
+        };
+        match next {
+            Some(n) => {
+                item = n;
+                if matches!(seg, PathSeg::Index(_)) {
+                    best = n.span().or(best);
+                }
+            }
+            None => break,
+        }
+    }
+    best
+}
+
+fn hint_for_parse(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("check the spelling; the README lists every key".into())
+    } else if message.contains("missing field") {
+        Some("this key is required here".into())
+    } else if message.contains("unknown variant") {
+        Some("use one of the values listed above".into())
+    } else {
+        None
+    }
+}
+
+/// One or more problems in one config file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub struct Problem {
+    pub at: Option<(usize, usize)>,
+    pub line_text: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, p) in self.problems.iter().enumerate() {
+            if n > 0 {
+                writeln!(f)?;
+            }
+            match p.at {
+                Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.file.display(), p.message)?,
+                None => write!(f, "{}: {}", self.file.display(), p.message)?,
+            }
+            if let (Some(text), Some((l, c))) = (&p.line_text, p.at) {
+                let gutter = l.to_string().len();
+                write!(
+                    f,
+                    "\n{:gutter$} |\n{l} | {text}\n{:gutter$} | {:>c$}",
+                    "", "", "^"
+                )?;
+            }
+            if let Some(h) = &p.hint {
+                write!(f, "\n  hint: {h}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> Source {
+        Source {
+            path: "t.toml".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn parse_error_has_line_and_column() {
+        let s = source("state_dir = \"/tmp\"\n[[listener]]\nname = \"a\"\nbnid = \"x\"\n");
+        let e = s.parse().unwrap_err();
+        assert_eq!(e.problems[0].at.map(|a| a.0), Some(4), "{e}");
+        assert!(e.to_string().contains("unknown field `bnid`"), "{e}");
+    }
+
+    #[test]
+    fn issue_is_located_at_its_key() {
+        let s =
+            source("[[listener]]\nname = \"a\"\n\n[[listener]]\nname = \"b\"\nbind = \"nope\"\n");
+        let issue = ConfigIssue::new(
+            vec![
+                PathSeg::Key("listener".into()),
+                PathSeg::Index(1),
+                PathSeg::Key("bind".into()),
+            ],
+            "bad",
+        );
+        let e = s.locate(&[issue]);
+        assert_eq!(e.problems[0].at, Some((6, 1)), "{e}");
+        let inline = source("[[listener]]\ndefault_action = { forward = \"x\" }\n");
+        let issue = ConfigIssue::new(
+            vec![
+                PathSeg::Key("listener".into()),
+                PathSeg::Index(0),
+                PathSeg::Key("default_action".into()),
+                PathSeg::Key("forward".into()),
+            ],
+            "bad",
+        );
+        assert_eq!(inline.locate(&[issue]).problems[0].at, Some((2, 20)));
+    }
+}

@@ -1,0 +1,230 @@
+//! `portico demo`: the recipe on loopback with nothing to configure.
+//!
+//! It writes a real `portico.toml` (printed, so it doubles as an example) and a throwaway CA and
+//! certificate into a state directory, starts two built-in demo targets, and serves the config
+//! through the same path as `portico serve`. It grows as Portico does.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::config::Source;
+use crate::files::write_atomic;
+use crate::server::{init_tracing, runtime, Server};
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Port of the HTTP listener (redirects to HTTPS).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Port of the HTTPS listener.
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
+    /// Where the demo keeps its config, CA and certificate.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("portico-demo"));
+    std::fs::create_dir_all(&state_dir).with_context(|| {
+        format!(
+            "cannot create the demo state directory {}",
+            state_dir.display()
+        )
+    })?;
+    runtime()?.block_on(demo(args, state_dir))
+}
+
+async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    say("Portico demo: a load balancer with TLS in front of two demo targets, all on loopback.");
+    say("1. Starting two demo targets (what your app servers would be).");
+    let t1 = demo_target("target-1").await?;
+    let t2 = demo_target("target-2").await?;
+    say(&format!("   demo targets on {t1} and {t2}"));
+
+    say("2. Making a throwaway CA and a certificate for localhost, demo.test and app.demo.test.");
+    let ca_path = throwaway_certificate(&state_dir)?;
+    say(&format!("   CA certificate: {}", ca_path.display()));
+
+    let config_path = state_dir.join("portico.toml");
+    let text = demo_config(&state_dir, args.http_port, args.https_port, t1, t2);
+    write_atomic(&config_path, text.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    say(&format!(
+        "3. Writing the config Portico serves: {}",
+        config_path.display()
+    ));
+
+    let source = Source::read(&config_path)?;
+    let config = source.parse()?;
+    init_tracing(&config);
+    say(&format!(
+        "4. Listening: HTTP on 127.0.0.1:{} (redirects to HTTPS), HTTPS on 127.0.0.1:{} (TLS 1.2/1.3, h2).",
+        args.http_port, args.https_port
+    ));
+    let server = Server::start(source, config).await.map_err(|e| {
+        anyhow::anyhow!("{e:#}\n  hint: choose other ports with --http-port and --https-port")
+    })?;
+    say("5. The target group checks /health on both targets every 2 s; requests alternate between them.");
+    println!();
+    println!("Try:");
+    println!("  curl -i http://localhost:{}/", args.http_port);
+    println!(
+        "  curl --cacert {} https://localhost:{}/",
+        ca_path.display(),
+        args.https_port
+    );
+    println!(
+        "  curl --cacert {} --resolve app.demo.test:{}:127.0.0.1 https://app.demo.test:{}/",
+        ca_path.display(),
+        args.https_port,
+        args.https_port
+    );
+    println!(
+        "  curl --cacert {} https://localhost:{}/status",
+        ca_path.display(),
+        args.https_port
+    );
+    println!();
+    println!(
+        "Edit {} and run `kill -HUP {}` to reload it. Ctrl-C stops the demo.",
+        config_path.display(),
+        std::process::id()
+    );
+    server.run_until_signal().await
+}
+
+fn say(line: &str) {
+    println!("{line}");
+}
+
+fn demo_config(state_dir: &Path, http: u16, https: u16, t1: SocketAddr, t2: SocketAddr) -> String {
+    format!(
+        r#"# Written by `portico demo`. Serve it yourself with: portico serve -c {config}
+state_dir = "{state}"
+
+[log]
+level = "info"
+
+[[certificate]]
+name = "demo"
+cert_file = "demo/fullchain.pem"
+key_file = "demo/privkey.pem"
+
+[[target_group]]
+name = "demo"
+algorithm = "round_robin"
+targets = ["{t1}", "{t2}"]
+
+[target_group.health_check]
+path = "/health"
+interval = "2s"
+timeout = "1s"
+healthy_threshold = 2
+unhealthy_threshold = 2
+matcher = "200"
+
+[[listener]]
+name = "http"
+bind = "127.0.0.1:{http}"
+protocol = "http"
+default_action = {{ redirect = {{ protocol = "https", port = {https}, status = 301 }} }}
+
+[[listener]]
+name = "https"
+bind = "127.0.0.1:{https}"
+protocol = "https"
+certificates = ["demo"]
+tls_policy = "intermediate"
+response_headers = {{ "Strict-Transport-Security" = "max-age=300" }}
+access_log = {{ path = "-", format = "combined" }}
+default_action = {{ forward = "demo" }}
+
+[[listener.rule]]
+priority = 10
+path = ["/status"]
+action = {{ fixed_response = {{ status = 200, content_type = "application/json", body = '{{"portico":"ok"}}' }} }}
+"#,
+        config = state_dir.join("portico.toml").display(),
+        state = state_dir.display(),
+    )
+}
+
+/// A CA and a leaf certificate signed by it; returns the CA certificate's path.
+fn throwaway_certificate(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Portico demo CA (throwaway)");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf_params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "demo.test".to_string(),
+        "app.demo.test".to_string(),
+        "127.0.0.1".to_string(),
+    ])?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "demo.test");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
+    let dir = state_dir.join("demo");
+    std::fs::create_dir_all(&dir)?;
+    let ca_path = state_dir.join("demo-ca.pem");
+    write_atomic(&ca_path, ca.pem().as_bytes(), 0o644)?;
+    write_atomic(&dir.join("fullchain.pem"), leaf.pem().as_bytes(), 0o644)?;
+    write_atomic(
+        &dir.join("privkey.pem"),
+        leaf_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    Ok(ca_path)
+}
+
+/// A tiny app server: answers every path with its own name, `/health` with 200.
+async fn demo_target(name: &'static str) -> anyhow::Result<SocketAddr> {
+    let socket = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = socket.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = socket.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = if req.uri().path() == "/health" {
+                            "ok\n".to_string()
+                        } else {
+                            format!(
+                                "Hello from {name} via Portico: {} {}\n",
+                                req.method(),
+                                req.uri()
+                            )
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,106 @@
+//! The `portico` binary: the command line, and the wiring of the parts into one process.
+
+mod config;
+mod demo;
+mod files;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "portico",
+    version,
+    about = "Hosted zones, certificates and a load balancer in one binary: an API on HTTPS without the cloud"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything the config names. SIGHUP (or `portico reload`) reloads; SIGTERM drains, then exits.
+    Serve {
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config file and exit (0 when valid).
+    Check {
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config, then tell the running `portico serve` to load it.
+    Reload {
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+    /// The whole recipe on loopback with embedded defaults; runs until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// nginx + certbot in one command: HTTPS in front of ADDR for DOMAIN (not in this build yet).
+    Proxy {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Why DOMAIN can or cannot get and serve a certificate (not in this build yet).
+    Doctor {
+        domain: String,
+        #[arg(long)]
+        resolver: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Certificates: list, show, request, renew (not in this build yet).
+    Certs {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Hosted zones (not in this build yet).
+    Zones {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Records of hosted zones (not in this build yet).
+    Records {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Targets of target groups (not in this build yet).
+    Targets {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => server::serve(&config),
+        Command::Check { config } => server::check(&config),
+        Command::Reload { config } => server::reload(&config),
+        Command::Demo(args) => demo::run(args),
+        Command::Proxy { .. } => not_yet("proxy", "the user journeys (issue 5)"),
+        Command::Doctor { .. } => not_yet("doctor", "the user journeys (issue 5)"),
+        Command::Certs { .. } => not_yet("certs", "the certificate manager (issue 4)"),
+        Command::Zones { .. } | Command::Records { .. } => {
+            not_yet("zones/records", "hosted zones (issue 3)")
+        }
+        Command::Targets { .. } => not_yet("targets", "the admin API (issue 6)"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn not_yet(command: &str, arrives_with: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`portico {command}` is not in this build yet: it arrives with {arrives_with}")
+}

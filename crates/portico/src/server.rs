@@ -1,0 +1,194 @@
+//! `portico serve`, `check` and `reload`: load the config, run the parts, reload on SIGHUP,
+//! drain on SIGTERM.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use portico_lb::target_group::TargetRegistry;
+use portico_lb::tls::CertStore;
+use portico_lb::{LoadBalancer, Snapshot};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{ConfigError, LogFormat, PorticoConfig, Source};
+
+const PID_FILE: &str = "portico.pid";
+
+/// Reads and fully validates a config file without serving it.
+fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> {
+    let source = Source::read(path)?;
+    let config = source.parse()?;
+    let mut issues = config.own_issues();
+    if let Err(more) = Snapshot::build(
+        &config.lb(),
+        &source.base_dir(),
+        &CertStore::new(),
+        &TargetRegistry::default(),
+        &HashSet::new(),
+    ) {
+        issues.extend(more);
+    }
+    if !issues.is_empty() {
+        return Err(source.locate(&issues));
+    }
+    Ok((source, config))
+}
+
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let (_, config) = load(path)?;
+    println!(
+        "{}: ok ({} listeners, {} target groups, {} certificates)",
+        path.display(),
+        config.listener.len(),
+        config.target_group.len(),
+        config.certificate.len()
+    );
+    Ok(())
+}
+
+pub fn reload(path: &Path) -> anyhow::Result<()> {
+    let (_, config) = load(path)?;
+    let pid_file = config.state_dir.join(PID_FILE);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| {
+            format!(
+                "no running `portico serve` found: cannot read {}",
+                pid_file.display()
+            )
+        })?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!(
+            "cannot signal process {pid} (from {}): {}",
+            pid_file.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    println!(
+        "{}: valid; reload signalled to portico serve (pid {pid})",
+        path.display()
+    );
+    Ok(())
+}
+
+pub fn serve(path: &Path) -> anyhow::Result<()> {
+    let source = Source::read(path)?;
+    let config = source.parse()?;
+    init_tracing(&config);
+    runtime()?.block_on(async move {
+        let server = Server::start(source, config).await?;
+        server.run_until_signal().await
+    })
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn init_tracing(config: &PorticoConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// A running Portico: the parts wired together and serving.
+pub struct Server {
+    source_path: PathBuf,
+    config: PorticoConfig,
+    pub lb: Arc<LoadBalancer>,
+}
+
+impl Server {
+    pub async fn start(source: Source, config: PorticoConfig) -> anyhow::Result<Self> {
+        let issues = config.own_issues();
+        if !issues.is_empty() {
+            return Err(source.locate(&issues).into());
+        }
+        let lb = LoadBalancer::new(CertStore::new());
+        lb.apply(&config.lb(), &source.base_dir(), &HashSet::new())
+            .await
+            .map_err(|issues| source.locate(&issues))?;
+        write_pid_file(&config.state_dir);
+        Ok(Server {
+            source_path: source.path,
+            config,
+            lb,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains and returns.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        tracing::info!(config = %self.source_path.display(), "portico serving");
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!(deadline = ?self.config.shutdown_timeout, "draining: no new connections, finishing requests in flight");
+        let clean = self.lb.shutdown(self.config.shutdown_timeout).await;
+        if !clean {
+            tracing::warn!("drain deadline passed with requests still in flight");
+        }
+        let _ = std::fs::remove_file(self.config.state_dir.join(PID_FILE));
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Reads the config file again and applies it; an invalid file changes nothing.
+    pub async fn reload(&mut self) {
+        let result = async {
+            let source = Source::read(&self.source_path)?;
+            let config = source.parse()?;
+            let issues = config.own_issues();
+            if !issues.is_empty() {
+                return Err(source.locate(&issues));
+            }
+            self.lb
+                .apply(&config.lb(), &source.base_dir(), &HashSet::new())
+                .await
+                .map_err(|issues| source.locate(&issues))?;
+            Ok(config)
+        }
+        .await;
+        match result {
+            Ok(config) => {
+                self.config = config;
+                tracing::info!(config = %self.source_path.display(), "reload applied");
+            }
+            Err(e) => {
+                tracing::error!(config = %self.source_path.display(), error = %e, "reload refused; the previous configuration keeps serving")
+            }
+        }
+    }
+}
+
+fn write_pid_file(state_dir: &Path) {
+    let result = std::fs::create_dir_all(state_dir).and_then(|_| {
+        crate::files::write_atomic(
+            &state_dir.join(PID_FILE),
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o644,
+        )
+    });
+    if let Err(e) = result {
+        tracing::warn!(state_dir = %state_dir.display(), error = %e, "cannot write the pid file; `portico reload` will not find this process (send SIGHUP instead)");
+    }
+}
