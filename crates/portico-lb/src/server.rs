@@ -29,13 +29,30 @@ pub struct LoadBalancer {
     snapshot: ArcSwap<Snapshot>,
     certs: Arc<CertStore>,
     registry: TargetRegistry,
-    acceptors: Mutex<HashMap<SocketAddr, Acceptor>>,
+    acceptors: Mutex<HashMap<BindKey, Acceptor>>,
     imported: Mutex<HashSet<String>>,
     health: Mutex<CancellationToken>,
     /// Fired on shutdown: every connection finishes its request in flight and closes.
     draining: CancellationToken,
     connections: TaskTracker,
     apply_lock: tokio::sync::Mutex<()>,
+}
+
+/// What identifies a listening socket across reloads: its address, and for port 0 (a port the
+/// kernel picks) also the listener's name, since several listeners may ask for port 0.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    addr: SocketAddr,
+    listener: Option<String>,
+}
+
+impl BindKey {
+    fn new(addr: SocketAddr, listener: &str) -> Self {
+        BindKey {
+            addr,
+            listener: (addr.port() == 0).then(|| listener.to_string()),
+        }
+    }
 }
 
 struct Acceptor {
@@ -91,17 +108,18 @@ impl LoadBalancer {
         let built = Snapshot::build(config, base_dir, &self.certs, &self.registry, managed_certs)?;
 
         // Bind what is new before touching anything, so that a port in use refuses the reload.
-        let mut fresh: Vec<(SocketAddr, TcpListener)> = Vec::new();
+        let mut fresh: Vec<(BindKey, TcpListener)> = Vec::new();
         {
             let acceptors = lock(&self.acceptors);
             let mut issues = Vec::new();
             for (i, l) in built.snapshot.listeners.iter().enumerate() {
                 for b in &l.binds {
-                    if acceptors.contains_key(b) {
+                    let key = BindKey::new(*b, &l.name);
+                    if acceptors.contains_key(&key) {
                         continue;
                     }
                     match bind(*b) {
-                        Ok(s) => fresh.push((*b, s)),
+                        Ok(s) => fresh.push((key, s)),
                         Err(e) => issues.push(
                             ConfigIssue::new(path!["listener", i, "bind"], format!("cannot listen on {b}: {e}"))
                                 .hint("another process may hold this port (ss -ltnp shows which), or binding below 1024 needs CAP_NET_BIND_SERVICE"),
@@ -132,10 +150,10 @@ impl LoadBalancer {
         let snapshot = Arc::new(built.snapshot);
         self.snapshot.store(snapshot.clone());
 
-        let wanted: HashSet<SocketAddr> = snapshot
+        let wanted: HashSet<BindKey> = snapshot
             .listeners
             .iter()
-            .flat_map(|l| l.binds.iter().copied())
+            .flat_map(|l| l.binds.iter().map(|b| BindKey::new(*b, &l.name)))
             .collect();
         {
             let mut acceptors = lock(&self.acceptors);
@@ -146,12 +164,12 @@ impl LoadBalancer {
                 }
                 keep
             });
-            for (addr, socket) in fresh {
-                let local = socket.local_addr().unwrap_or(addr);
+            for (key, socket) in fresh {
+                let local = socket.local_addr().unwrap_or(key.addr);
                 let stop = CancellationToken::new();
-                tokio::spawn(accept_loop(self.clone(), addr, socket, stop.clone()));
-                tracing::info!(bind = %addr, local = %local, "listening");
-                acceptors.insert(addr, Acceptor { local, stop });
+                tracing::info!(bind = %key.addr, local = %local, "listening");
+                tokio::spawn(accept_loop(self.clone(), key.clone(), socket, stop.clone()));
+                acceptors.insert(key, Acceptor { local, stop });
             }
         }
 
@@ -179,7 +197,7 @@ impl LoadBalancer {
         let acceptors = lock(&self.acceptors);
         l.binds
             .iter()
-            .filter_map(|b| acceptors.get(b).map(|a| a.local))
+            .filter_map(|b| acceptors.get(&BindKey::new(*b, &l.name)).map(|a| a.local))
             .collect()
     }
 
@@ -217,13 +235,16 @@ impl LoadBalancer {
             .is_ok()
     }
 
-    fn listener_for(&self, bind: SocketAddr) -> Option<Arc<Listener>> {
-        self.snapshot
-            .load()
-            .listeners
-            .iter()
-            .find(|l| l.binds.contains(&bind))
-            .cloned()
+    fn listener_for(&self, key: &BindKey) -> Option<Arc<Listener>> {
+        let snapshot = self.snapshot.load();
+        match &key.listener {
+            Some(name) => snapshot.listener(name).cloned(),
+            None => snapshot
+                .listeners
+                .iter()
+                .find(|l| l.binds.contains(&key.addr))
+                .cloned(),
+        }
     }
 
     pub(crate) fn listener_named(&self, name: &str) -> Option<Arc<Listener>> {
@@ -252,10 +273,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     lb: Arc<LoadBalancer>,
-    bind: SocketAddr,
+    key: BindKey,
     socket: TcpListener,
     stop: CancellationToken,
 ) {
+    let bind = key.addr;
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
@@ -271,7 +293,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(listener) = lb.listener_for(bind) else {
+        let Some(listener) = lb.listener_for(&key) else {
             continue;
         };
         // Security-group rules: before any TLS or HTTP work.

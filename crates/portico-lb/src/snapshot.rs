@@ -121,7 +121,8 @@ impl Snapshot {
                 store,
             };
             if let Some(listener) = listener(l, &ctx, &mut issues) {
-                for b in &listener.binds {
+                // Port 0 asks the kernel for a free port: never a clash.
+                for b in listener.binds.iter().filter(|b| b.port() != 0) {
                     if let Some(other) = seen_binds.insert(*b, l.name.clone()) {
                         issues.push(
                             ConfigIssue::new(
