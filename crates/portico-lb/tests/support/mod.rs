@@ -264,10 +264,8 @@ async fn backend_handle(
                     )
                     .await;
                     while let Some(Ok(m)) = ws.next().await {
-                        if m.is_text() || m.is_binary() {
-                            if ws.send(m).await.is_err() {
-                                break;
-                            }
+                        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                            break;
                         }
                     }
                 }
