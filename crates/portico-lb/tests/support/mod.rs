@@ -451,12 +451,12 @@ where
     }
 }
 
-/// Resident memory of this process, from /proc.
-pub fn rss_bytes() -> u64 {
+/// Peak resident memory of this process so far (VmHWM), from /proc.
+pub fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap()
         * 1024
