@@ -114,6 +114,8 @@ pub struct Backend {
     pub name: String,
     pub health: Arc<AtomicU16>,
     pub hits: Arc<AtomicUsize>,
+    /// Requests that reached the backend's handler (counted on arrival, before any work).
+    pub started: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -131,6 +133,7 @@ impl Backend {
             name: name.to_string(),
             health: Arc::new(AtomicU16::new(200)),
             hits: Arc::default(),
+            started: Arc::default(),
             stop: CancellationToken::new(),
         };
         let (name, health, hits, stop) = (
@@ -139,6 +142,7 @@ impl Backend {
             b.hits.clone(),
             b.stop.clone(),
         );
+        let started = b.started.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -147,8 +151,10 @@ impl Backend {
                 };
                 let (name, health, hits, stop) =
                     (name.clone(), health.clone(), hits.clone(), stop.clone());
+                let started = started.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
+                        started.fetch_add(1, Ordering::Relaxed);
                         backend_handle(name.clone(), health.clone(), hits.clone(), req)
                     });
                     let builder =
@@ -359,6 +365,26 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Reply, 
     tokio::spawn(conn);
     let res = tx.send_request(req).await.map_err(|e| e.to_string())?;
     Ok(read_reply(res).await)
+}
+
+/// An HTTP/1.1 connection kept alive across requests.
+pub struct KeepAlive(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        KeepAlive(tx)
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        self.0.ready().await.map_err(|e| e.to_string())?;
+        let res = self.0.send_request(req).await.map_err(|e| e.to_string())?;
+        Ok(read_reply(res).await)
+    }
 }
 
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {

@@ -1,0 +1,148 @@
+//! Reloads and shutdown: an invalid config changes nothing, a valid one is swapped in while the
+//! sockets stay open and no request is lost, and shutdown lets requests in flight finish.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+fn config(port: u16, target: std::net::SocketAddr, body: &str) -> String {
+    format!(
+        r#"
+[[target_group]]
+name = "g"
+targets = ["{target}"]
+[[listener]]
+name = "l"
+bind = "127.0.0.1:{port}"
+protocol = "http"
+default_action = {{ forward = "g" }}
+[[listener.rule]]
+priority = 1
+path = ["/version"]
+action = {{ fixed_response = {{ status = 200, body = "{body}" }} }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_old_config() {
+    let dir = TempDir::new("badreload");
+    let b = Backend::start("b").await;
+    let lb = start_lb(&config(0, b.addr, "v1"), dir.path()).await;
+    let l = addr(&lb, "l");
+    let bad = config(0, b.addr, "v2").replace("forward = \"g\"", "forward = \"missing\"");
+    let issues = apply(&lb, &bad, dir.path()).await.unwrap_err();
+    assert!(
+        issues[0]
+            .to_string()
+            .contains("no [[target_group]] named \"missing\""),
+        "{issues:?}"
+    );
+    assert_eq!(addr(&lb, "l"), l, "same socket");
+    assert_eq!(get(l, "x", "/version").await.body, "v1");
+    assert_eq!(get(l, "x", "/").await.backend(), "b");
+
+    // A port already taken also refuses the whole reload.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "{}\n[[listener]]\nname = \"other\"\nbind = \"{}\"\nprotocol = \"http\"\ndefault_action = {{ forward = \"g\" }}\n",
+        config(0, b.addr, "v3"),
+        taken.local_addr().unwrap()
+    );
+    let issues = apply(&lb, &extra, dir.path()).await.unwrap_err();
+    assert!(
+        issues[0].to_string().contains("cannot listen on"),
+        "{issues:?}"
+    );
+    assert_eq!(get(l, "x", "/version").await.body, "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_request() {
+    let dir = TempDir::new("reloadload");
+    let b = Backend::start("b").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lb = start_lb(&config(port, b.addr, "v0"), dir.path()).await;
+    let l = addr(&lb, "l");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            // Half the clients open a connection per request, half keep one alive throughout.
+            let mut kept = if c % 2 == 1 {
+                Some(KeepAlive::connect(l).await)
+            } else {
+                None
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let path = if c < 2 { "/" } else { "/version" };
+                let reply = match kept.as_mut() {
+                    Some(k) => k.send(request("GET", "x", path)).await,
+                    None => send(l, request("GET", "x", path)).await,
+                };
+                match reply {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for v in 1..=20 {
+        apply(&lb, &config(port, b.addr, &format!("v{v}")), dir.path())
+            .await
+            .unwrap();
+        let want = format!("v{v}");
+        eventually("new config answers", Duration::from_secs(5), || async {
+            get(l, "x", "/version").await.body == want
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "load ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests lost during 20 reloads"
+    );
+    assert_eq!(addr(&lb, "l"), l);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_requests_in_flight() {
+    let dir = TempDir::new("drain");
+    let b = Backend::start("b").await;
+    let lb = start_lb(&config(0, b.addr, "v1"), dir.path()).await;
+    let l = addr(&lb, "l");
+    let in_flight = tokio::spawn(async move { get(l, "x", "/slow?ms=800").await });
+    let lb2 = lb.clone();
+    eventually("request reached the target", Duration::from_secs(5), || {
+        let lb = lb2.clone();
+        async move { lb.target_health("g")[0].outstanding == 1 }
+    })
+    .await;
+    let drained = lb.shutdown(Duration::from_secs(10)).await;
+    assert!(drained, "every connection ended before the deadline");
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.backend().as_str()), (200, "b"));
+    assert!(
+        tokio::net::TcpStream::connect(l).await.is_err(),
+        "no longer accepting"
+    );
+}

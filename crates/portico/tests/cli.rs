@@ -1,0 +1,377 @@
+//! The `portico` binary as users run it: check with located errors, serve with SIGHUP and
+//! `portico reload`, SIGTERM draining, the demo, and the commands still to come.
+
+#[path = "../../portico-lb/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico");
+
+/// A child process killed when the test ends, however it ends; its output is collected.
+struct Proc {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("portico starts");
+        let out = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        Proc { child, out }
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    fn wait_exit(&mut self, deadline: Duration) -> i32 {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < end,
+                "still running after {deadline:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    async fn wait_output(&self, needle: &str) {
+        let out = self.out.clone();
+        let needle = needle.to_string();
+        let what = format!("output containing {needle:?}");
+        eventually(&what, Duration::from_secs(20), || {
+            let found = out.lock().unwrap().contains(&needle);
+            async move { found }
+        })
+        .await;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_pem_pair(ca: &TestCa, dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    let (c, k) = ca.issue(dir, "leaf", names);
+    std::fs::rename(c, dir.join("certs/fullchain.pem")).unwrap();
+    std::fs::rename(k, dir.join("certs/privkey.pem")).unwrap();
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let dir = TempDir::new("example");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/portico.toml");
+    std::fs::copy(&example, dir.path().join("portico.toml")).unwrap();
+    write_pem_pair(&TestCa::new(), dir.path(), &["api.example.com"]);
+    let (code, out) = run(&[
+        "check",
+        "-c",
+        dir.path().join("portico.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok (2 listeners, 2 target groups, 1 certificates)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_errors_name_file_line_column_key_and_hint() {
+    let dir = TempDir::new("checkerr");
+    let file = dir.path().join("portico.toml");
+    std::fs::write(
+        &file,
+        "[[target_group]]\nname = \"api\"\ntargets = [\"127.0.0.1:3000\"]\n\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\ndefault_action = { forward = \"apii\" }\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("portico.toml:9:20: listener[0].default_action.forward: no [[target_group]] named \"apii\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("9 | default_action = { forward = \"apii\" }"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hint: known target groups: [\"api\"]"),
+        "{out}"
+    );
+
+    std::fs::write(
+        &file,
+        "[[listener]]\nname = \"x\"\nbnid = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("portico.toml:3:1: unknown field `bnid`"),
+        "{out}"
+    );
+
+    std::fs::write(&file, "[[listener]]\nname = \"x\"\nbind = \"127.0.0.1:1\"\nprotocol = \"http\"\nidle_timeout = \"soon\"\ndefault_action = { forward = \"g\" }\n").unwrap();
+    let (code, out) = run(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("portico.toml:5:16: invalid duration \"soon\""),
+        "{out}"
+    );
+
+    let (code, out) = run(&[
+        "check",
+        "-c",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("missing.toml: cannot read the config file"),
+        "{out}"
+    );
+}
+
+#[test]
+fn commands_still_to_come_say_so_and_usage_errors_exit_2() {
+    let (code, out) = run(&["doctor", "example.com"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("not in this build yet"), "{out}");
+    let (code, _) = run(&["serve", "--no-such-flag"]);
+    assert_eq!(code, 2);
+}
+
+fn serve_config(dir: &Path, port: u16, target: std::net::SocketAddr, body: &str) -> String {
+    format!(
+        r#"state_dir = "{state}"
+shutdown_timeout = "10s"
+[[target_group]]
+name = "g"
+targets = ["{target}"]
+[[listener]]
+name = "http"
+bind = "127.0.0.1:{port}"
+protocol = "http"
+access_log = {{ path = "{log}", format = "json" }}
+default_action = {{ forward = "g" }}
+[[listener.rule]]
+priority = 1
+path = ["/version"]
+action = {{ fixed_response = {{ status = 200, body = "{body}" }} }}
+"#,
+        state = dir.join("state").display(),
+        log = dir.join("access.log").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_on_sighup_and_reload_and_drains_on_sigterm() {
+    let dir = TempDir::new("serve");
+    let b = Backend::start("b").await;
+    let port = free_port();
+    let file = dir.path().join("portico.toml");
+    std::fs::write(&file, serve_config(dir.path(), port, b.addr, "v1")).unwrap();
+    let mut p = Proc::spawn(&["serve", "-c", file.to_str().unwrap()]);
+    let l: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually("serving", Duration::from_secs(20), || async {
+        send(l, request("GET", "x", "/version"))
+            .await
+            .is_ok_and(|r| r.body == "v1")
+    })
+    .await;
+
+    // An invalid file is refused; the old config keeps serving.
+    std::fs::write(
+        &file,
+        serve_config(dir.path(), port, b.addr, "v2")
+            .replace("forward = \"g\"", "forward = \"nope\""),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_output("reload refused").await;
+    assert!(
+        p.output()
+            .contains("no [[target_group]] named \\\"nope\\\"")
+            || p.output().contains("no [[target_group]] named \"nope\""),
+        "{}",
+        p.output()
+    );
+    assert_eq!(get(l, "x", "/version").await.body, "v1");
+
+    // `portico reload` validates first and refuses an invalid file itself.
+    let (code, out) = run(&["reload", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+
+    // A valid file through `portico reload` (the pid file in state_dir) is applied.
+    std::fs::write(&file, serve_config(dir.path(), port, b.addr, "v3")).unwrap();
+    let (code, out) = run(&["reload", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    eventually("v3 served", Duration::from_secs(10), || async {
+        get(l, "x", "/version").await.body == "v3"
+    })
+    .await;
+
+    // SIGTERM with a request in flight: it completes, then the process exits 0.
+    let in_flight = tokio::spawn(async move { get(l, "x", "/slow?ms=1000").await });
+    eventually("request in flight", Duration::from_secs(5), || async {
+        b.started.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(
+        b.hits.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "still in flight"
+    );
+    p.signal(libc::SIGTERM);
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.backend().as_str()), (200, "b"));
+    let code = tokio::task::spawn_blocking(move || {
+        let c = p.wait_exit(Duration::from_secs(15));
+        (c, p.output())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, 0, "{}", code.1);
+    assert!(!dir.path().join("state/portico.pid").exists());
+
+    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("/slow"))
+        .expect("access log line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["listener"], "http");
+    assert_eq!(v["target"], b.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_https_in_front_of_its_targets() {
+    let dir = TempDir::new("demo");
+    let (http, https) = (free_port(), free_port());
+    let p = Proc::spawn(&[
+        "demo",
+        "--http-port",
+        &http.to_string(),
+        "--https-port",
+        &https.to_string(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    p.wait_output("Try:").await;
+    let r = get(
+        format!("127.0.0.1:{http}").parse().unwrap(),
+        "localhost",
+        "/x",
+    )
+    .await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.headers["location"],
+        format!("https://localhost:{https}/x").as_str()
+    );
+
+    let ca_pem = std::fs::read(dir.path().join("demo-ca.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let client = Arc::new(client);
+    let a = format!("127.0.0.1:{https}").parse().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = send_tls(
+            a,
+            "app.demo.test",
+            client.clone(),
+            request("GET", "app.demo.test", "/"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.insert(r.body.split(" via").next().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "both demo targets answer: {seen:?}");
+
+    // A second demo on the same ports fails clearly, naming the port.
+    let (code, out) = run(&[
+        "demo",
+        "--http-port",
+        &http.to_string(),
+        "--https-port",
+        &https.to_string(),
+        "--state-dir",
+        dir.path().join("second").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("cannot listen on 127.0.0.1:{http}")),
+        "{out}"
+    );
+    assert!(out.contains("--http-port"), "{out}");
+    drop(p);
+}
