@@ -18,6 +18,7 @@ mod server;
 pub mod snapshot;
 pub mod target_group;
 pub mod tls;
+mod workers;
 
 pub use issue::{ConfigIssue, PathSeg};
 pub use server::{LoadBalancer, TargetHealth};

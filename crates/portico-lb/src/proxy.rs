@@ -43,6 +43,22 @@ pub fn target_client(connect_timeout: std::time::Duration) -> TargetClient {
         .build(connector)
 }
 
+/// This worker thread's client for a connect timeout. Pools are per thread on purpose: a pooled
+/// connection is driven by the thread that opened it, so sharing one across workers would turn
+/// every request into a cross-thread hand-off (see `workers.rs`).
+pub fn client_for(connect_timeout: std::time::Duration) -> TargetClient {
+    thread_local! {
+        static CLIENTS: std::cell::RefCell<std::collections::HashMap<std::time::Duration, TargetClient>> =
+            std::cell::RefCell::default();
+    }
+    CLIENTS.with(|c| {
+        c.borrow_mut()
+            .entry(connect_timeout)
+            .or_insert_with(|| target_client(connect_timeout))
+            .clone()
+    })
+}
+
 /// What every request on one client connection shares.
 pub struct ConnCtx {
     pub listener: Arc<Listener>,

@@ -23,6 +23,7 @@ use crate::path;
 use crate::snapshot::{Listener, Snapshot};
 use crate::target_group::{health_check, TargetRegistry};
 use crate::tls::CertStore;
+use crate::workers::{self, Workers};
 
 /// The load balancer of one Portico process.
 pub struct LoadBalancer {
@@ -36,6 +37,7 @@ pub struct LoadBalancer {
     draining: CancellationToken,
     connections: TaskTracker,
     apply_lock: tokio::sync::Mutex<()>,
+    workers: Workers,
 }
 
 /// What identifies a listening socket across reloads: its address, and for port 0 (a port the
@@ -85,6 +87,8 @@ impl LoadBalancer {
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             apply_lock: tokio::sync::Mutex::new(()),
+            workers: Workers::start(workers::default_count())
+                .expect("cannot start worker threads (is the process out of threads?)"),
         })
     }
 
@@ -230,9 +234,11 @@ impl LoadBalancer {
         lock(&self.health).cancel();
         self.draining.cancel();
         self.connections.close();
-        tokio::time::timeout(deadline, self.connections.wait())
+        let drained = tokio::time::timeout(deadline, self.connections.wait())
             .await
-            .is_ok()
+            .is_ok();
+        self.workers.stop();
+        drained
     }
 
     fn listener_for(&self, key: &BindKey) -> Option<Arc<Listener>> {
@@ -308,12 +314,20 @@ async fn accept_loop(
             continue;
         }
         let slot = ConnSlot::take(active.clone());
+        // The socket moves to a worker thread, which owns the connection from here on.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
         let lb2 = lb.clone();
-        lb.connections.spawn(async move {
-            crate::connection::serve(lb2.clone(), listener, stream, peer, lb2.draining.clone())
-                .await;
+        let conn = lb.connections.track_future(async move {
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
+            let draining = lb2.draining.clone();
+            crate::connection::serve(lb2, listener, stream, peer, draining).await;
             drop(slot);
         });
+        lb.workers.next().spawn(conn);
     }
 }
 

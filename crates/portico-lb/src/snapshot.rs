@@ -278,7 +278,6 @@ fn target_group(
         health_check,
         tg.connect_timeout,
         tg.response_timeout,
-        registry.client(tg.connect_timeout),
     ))
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Algorithm;
-use crate::proxy::{target_client, TargetClient};
+use crate::proxy::TargetClient;
 pub use health_check::HealthCheck;
 
 /// When no active health check is configured, a target taken out by passive detection is tried
@@ -31,7 +31,6 @@ pub struct TargetGroup {
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
-    client: TargetClient,
     /// Target indices repeated by weight and interleaved, for weighted round robin.
     sequence: Vec<usize>,
     next: AtomicUsize,
@@ -63,7 +62,6 @@ impl TargetGroup {
         health_check: Option<HealthCheck>,
         connect_timeout: Duration,
         response_timeout: Duration,
-        client: TargetClient,
     ) -> Self {
         let sequence = crate::action::interleave(
             targets
@@ -79,16 +77,15 @@ impl TargetGroup {
             health_check,
             connect_timeout,
             response_timeout,
-            client,
             sequence,
             next: AtomicUsize::new(0),
             failing_open: AtomicBool::new(false),
         }
     }
 
-    /// The keep-alive client that reaches this group's targets.
-    pub fn client(&self) -> &TargetClient {
-        &self.client
+    /// The keep-alive client that reaches this group's targets from the current worker thread.
+    pub fn client(&self) -> TargetClient {
+        crate::proxy::client_for(self.connect_timeout)
     }
 
     /// Chooses a target for one request, avoiding `exclude` (the target a retry moves away from).
@@ -223,28 +220,13 @@ fn epoch() -> Instant {
     })
 }
 
-/// Target states by (group, address), and target clients (with their connection pools) by
-/// connect timeout, shared across snapshots so that a reload keeps health and pooled connections.
-#[derive(Default)]
+/// Target states by (group, address), shared across snapshots so that a reload keeps health.
+#[derive(Debug, Default)]
 pub struct TargetRegistry {
     states: Mutex<HashMap<(String, SocketAddr), Arc<TargetState>>>,
-    clients: Mutex<HashMap<Duration, TargetClient>>,
-}
-
-impl std::fmt::Debug for TargetRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TargetRegistry")
-    }
 }
 
 impl TargetRegistry {
-    pub fn client(&self, connect_timeout: Duration) -> TargetClient {
-        let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(connect_timeout)
-            .or_insert_with(|| target_client(connect_timeout))
-            .clone()
-    }
-
     pub fn state(&self, group: &str, addr: SocketAddr) -> Arc<TargetState> {
         let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((group.to_string(), addr)).or_default().clone()
@@ -276,7 +258,6 @@ mod tests {
             None,
             Duration::from_secs(1),
             Duration::from_secs(1),
-            target_client(Duration::from_secs(1)),
         )
     }
 

@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Load balancer benchmark: Portico against nginx, HAProxy and Caddy, side by side in one run.
+
+Each proxy terminates TLS with the same ECDSA P-256 certificate in front of the same keep-alive
+backend (an nginx instance answering a fixed 200) on loopback, and is measured in four scenarios:
+
+  S1  HTTP/1.1 keep-alive over TLS            wrk
+  S2  a new TLS connection per request        wrk with Connection: close
+  S3  HTTP/2, 10 streams per connection        h2load -c 10 -m 10
+  S4  plain HTTP through the proxy            wrk
+
+Proxies run one at a time; rounds interleave them (round 1: portico, nginx, haproxy, caddy; round 2
+again ...), and each figure is the median over rounds. Peak RSS is the sum of VmHWM over the proxy's
+processes at the end of its run. Usage:
+
+  bench/run.py [--duration 8] [--rounds 2] [--only portico,nginx]
+
+Needs: nginx haproxy caddy wrk nghttp2-client openssl (Debian packages); builds Portico release.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PORTICO = ROOT / "target" / "release" / "portico"
+BACKEND_PORT = 18900
+TLS_PORT = 18943
+HTTP_PORT = 18980
+CONNS = 64
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def wait_port(port, deadline=15):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {deadline}s")
+
+
+def wait_port_free(port, deadline=15):
+    end = time.time() + deadline
+    while time.time() < end:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.close()
+            return
+        except OSError:
+            s.close()
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} still busy")
+
+
+def tree_pids(pid):
+    pids = [pid]
+    try:
+        out = sh(["pgrep", "-P", str(pid)]).stdout.split()
+    except subprocess.CalledProcessError:
+        out = []
+    for c in out:
+        pids += tree_pids(int(c))
+    return pids
+
+
+def peak_rss_kb(pid):
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Proxy:
+    def __init__(self, name, work):
+        self.name, self.work, self.proc = name, work, None
+
+    def start(self):
+        cmd = self.command()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{self.name}.err", "w"),
+                                     start_new_session=True)
+        wait_port(TLS_PORT)
+        wait_port(HTTP_PORT)
+
+    def stop(self):
+        rss = peak_rss_kb(self.proc.pid)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        wait_port_free(TLS_PORT)
+        wait_port_free(HTTP_PORT)
+        return rss
+
+
+class Portico(Proxy):
+    def command(self):
+        conf = self.work / "portico.toml"
+        conf.write_text(f"""
+state_dir = "{self.work}/portico-state"
+[log]
+level = "warn"
+[[certificate]]
+name = "bench"
+cert_file = "{self.work}/cert.pem"
+key_file = "{self.work}/key.pem"
+[[target_group]]
+name = "backend"
+targets = ["127.0.0.1:{BACKEND_PORT}"]
+[[listener]]
+name = "https"
+bind = "127.0.0.1:{TLS_PORT}"
+protocol = "https"
+certificates = ["bench"]
+default_action = {{ forward = "backend" }}
+[[listener]]
+name = "http"
+bind = "127.0.0.1:{HTTP_PORT}"
+protocol = "http"
+default_action = {{ forward = "backend" }}
+""")
+        return [str(PORTICO), "serve", "-c", str(conf)]
+
+
+class Nginx(Proxy):
+    def command(self):
+        conf = self.work / "nginx-proxy.conf"
+        conf.write_text(f"""
+worker_processes auto;
+daemon off;
+pid {self.work}/nginx-proxy.pid;
+error_log {self.work}/nginx-proxy.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
+  ssl_session_cache shared:SSL:10m;
+  ssl_session_tickets on;
+  server {{
+    listen 127.0.0.1:{TLS_PORT} ssl http2;
+    ssl_certificate {self.work}/cert.pem;
+    ssl_certificate_key {self.work}/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+  server {{
+    listen 127.0.0.1:{HTTP_PORT};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+        return ["nginx", "-c", str(conf), "-e", str(self.work / "nginx-proxy.error.log")]
+
+
+class Haproxy(Proxy):
+    def command(self):
+        pem = self.work / "combined.pem"
+        pem.write_text((self.work / "cert.pem").read_text() + (self.work / "key.pem").read_text())
+        conf = self.work / "haproxy.cfg"
+        conf.write_text(f"""
+global
+  nbthread 2
+  maxconn 8000
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend tls
+  bind 127.0.0.1:{TLS_PORT} ssl crt {pem} alpn h2,http/1.1
+  default_backend be
+frontend plain
+  bind 127.0.0.1:{HTTP_PORT}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{BACKEND_PORT}
+""")
+        return ["haproxy", "-f", str(conf), "-db"]
+
+
+class Caddy(Proxy):
+    def command(self):
+        conf = self.work / "Caddyfile"
+        conf.write_text(f"""
+{{
+  admin off
+  auto_https off
+  log {{ level ERROR }}
+}}
+https://127.0.0.1:{TLS_PORT}, https://localhost:{TLS_PORT} {{
+  tls {self.work}/cert.pem {self.work}/key.pem
+  reverse_proxy 127.0.0.1:{BACKEND_PORT}
+}}
+http://127.0.0.1:{HTTP_PORT} {{
+  reverse_proxy 127.0.0.1:{BACKEND_PORT}
+}}
+""")
+        env_home = self.work / "caddy-home"
+        env_home.mkdir(exist_ok=True)
+        os.environ["XDG_DATA_HOME"] = str(env_home)
+        os.environ["XDG_CONFIG_HOME"] = str(env_home)
+        return ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
+
+
+PROXIES = {"portico": Portico, "nginx": Nginx, "haproxy": Haproxy, "caddy": Caddy}
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return {"rps": rps, "p50_ms": lat(50), "p99_ms": lat(99), "errors": errors}
+
+
+def run_wrk(url, duration, close=False):
+    cmd = ["wrk", "-t2", f"-c{CONNS if not close else 16}", f"-d{duration}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    return parse_wrk(sh(cmd + [url]).stdout)
+
+
+def run_h2load(duration, work):
+    log = work / "h2load.log"
+    out = sh(["h2load", "-c", "10", "-m", "10", "-t", "2", "-D", str(duration), "--log-file", str(log),
+              f"https://localhost:{TLS_PORT}/"]).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    times = sorted(int(l.split("\t")[2]) / 1000 for l in log.read_text().splitlines() if l.strip())
+    m = re.search(r"(\d+) failed, (\d+) errored", out)
+    errors = int(m.group(1)) + int(m.group(2)) if m else 0
+    return {"rps": rps, "p50_ms": times[len(times) // 2], "p99_ms": times[int(len(times) * 0.99)], "errors": errors}
+
+
+SCENARIOS = {
+    "S1 h1 keep-alive TLS": lambda d, w: run_wrk(f"https://localhost:{TLS_PORT}/", d),
+    "S2 new TLS conn/request": lambda d, w: run_wrk(f"https://localhost:{TLS_PORT}/", d, close=True),
+    "S3 h2 10 streams/conn": run_h2load,
+    "S4 plain HTTP": lambda d, w: run_wrk(f"http://127.0.0.1:{HTTP_PORT}/", d),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", default=",".join(PROXIES))
+    ap.add_argument("--json", help="write raw results here")
+    args = ap.parse_args()
+    for tool in ["nginx", "haproxy", "caddy", "wrk", "h2load", "openssl"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: apt-get install nginx haproxy caddy wrk nghttp2-client openssl")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
+    work = Path(tempfile.mkdtemp(prefix="portico-bench-"))
+    sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")])
+    backend_conf = work / "backend.conf"
+    backend_conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/backend.pid;
+error_log {work}/backend.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{BACKEND_PORT}; location / {{ return 200 "hello from the backend\\n"; }} }}
+}}
+""")
+    backend = subprocess.Popen(["nginx", "-c", str(backend_conf), "-e", str(work / "backend.error.log")],
+                               start_new_session=True, stderr=subprocess.DEVNULL)
+    results = {}  # (proxy, scenario) -> list of runs
+    rss = {}
+    try:
+        wait_port(BACKEND_PORT)
+        names = args.only.split(",")
+        for rnd in range(args.rounds):
+            for name in names:
+                proxy = PROXIES[name](name, work)
+                proxy.start()
+                try:
+                    for sc, fn in SCENARIOS.items():
+                        r = fn(args.duration, work)
+                        results.setdefault((name, sc), []).append(r)
+                        print(f"round {rnd + 1} {name:8} {sc:26} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.2f} ms"
+                              f"  p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
+                finally:
+                    rss[name] = max(rss.get(name, 0), proxy.stop())
+    finally:
+        os.killpg(backend.pid, signal.SIGKILL)
+        backend.wait()
+    report(results, rss, names)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": {f"{k[0]}|{k[1]}": v for k, v in results.items()},
+                                               "peak_rss_kb": rss}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results, rss, names):
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ["rps", "p50_ms", "p99_ms", "errors"]}
+           for k, v in results.items()}
+    print()
+    print("| scenario | " + " | ".join(names) + " | portico / best of nginx, haproxy |")
+    print("|---|" + "---|" * len(names) + "---|")
+    for sc in SCENARIOS:
+        cells = []
+        for n in names:
+            m = med[(n, sc)]
+            cells.append(f"{m['rps']:.0f} req/s, p50 {m['p50_ms']:.2f} / p99 {m['p99_ms']:.2f} ms")
+        peers = [med[(n, sc)]["rps"] for n in ("nginx", "haproxy") if (n, sc) in med]
+        ratio = f"{med[('portico', sc)]['rps'] / max(peers):.2f}x" if peers and ("portico", sc) in med else "-"
+        print(f"| {sc} | " + " | ".join(cells) + f" | {ratio} |")
+    print("| peak RSS | " + " | ".join(f"{rss[n] / 1024:.1f} MB" for n in names) + " | |")
+
+
+if __name__ == "__main__":
+    main()
