@@ -209,7 +209,6 @@ class Caddy(Proxy):
 {{
   admin off
   auto_https off
-  log {{ level ERROR }}
 }}
 https://127.0.0.1:{TLS_PORT}, https://localhost:{TLS_PORT} {{
   tls {self.work}/cert.pem {self.work}/key.pem

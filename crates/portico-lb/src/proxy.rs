@@ -134,14 +134,14 @@ pub async fn handle(
             None,
         )
     } else {
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or("").to_string();
+        let uri = req.uri().clone();
+        let (path, query) = (uri.path(), uri.query().unwrap_or(""));
         let facts = RequestFacts {
             method: req.method(),
             headers: req.headers(),
             host: &host,
-            path: &path,
-            query: &query,
+            path,
+            query,
             client: canonical_ip(ctx.peer.ip()),
         };
         let rule = listener.rules.iter().find(|r| r.matches(&facts));
@@ -162,8 +162,8 @@ pub async fn handle(
                     protocol: scheme(&listener),
                     host: &host,
                     port: ctx.local.port(),
-                    path: &path,
-                    query: &query,
+                    path,
+                    query,
                 });
                 let mut res = error_response(r.status, "");
                 match HeaderValue::from_str(&location) {
@@ -230,8 +230,8 @@ async fn forward(
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let retry_safe = is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
     let mut body = Some(body.boxed_unsync());
     let mut exclude = None;
@@ -248,21 +248,27 @@ async fn forward(
             );
         };
         let guard = target.state.begin_request();
-        let uri = match format!("http://{}{}", target.addr, path).parse::<http::Uri>() {
-            Ok(u) => u,
-            Err(_) => {
-                return (
-                    error_response(StatusCode::BAD_REQUEST, "bad request target"),
-                    None,
-                    None,
-                )
-            }
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(target.authority.clone());
+        uri.path_and_query = Some(path.clone());
+        let Ok(uri) = http::Uri::from_parts(uri) else {
+            return (
+                error_response(StatusCode::BAD_REQUEST, "bad request target"),
+                None,
+                None,
+            );
         };
         let mut out = Request::new(body.take().unwrap_or_else(empty));
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
         *out.version_mut() = Version::HTTP_11;
-        *out.headers_mut() = parts.headers.clone();
+        // Only a request that may be retried needs its headers kept for a second attempt.
+        *out.headers_mut() = if retry_safe && attempt == 0 {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
         let sent = tokio::time::timeout(group.response_timeout, client.request(out)).await;
         match sent {
             Err(_) => {

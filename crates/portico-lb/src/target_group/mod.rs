@@ -41,6 +41,8 @@ pub struct TargetGroup {
 #[derive(Debug)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once so that requests only clone it.
+    pub authority: http::uri::Authority,
     pub weight: u32,
     pub state: Arc<TargetState>,
 }
@@ -247,6 +249,7 @@ mod tests {
         let targets = (0..n)
             .map(|i| Target {
                 addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                authority: http::uri::Authority::from_static("127.0.0.1"),
                 weight: 1,
                 state: Arc::default(),
             })
