@@ -303,18 +303,7 @@ fn port_or_placeholder<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>
     }))
 }
 
-/// Durations written as humans write them: `"10s"`, `"500ms"`, `"2m"`.
-pub mod duration {
-    use super::*;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (write e.g. \"10s\", \"500ms\", \"2m\")"
-            ))
-        })
-    }
-}
+pub use portico_config::duration;
 
 mod defaults {
     use std::time::Duration;

@@ -11,7 +11,6 @@ mod body;
 pub mod config;
 mod connection;
 mod idle;
-pub mod issue;
 pub mod proxy;
 pub mod rule;
 mod server;
@@ -20,6 +19,6 @@ pub mod target_group;
 pub mod tls;
 mod workers;
 
-pub use issue::{ConfigIssue, PathSeg};
+pub use portico_config::{ConfigIssue, PathSeg};
 pub use server::{LoadBalancer, TargetHealth};
 pub use snapshot::Snapshot;

@@ -18,12 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LbConfig;
-use crate::issue::ConfigIssue;
-use crate::path;
 use crate::snapshot::{Listener, Snapshot};
 use crate::target_group::{health_check, TargetRegistry};
 use crate::tls::CertStore;
 use crate::workers::{self, Workers};
+use portico_config::{path, ConfigIssue};
 
 /// The load balancer of one Portico process.
 pub struct LoadBalancer {

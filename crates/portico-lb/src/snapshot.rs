@@ -16,12 +16,11 @@ use ipnet::IpNet;
 use crate::access_log::AccessLog;
 use crate::action::{Action, FixedResponse, Forward, Redirect};
 use crate::config::*;
-use crate::issue::{ConfigIssue, PathSeg};
-use crate::path;
 use crate::rule::{compile_headers, Glob, Rule};
 use crate::target_group::health_check::Matcher;
 use crate::target_group::{HealthCheck, Target, TargetGroup, TargetRegistry};
 use crate::tls::{self, CertStore, ListenerResolver, ServedCert};
+use portico_config::{path, ConfigIssue, PathSeg};
 
 /// An immutable, validated view of the load balancer's configuration.
 #[derive(Debug)]

@@ -66,7 +66,7 @@ impl fmt::Display for ConfigIssue {
 #[macro_export]
 macro_rules! path {
     ($($seg:expr),* $(,)?) => {
-        vec![$($crate::issue::IntoSeg::into_seg($seg)),*]
+        vec![$($crate::IntoSeg::into_seg($seg)),*]
     };
 }
 

@@ -1,0 +1,372 @@
+//! Authoritative answers, the way Knot and NSD give them: NOERROR, NXDOMAIN and NODATA with the
+//! SOA in the authority section, CNAME chains followed inside the zone, wildcards (RFC 4592),
+//! referrals with glue below a zone cut, ALIAS answered as A/AAAA, a minimal answer to ANY
+//! (RFC 8482), and the query name's letter case echoed. No wire bytes here: names and records in,
+//! records out.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::zone::{AliasTarget, Node, Zone};
+
+/// Every hosted zone, by apex (lower-case, fully qualified).
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub zones: HashMap<Name, Arc<Zone>>,
+}
+
+impl Catalog {
+    /// The hosted zone that contains `name` (the longest matching apex).
+    pub fn find(&self, name: &Name) -> Option<&Arc<Zone>> {
+        let lower = name.to_lowercase();
+        (0..=lower.num_labels() as usize)
+            .rev()
+            .find_map(|n| self.zones.get(&lower.trim_to(n)))
+    }
+}
+
+/// An answer before it becomes a message.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub authoritative: bool,
+    pub answers: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub additional: Vec<Record>,
+}
+
+/// Addresses of a Portico listener, for ALIAS records that point at one.
+pub trait ListenerAddrs: Send + Sync {
+    fn addrs(&self, listener: &str) -> Vec<IpAddr>;
+}
+
+impl ListenerAddrs for () {
+    fn addrs(&self, _: &str) -> Vec<IpAddr> {
+        Vec::new()
+    }
+}
+
+const MAX_CHAIN: usize = 8;
+
+/// Answers `qname`/`qtype` from the catalog; REFUSED for names outside every hosted zone.
+pub fn lookup(
+    catalog: &Catalog,
+    qname: &Name,
+    qtype: RecordType,
+    listeners: &dyn ListenerAddrs,
+) -> Answer {
+    let Some(zone) = catalog.find(qname) else {
+        return Answer {
+            rcode: ResponseCode::Refused,
+            ..Default::default()
+        };
+    };
+    let mut out = Answer {
+        rcode: ResponseCode::NoError,
+        authoritative: true,
+        ..Default::default()
+    };
+    let mut name = qname.clone();
+    for _ in 0..MAX_CHAIN {
+        let before = out.answers.len();
+        let next = step(zone, &name, qtype, listeners, &mut out);
+        match next {
+            Some(next) if zone.origin.zone_of(&next) => name = next,
+            Some(_) => break,
+            None => {
+                // Nothing added by the last step: NXDOMAIN or NODATA, even after a CNAME.
+                if out.answers.len() == before {
+                    add_soa(zone, &mut out);
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// One name of a (possible) CNAME chain. Returns the CNAME target to follow, if any.
+fn step(
+    zone: &Zone,
+    qname: &Name,
+    qtype: RecordType,
+    listeners: &dyn ListenerAddrs,
+    out: &mut Answer,
+) -> Option<Name> {
+    let lname = qname.to_lowercase();
+    if let Some(cut) = delegation(zone, &lname) {
+        referral(zone, &cut, out);
+        return None;
+    }
+    if let Some(node) = zone.nodes.get(&lname) {
+        return answer_node(zone, node, qname, qtype, listeners, out);
+    }
+    if has_descendant(zone, &lname) {
+        // An empty non-terminal: the name exists, with no data (NODATA).
+        return None;
+    }
+    // Wildcard (RFC 4592): `*.` + the closest encloser.
+    let mut encloser = lname.base_name();
+    while zone.origin.zone_of(&encloser) {
+        if zone.nodes.contains_key(&encloser) || has_descendant(zone, &encloser) {
+            let Ok(wild) = encloser.prepend_label("*") else {
+                break;
+            };
+            if let Some(node) = zone.nodes.get(&wild) {
+                return answer_node(zone, node, qname, qtype, listeners, out);
+            }
+            break;
+        }
+        encloser = encloser.base_name();
+    }
+    out.rcode = ResponseCode::NXDomain;
+    None
+}
+
+fn answer_node(
+    zone: &Zone,
+    node: &Node,
+    owner: &Name,
+    qtype: RecordType,
+    listeners: &dyn ListenerAddrs,
+    out: &mut Answer,
+) -> Option<Name> {
+    out.rcode = ResponseCode::NoError;
+    if qtype == RecordType::ANY {
+        // RFC 8482: one RRset is a complete answer to ANY.
+        if let Some(set) = node.sets.first() {
+            push_set(owner, set.rtype, set.ttl, &set.rdatas, &mut out.answers);
+        } else if node.alias.is_some() {
+            alias(zone, node, owner, RecordType::A, listeners, out);
+        }
+        return None;
+    }
+    if let Some(set) = node.get(qtype) {
+        push_set(owner, set.rtype, set.ttl, &set.rdatas, &mut out.answers);
+        additional_for(zone, &set.rdatas, out);
+        return None;
+    }
+    if matches!(qtype, RecordType::A | RecordType::AAAA) && node.alias.is_some() {
+        alias(zone, node, owner, qtype, listeners, out);
+        return None;
+    }
+    if let Some(set) = node.get(RecordType::CNAME) {
+        push_set(
+            owner,
+            RecordType::CNAME,
+            set.ttl,
+            &set.rdatas,
+            &mut out.answers,
+        );
+        if let Some(RData::CNAME(target)) = set.rdatas.first() {
+            return Some(target.0.clone());
+        }
+    }
+    None
+}
+
+fn alias(
+    zone: &Zone,
+    node: &Node,
+    owner: &Name,
+    qtype: RecordType,
+    listeners: &dyn ListenerAddrs,
+    out: &mut Answer,
+) {
+    let Some(a) = &node.alias else { return };
+    let addrs: Vec<IpAddr> = match &a.target {
+        AliasTarget::Listener(l) => listeners.addrs(l),
+        AliasTarget::Name(n) => {
+            let target = zone.nodes.get(&n.to_lowercase());
+            target
+                .and_then(|t| t.get(qtype))
+                .map(|s| {
+                    s.rdatas
+                        .iter()
+                        .filter_map(|r| match r {
+                            RData::A(a) => Some(IpAddr::V4(a.0)),
+                            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    };
+    for ip in addrs {
+        let rdata = match (ip, qtype) {
+            (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
+            (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
+            _ => continue,
+        };
+        out.answers
+            .push(Record::from_rdata(owner.clone(), a.ttl, rdata));
+    }
+}
+
+fn push_set(owner: &Name, _rtype: RecordType, ttl: u32, rdatas: &[RData], out: &mut Vec<Record>) {
+    out.extend(
+        rdatas
+            .iter()
+            .map(|r| Record::from_rdata(owner.clone(), ttl, r.clone())),
+    );
+}
+
+/// In-zone addresses of MX, SRV and NS targets, as Knot adds them.
+fn additional_for(zone: &Zone, rdatas: &[RData], out: &mut Answer) {
+    for r in rdatas {
+        let target = match r {
+            RData::MX(m) => &m.exchange,
+            RData::SRV(s) => &s.target,
+            RData::NS(n) => &n.0,
+            _ => continue,
+        };
+        glue(zone, target, &mut out.additional);
+    }
+}
+
+fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
+    if let Some(node) = zone.nodes.get(&target.to_lowercase()) {
+        for t in [RecordType::A, RecordType::AAAA] {
+            if let Some(set) = node.get(t) {
+                push_set(target, t, set.ttl, &set.rdatas, out);
+            }
+        }
+    }
+}
+
+/// The highest zone cut (NS below the apex) at or above `lname`, if any.
+fn delegation(zone: &Zone, lname: &Name) -> Option<Name> {
+    let apex_labels = zone.origin.num_labels() as usize;
+    let labels = lname.num_labels() as usize;
+    (apex_labels + 1..=labels)
+        .map(|n| lname.trim_to(n))
+        .find(|cut| {
+            zone.nodes
+                .get(cut)
+                .is_some_and(|node| node.get(RecordType::NS).is_some())
+        })
+}
+
+fn referral(zone: &Zone, cut: &Name, out: &mut Answer) {
+    out.authoritative = false;
+    out.rcode = ResponseCode::NoError;
+    if let Some(set) = zone.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
+        push_set(
+            cut,
+            RecordType::NS,
+            set.ttl,
+            &set.rdatas,
+            &mut out.authority,
+        );
+        for r in &set.rdatas {
+            if let RData::NS(ns) = r {
+                glue(zone, &ns.0, &mut out.additional);
+            }
+        }
+    }
+}
+
+fn has_descendant(zone: &Zone, lname: &Name) -> bool {
+    zone.nodes
+        .range((Bound::Excluded(lname.clone()), Bound::Unbounded))
+        .next()
+        .is_some_and(|(n, _)| lname.zone_of(n))
+}
+
+/// Negative answers carry the SOA, its TTL capped by the SOA minimum (RFC 2308).
+fn add_soa(zone: &Zone, out: &mut Answer) {
+    if !out.authoritative {
+        return;
+    }
+    if let Some((soa, ttl)) = zone.soa() {
+        out.authority.push(Record::from_rdata(
+            zone.origin.clone(),
+            ttl.min(soa.minimum),
+            RData::SOA(soa.clone()),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone_file::parse_into;
+
+    fn catalog() -> Catalog {
+        let mut z = Zone::new(&Name::from_ascii("example.com.").unwrap());
+        parse_into(
+            &mut z,
+            r#"
+@ 3600 SOA ns1 hostmaster 1 7200 900 1209600 300
+@ NS ns1
+ns1 A 192.0.2.1
+www CNAME app
+app A 192.0.2.10
+chain1 CNAME chain2
+chain2 CNAME www
+out CNAME elsewhere.example.net.
+*.wild A 192.0.2.99
+a.b.c TXT "deep"
+sub NS ns.sub
+ns.sub A 192.0.2.53
+"#,
+            300,
+        )
+        .unwrap();
+        let mut c = Catalog::default();
+        c.zones.insert(z.origin.clone(), Arc::new(z));
+        c
+    }
+
+    fn q(name: &str, t: RecordType) -> Answer {
+        lookup(&catalog(), &Name::from_ascii(name).unwrap(), t, &())
+    }
+
+    #[test]
+    fn rcodes() {
+        assert_eq!(q("app.example.com.", RecordType::A).answers.len(), 1);
+        let nodata = q("app.example.com.", RecordType::MX);
+        assert_eq!(
+            (nodata.rcode, nodata.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        assert_eq!(nodata.authority[0].record_type(), RecordType::SOA);
+        assert_eq!(nodata.authority[0].ttl, 300);
+        assert_eq!(
+            q("nope.example.com.", RecordType::A).rcode,
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            q("b.c.example.com.", RecordType::A).rcode,
+            ResponseCode::NoError,
+            "empty non-terminal"
+        );
+        assert_eq!(
+            q("example.org.", RecordType::A).rcode,
+            ResponseCode::Refused
+        );
+    }
+
+    #[test]
+    fn chains_wildcards_referrals_case() {
+        let a = q("chain1.example.com.", RecordType::A);
+        assert_eq!(a.answers.len(), 4, "{:?}", a.answers);
+        let out = q("out.example.com.", RecordType::A);
+        assert_eq!((out.rcode, out.answers.len()), (ResponseCode::NoError, 1));
+        let w = q("x.WILD.example.com.", RecordType::A);
+        assert_eq!(w.answers[0].name.to_string(), "x.WILD.example.com.");
+        let r = q("host.sub.example.com.", RecordType::A);
+        assert!(!r.authoritative);
+        assert_eq!(r.authority[0].record_type(), RecordType::NS);
+        assert_eq!(r.additional.len(), 1, "glue");
+        let case = q("ApP.ExAmple.com.", RecordType::A);
+        assert_eq!(case.answers[0].name.to_string(), "ApP.ExAmple.com.");
+    }
+}

@@ -1,0 +1,505 @@
+//! RFC 1035 master files: import and export.
+//!
+//! The tokenizer and record framing are ours so that an error can name file:line and the record
+//! ($ORIGIN, $TTL, relative names, `@`, blank owners, parentheses, comments, quoted strings,
+//! escapes); the record data of each type is parsed by hickory-proto once names are qualified.
+//! `ALIAS` is Portico's own type (`@ ALIAS listener:https` or `@ ALIAS www`), as a Route 53 alias.
+
+use std::fmt::Write as _;
+
+use hickory_proto::rr::rdata::{CNAME, MX, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+use crate::zone::{Alias, AliasTarget, Zone};
+
+/// A master file that cannot be read, naming the line and the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message} (record: {record})")]
+pub struct ZoneFileError {
+    pub line: usize,
+    pub record: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+/// One word or quoted string of a record.
+pub struct Token {
+    pub text: String,
+    pub quoted: bool,
+}
+
+/// One logical record: its first line, whether it began with blank space, its tokens.
+struct Entry {
+    line: usize,
+    blank_owner: bool,
+    tokens: Vec<Token>,
+    raw: String,
+}
+
+fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
+    let mut entries = Vec::new();
+    let mut cur: Option<Entry> = None;
+    let mut depth = 0usize;
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let lineno = i + 1;
+        let err = |message: String| ZoneFileError {
+            line: lineno,
+            record: line.trim().to_string(),
+            message,
+        };
+        if depth == 0 {
+            if let Some(e) = cur.take() {
+                if !e.tokens.is_empty() {
+                    entries.push(e);
+                }
+            }
+            cur = Some(Entry {
+                line: lineno,
+                blank_owner: line.starts_with([' ', '\t']),
+                tokens: Vec::new(),
+                raw: line.trim().to_string(),
+            });
+        } else if let Some(e) = cur.as_mut() {
+            e.raw.push(' ');
+            e.raw.push_str(line.trim());
+        }
+        let entry = cur
+            .as_mut()
+            .ok_or_else(|| err("internal: no record".into()))?;
+        let chars: Vec<char> = line.chars().collect();
+        let mut j = 0;
+        while j < chars.len() {
+            let c = chars[j];
+            match c {
+                ' ' | '\t' | '\r' => j += 1,
+                ';' => break,
+                '(' => {
+                    depth += 1;
+                    j += 1;
+                }
+                ')' => {
+                    depth = depth
+                        .checked_sub(1)
+                        .ok_or_else(|| err("')' without '('".into()))?;
+                    j += 1;
+                }
+                '"' => {
+                    let mut s = String::new();
+                    j += 1;
+                    loop {
+                        let Some(&c) = chars.get(j) else {
+                            return Err(err("unterminated quoted string".into()));
+                        };
+                        j += 1;
+                        match c {
+                            '"' => break,
+                            '\\' => {
+                                let (ch, used) = unescape(&chars[j..]).map_err(err)?;
+                                s.push(ch);
+                                j += used;
+                            }
+                            c => s.push(c),
+                        }
+                    }
+                    entry.tokens.push(Token {
+                        text: s,
+                        quoted: true,
+                    });
+                }
+                _ => {
+                    let mut s = String::new();
+                    while j < chars.len()
+                        && !matches!(chars[j], ' ' | '\t' | '\r' | ';' | '(' | ')' | '"')
+                    {
+                        if chars[j] == '\\' && j + 1 < chars.len() {
+                            // Keep escapes in names for hickory's name parser.
+                            s.push('\\');
+                            s.push(chars[j + 1]);
+                            j += 2;
+                        } else {
+                            s.push(chars[j]);
+                            j += 1;
+                        }
+                    }
+                    entry.tokens.push(Token {
+                        text: s,
+                        quoted: false,
+                    });
+                }
+            }
+        }
+    }
+    if depth > 0 {
+        let e = cur.as_ref();
+        return Err(ZoneFileError {
+            line: e.map_or(lines.len(), |e| e.line),
+            record: e.map(|e| e.raw.clone()).unwrap_or_default(),
+            message: "'(' is never closed".into(),
+        });
+    }
+    if let Some(e) = cur {
+        if !e.tokens.is_empty() {
+            entries.push(e);
+        }
+    }
+    Ok(entries)
+}
+
+/// `\X` or `\DDD` inside a quoted string; returns the character and how many chars it used.
+fn unescape(rest: &[char]) -> Result<(char, usize), String> {
+    match rest {
+        [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            let v = (*a as u32 - 48) * 100 + (*b as u32 - 48) * 10 + (*c as u32 - 48);
+            u8::try_from(v)
+                .map(|b| (b as char, 3))
+                .map_err(|_| format!("escape \\{a}{b}{c} is above 255"))
+        }
+        [c, ..] => Ok((*c, 1)),
+        [] => Err("a backslash ends the line".into()),
+    }
+}
+
+/// Parses a master file into `zone` (whose origin is the default `$ORIGIN`).
+pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), ZoneFileError> {
+    let mut origin = zone.origin.clone();
+    let mut ttl = default_ttl;
+    let mut last_owner: Option<Name> = None;
+    for e in tokenize(text)? {
+        let err = |message: String| ZoneFileError {
+            line: e.line,
+            record: e.raw.clone(),
+            message,
+        };
+        let mut toks = e.tokens.iter().peekable();
+        let first = &e.tokens[0];
+        if !first.quoted && first.text.starts_with('$') {
+            let arg = e
+                .tokens
+                .get(1)
+                .map(|t| t.text.as_str())
+                .ok_or_else(|| err(format!("{} needs an argument", first.text)))?;
+            match first.text.to_ascii_uppercase().as_str() {
+                "$ORIGIN" => origin = name(arg, &origin).map_err(err)?,
+                "$TTL" => ttl = parse_ttl(arg).map_err(err)?,
+                "$INCLUDE" => {
+                    return Err(err(
+                        "$INCLUDE is not supported: put the records in one file".into(),
+                    ))
+                }
+                d => return Err(err(format!("unknown directive {d}"))),
+            }
+            continue;
+        }
+        let owner = if e.blank_owner {
+            last_owner
+                .clone()
+                .ok_or_else(|| err("the first record has no owner name".into()))?
+        } else {
+            let t = toks.next().ok_or_else(|| err("empty record".into()))?;
+            name(&t.text, &origin).map_err(err)?
+        };
+        last_owner = Some(owner.clone());
+        let mut rec_ttl = ttl;
+        let mut rtype_text = None;
+        for _ in 0..3 {
+            let Some(t) = toks.next() else { break };
+            let up = t.text.to_ascii_uppercase();
+            if up == "IN" {
+                continue;
+            }
+            if matches!(up.as_str(), "CH" | "HS" | "CS") {
+                return Err(err(format!("class {up} is not served: only IN")));
+            }
+            if t.text.starts_with(|c: char| c.is_ascii_digit()) {
+                rec_ttl = parse_ttl(&t.text).map_err(err)?;
+                continue;
+            }
+            rtype_text = Some(up);
+            break;
+        }
+        let rtype_text = rtype_text.ok_or_else(|| err("no record type".into()))?;
+        let rest: Vec<&Token> = toks.collect();
+        if rtype_text == "ALIAS" {
+            let t = rest.first().ok_or_else(|| {
+                err("ALIAS needs a target: listener:NAME or a name in the zone".into())
+            })?;
+            let target = match t.text.strip_prefix("listener:") {
+                Some(l) => AliasTarget::Listener(l.to_string()),
+                None => AliasTarget::Name(name(&t.text, &origin).map_err(err)?),
+            };
+            zone.set_alias(
+                &owner,
+                Some(Alias {
+                    target,
+                    ttl: rec_ttl,
+                }),
+            );
+            continue;
+        }
+        let rtype: RecordType = rtype_text
+            .parse()
+            .map_err(|_| err(format!("unknown record type {rtype_text}")))?;
+        let rdata = rdata(rtype, &rest, &origin).map_err(err)?;
+        zone.add(&owner, rtype, rec_ttl, rdata);
+    }
+    Ok(())
+}
+
+fn name(text: &str, origin: &Name) -> Result<Name, String> {
+    if text == "@" {
+        return Ok(origin.clone());
+    }
+    let n = Name::parse(text, Some(origin)).map_err(|e| format!("bad name {text:?}: {e}"))?;
+    Ok(n.to_lowercase())
+}
+
+fn parse_ttl(t: &str) -> Result<u32, String> {
+    hickory_proto::serialize::txt::parse_ttl(t).map_err(|e| format!("bad TTL {t:?}: {e}"))
+}
+
+/// Record data of `rtype` from its tokens, with relative names qualified by `origin`.
+pub fn rdata(rtype: RecordType, toks: &[&Token], origin: &Name) -> Result<RData, String> {
+    let need = |n: usize| {
+        if toks.len() < n {
+            Err(format!("{rtype} needs {n} fields, found {}", toks.len()))
+        } else {
+            Ok(())
+        }
+    };
+    let num = |i: usize| -> Result<u32, String> {
+        toks[i]
+            .text
+            .parse::<u32>()
+            .map_err(|_| format!("{:?} is not a number", toks[i].text))
+    };
+    let nm = |i: usize| name(&toks[i].text, origin);
+    Ok(match rtype {
+        RecordType::CNAME => { need(1)?; RData::CNAME(CNAME(nm(0)?)) }
+        RecordType::NS => { need(1)?; RData::NS(NS(nm(0)?)) }
+        RecordType::PTR => { need(1)?; RData::PTR(PTR(nm(0)?)) }
+        RecordType::MX => { need(2)?; RData::MX(MX::new(num(0)? as u16, nm(1)?)) }
+        RecordType::SRV => { need(4)?; RData::SRV(SRV::new(num(0)? as u16, num(1)? as u16, num(2)? as u16, nm(3)?)) }
+        RecordType::SOA => {
+            need(7)?;
+            let t = |i: usize| parse_ttl(&toks[i].text);
+            RData::SOA(SOA::new(nm(0)?, nm(1)?, num(2)?, t(3)? as i32, t(4)? as i32, t(5)? as i32, t(6)?))
+        }
+        RecordType::TXT => {
+            need(1)?;
+            RData::TXT(TXT::new(toks.iter().map(|t| t.text.clone()).collect()))
+        }
+        RecordType::A | RecordType::AAAA | RecordType::CAA => {
+            let text: Vec<String> = toks.iter().map(|t| if t.quoted { quote(&t.text) } else { t.text.clone() }).collect();
+            RData::try_from_str(rtype, &text.join(" ")).map_err(|e| format!("bad {rtype} data: {e}"))?
+        }
+        other => return Err(format!("record type {other} is not supported (SOA NS A AAAA CNAME TXT CAA MX SRV PTR ALIAS are)")),
+    })
+}
+
+/// Tokens from a value string as the config and the API give them (`"10 mail"`, `"v=spf1 ~all"`).
+pub fn rdata_from_value(rtype: RecordType, value: &str, origin: &Name) -> Result<RData, String> {
+    if rtype == RecordType::TXT {
+        // A TXT value is one string unless it is written as quoted strings.
+        let tokens = if value.trim_start().starts_with('"') {
+            tokenize(value)
+                .map_err(|e| e.message)?
+                .into_iter()
+                .flat_map(|e| e.tokens)
+                .collect()
+        } else {
+            vec![Token {
+                text: value.to_string(),
+                quoted: true,
+            }]
+        };
+        let refs: Vec<&Token> = tokens.iter().collect();
+        return rdata(rtype, &refs, origin);
+    }
+    let entries = tokenize(value).map_err(|e| e.message)?;
+    let tokens: Vec<Token> = entries.into_iter().flat_map(|e| e.tokens).collect();
+    let refs: Vec<&Token> = tokens.iter().collect();
+    rdata(rtype, &refs, origin)
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\{b:03}");
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The record data as a master file writes it, names relative to `origin` where possible.
+pub fn rdata_text(rdata: &RData, origin: &Name) -> String {
+    let rel = |n: &Name| relative(n, origin);
+    match rdata {
+        RData::CNAME(c) => rel(&c.0),
+        RData::NS(n) => rel(&n.0),
+        RData::PTR(p) => rel(&p.0),
+        RData::MX(m) => format!("{} {}", m.preference, rel(&m.exchange)),
+        RData::SRV(s) => format!("{} {} {} {}", s.priority, s.weight, s.port, rel(&s.target)),
+        RData::SOA(s) => format!(
+            "{} {} {} {} {} {} {}",
+            rel(&s.mname),
+            rel(&s.rname),
+            s.serial,
+            s.refresh,
+            s.retry,
+            s.expire,
+            s.minimum
+        ),
+        RData::TXT(t) => t
+            .txt_data
+            .iter()
+            .map(|d| quote(&String::from_utf8_lossy(d)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn relative(n: &Name, origin: &Name) -> String {
+    if n == origin {
+        return "@".into();
+    }
+    if origin.zone_of(n) {
+        // Not num_labels(): it leaves out a leading `*` (RFC 4034 label count).
+        let keep = n.iter().count() - origin.iter().count();
+        let labels: Vec<String> = n
+            .iter()
+            .take(keep)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        return labels.join(".");
+    }
+    n.to_string()
+}
+
+/// Writes `zone` as a master file that [`parse_into`] reads back to the same zone.
+pub fn export(zone: &Zone) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "$ORIGIN {}", zone.origin);
+    // SOA first, then everything else in canonical order.
+    let mut names: Vec<&Name> = zone.nodes.keys().collect();
+    names.sort_by_key(|n| *n != &zone.origin);
+    for name in names {
+        let node = &zone.nodes[name];
+        let owner = relative(name, &zone.origin);
+        let mut sets: Vec<_> = node.sets.iter().collect();
+        sets.sort_by_key(|s| (s.rtype != RecordType::SOA, u16::from(s.rtype)));
+        for set in sets {
+            for r in &set.rdatas {
+                let _ = writeln!(
+                    out,
+                    "{owner}\t{}\tIN\t{}\t{}",
+                    set.ttl,
+                    set.rtype,
+                    rdata_text(r, &zone.origin)
+                );
+            }
+        }
+        if let Some(a) = &node.alias {
+            let target = match &a.target {
+                AliasTarget::Listener(l) => format!("listener:{l}"),
+                AliasTarget::Name(n) => relative(n, &zone.origin),
+            };
+            let _ = writeln!(out, "{owner}\t{}\tIN\tALIAS\t{target}", a.ttl);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+$ORIGIN example.com.
+$TTL 1h
+@   IN  SOA ns1 hostmaster (
+            2024010101 ; serial
+            7200 900 1209600 300 )
+    IN  NS  ns1
+    IN  NS  ns2.example.net.
+    3600 IN MX 10 mail
+@       ALIAS listener:https
+ns1     A   192.0.2.1
+www 300 IN  CNAME @
+mail    A   192.0.2.2
+        AAAA 2001:db8::2
+txt     TXT "hello world" "with \"quotes\" and \\ and \059"
+_sip._tcp SRV 10 5 5060 sip
+caa     CAA 0 issue "letsencrypt.org"
+*.wild  A   192.0.2.9
+"#;
+
+    fn zone() -> Zone {
+        let mut z = Zone::new(&Name::from_ascii("example.com.").unwrap());
+        parse_into(&mut z, FILE, 3600).unwrap();
+        z
+    }
+
+    #[test]
+    fn parses_the_syntax() {
+        let z = zone();
+        assert_eq!(z.serial(), 2024010101);
+        z.validate().unwrap();
+        let www = z
+            .node(&Name::from_ascii("www.example.com.").unwrap())
+            .unwrap();
+        assert_eq!(www.sets[0].ttl, 300);
+        let mail = z
+            .node(&Name::from_ascii("mail.example.com.").unwrap())
+            .unwrap();
+        assert_eq!(
+            mail.sets.len(),
+            2,
+            "blank owner continues the previous name"
+        );
+        let txt = z
+            .node(&Name::from_ascii("txt.example.com.").unwrap())
+            .unwrap();
+        match &txt.sets[0].rdatas[0] {
+            RData::TXT(t) => {
+                assert_eq!(t.txt_data[1].as_ref(), b"with \"quotes\" and \\ and ;");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(z.node(&z.origin.clone()).unwrap().alias.is_some());
+    }
+
+    #[test]
+    fn round_trips() {
+        let z = zone();
+        let text = export(&z);
+        let mut again = Zone::new(&z.origin);
+        parse_into(&mut again, &text, 3600).unwrap();
+        assert_eq!(again, z, "{text}");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_record() {
+        let mut z = Zone::new(&Name::from_ascii("example.com.").unwrap());
+        let e = parse_into(&mut z, "$TTL 300\nok A 192.0.2.1\nbad A 300.1.1.1\n", 300).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert_eq!(e.record, "bad A 300.1.1.1");
+        let e = parse_into(&mut z, "a TXT \"open\n", 300).unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.message.contains("unterminated"));
+        let e = parse_into(&mut z, "a SOA ns h ( 1 2 3\n4\n", 300).unwrap_err();
+        assert!(e.message.contains("never closed"), "{e}");
+        let e = parse_into(&mut z, "a HINFO x y\n", 300).unwrap_err();
+        assert!(e.message.contains("not supported"), "{e}");
+    }
+}
