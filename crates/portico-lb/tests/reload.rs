@@ -146,3 +146,60 @@ async fn shutdown_finishes_requests_in_flight() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_target_drains_its_request_in_flight() {
+    let dir = TempDir::new("deregister");
+    let (old, new) = (Backend::start("old").await, Backend::start("new").await);
+    let lb = start_lb(&config(0, old.addr, "v1"), dir.path()).await;
+    let l = addr(&lb, "l");
+    let in_flight = tokio::spawn(async move { get(l, "x", "/slow?ms=700").await });
+    eventually(
+        "request reached the old target",
+        Duration::from_secs(5),
+        || async { old.started.load(Ordering::Relaxed) == 1 },
+    )
+    .await;
+    // The target group now names only the new target; the old one is being drained.
+    let reloaded = config(0, new.addr, "v2");
+    apply(&lb, &reloaded, dir.path()).await.unwrap();
+    assert_eq!(get(l, "x", "/").await.backend(), "new");
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status, r.backend().as_str()),
+        (200, "old"),
+        "in-flight request finished"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_and_ipv4_listeners_side_by_side() {
+    let dir = TempDir::new("ipv6");
+    let b = Backend::start("b").await;
+    let lb = start_lb(
+        &format!(
+            r#"
+[[target_group]]
+name = "g"
+targets = ["{}"]
+[[listener]]
+name = "dual"
+bind = ["127.0.0.1:0", "[::1]:0"]
+protocol = "http"
+default_action = {{ forward = "g" }}
+"#,
+            b.addr
+        ),
+        dir.path(),
+    )
+    .await;
+    let addrs = lb.local_addrs("dual");
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs[1].is_ipv6());
+    for a in addrs {
+        let r = get(a, "x", "/").await;
+        assert_eq!(r.status, 200);
+        let client = if a.is_ipv6() { "::1" } else { "127.0.0.1" };
+        assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some(client));
+    }
+}
