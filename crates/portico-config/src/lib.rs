@@ -1,6 +1,7 @@
 //! The config vocabulary every part shares: a validation issue names its TOML path (the binary
 //! turns that into file:line:column), and durations are written as humans write them.
 
+pub mod files;
 pub mod issue;
 
 pub use issue::{ConfigIssue, IntoSeg, PathSeg};

@@ -1,5 +1,12 @@
 //! Portico's hosted zones: an authoritative DNS server for the user's domains.
 pub mod answer;
 pub mod config;
+pub mod handler;
+pub mod journal;
+mod notify;
+pub mod server;
+pub mod transfer;
+mod update;
 pub mod zone;
 pub mod zone_file;
+pub mod zones;

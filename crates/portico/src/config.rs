@@ -28,6 +28,11 @@ pub struct PorticoConfig {
         with = "portico_lb::config::duration"
     )]
     pub shutdown_timeout: Duration,
+    pub dns: Option<portico_dns::config::DnsConfig>,
+    #[serde(default)]
+    pub tsig_key: Vec<portico_dns::config::TsigKeyConfig>,
+    #[serde(default)]
+    pub zone: Vec<portico_dns::config::ZoneConfig>,
     #[serde(default)]
     pub certificate: Vec<CertificateConfig>,
     #[serde(default)]
@@ -79,6 +84,14 @@ impl PorticoConfig {
             certificates: self.certificate.clone(),
             target_groups: self.target_group.clone(),
             listeners: self.listener.clone(),
+        }
+    }
+
+    pub fn dns(&self) -> portico_dns::config::DnsSections {
+        portico_dns::config::DnsSections {
+            dns: self.dns.clone(),
+            tsig_keys: self.tsig_key.clone(),
+            zones: self.zone.clone(),
         }
     }
 

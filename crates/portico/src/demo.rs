@@ -15,8 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::config::Source;
-use crate::files::write_atomic;
 use crate::server::{init_tracing, runtime, Server};
+use portico_config::files::write_atomic;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {

@@ -2,7 +2,6 @@
 
 mod config;
 mod demo;
-mod files;
 mod server;
 
 use std::path::PathBuf;

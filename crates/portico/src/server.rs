@@ -12,6 +12,9 @@ use portico_lb::{LoadBalancer, Snapshot};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{ConfigError, LogFormat, PorticoConfig, Source};
+use portico_dns::answer::ListenerAddrs;
+use portico_dns::server::DnsServer;
+use portico_dns::zones::HostedZones;
 
 const PID_FILE: &str = "portico.pid";
 
@@ -29,6 +32,16 @@ fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> {
     ) {
         issues.extend(more);
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(rt) = rt {
+        // Zones validated in memory only: nothing is written by `check`.
+        let zones = HostedZones::new(None);
+        if let Err(more) = rt.block_on(zones.load(&config.dns(), &source.base_dir())) {
+            issues.extend(more);
+        }
+    }
     if !issues.is_empty() {
         return Err(source.locate(&issues));
     }
@@ -38,11 +51,12 @@ fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> {
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let (_, config) = load(path)?;
     println!(
-        "{}: ok ({} listeners, {} target groups, {} certificates)",
+        "{}: ok ({} listeners, {} target groups, {} certificates, {} zones)",
         path.display(),
         config.listener.len(),
         config.target_group.len(),
-        config.certificate.len()
+        config.certificate.len(),
+        config.zone.len()
     );
     Ok(())
 }
@@ -109,6 +123,25 @@ pub struct Server {
     source_path: PathBuf,
     config: PorticoConfig,
     pub lb: Arc<LoadBalancer>,
+    pub zones: Arc<HostedZones>,
+    pub dns: Option<DnsServer>,
+}
+
+/// ALIAS records that name a listener answer with the addresses it is bound to.
+struct LbListeners(Arc<LoadBalancer>);
+
+impl ListenerAddrs for LbListeners {
+    fn addrs(&self, listener: &str) -> Vec<std::net::IpAddr> {
+        let mut ips: Vec<std::net::IpAddr> = self
+            .0
+            .local_addrs(listener)
+            .into_iter()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        ips.dedup();
+        ips
+    }
 }
 
 impl Server {
@@ -121,11 +154,49 @@ impl Server {
         lb.apply(&config.lb(), &source.base_dir(), &HashSet::new())
             .await
             .map_err(|issues| source.locate(&issues))?;
+        let zones = HostedZones::new(Some(config.state_dir.clone()));
+        zones
+            .load(&config.dns(), &source.base_dir())
+            .await
+            .map_err(|issues| source.locate(&issues))?;
+        let dns = match &config.dns {
+            Some(d) => {
+                let mut listen = Vec::new();
+                for (i, a) in d.listen.iter().enumerate() {
+                    let addr: std::net::SocketAddr = a.parse().map_err(|_| {
+                        source.locate(&[portico_lb::ConfigIssue::new(
+                            vec![
+                                portico_lb::PathSeg::Key("dns".into()),
+                                portico_lb::PathSeg::Key("listen".into()),
+                                portico_lb::PathSeg::Index(i),
+                            ],
+                            format!("{a:?} is not an address:port"),
+                        )
+                        .hint("e.g. \"0.0.0.0:53\" or \"[::]:53\"")])
+                    })?;
+                    listen.push(addr);
+                }
+                let ctx = Arc::new(portico_dns::handler::Ctx {
+                    zones: zones.clone(),
+                    listeners: Arc::new(LbListeners(lb.clone())),
+                });
+                let opts = portico_dns::server::Options {
+                    tcp_idle_timeout: d.tcp_idle_timeout,
+                    max_tcp_connections: d.max_tcp_connections,
+                    rate_limit: d.rate_limit,
+                    ..Default::default()
+                };
+                Some(DnsServer::start(ctx, &listen, opts).await.context("DNS")?)
+            }
+            None => None,
+        };
         write_pid_file(&config.state_dir);
         Ok(Server {
             source_path: source.path,
             config,
             lb,
+            zones,
+            dns,
         })
     }
 
@@ -143,6 +214,9 @@ impl Server {
             }
         }
         tracing::info!(deadline = ?self.config.shutdown_timeout, "draining: no new connections, finishing requests in flight");
+        if let Some(d) = &self.dns {
+            d.stop();
+        }
         let clean = self.lb.shutdown(self.config.shutdown_timeout).await;
         if !clean {
             tracing::warn!("drain deadline passed with requests still in flight");
@@ -165,6 +239,10 @@ impl Server {
                 .apply(&config.lb(), &source.base_dir(), &HashSet::new())
                 .await
                 .map_err(|issues| source.locate(&issues))?;
+            self.zones
+                .load(&config.dns(), &source.base_dir())
+                .await
+                .map_err(|issues| source.locate(&issues))?;
             Ok(config)
         }
         .await;
@@ -182,7 +260,7 @@ impl Server {
 
 fn write_pid_file(state_dir: &Path) {
     let result = std::fs::create_dir_all(state_dir).and_then(|_| {
-        crate::files::write_atomic(
+        portico_config::files::write_atomic(
             &state_dir.join(PID_FILE),
             format!("{}\n", std::process::id()).as_bytes(),
             0o644,

@@ -1,0 +1,119 @@
+//! NOTIFY (RFC 1996) to secondaries after a change, then watching each secondary's SOA serial
+//! until it serves the change: that is when the change becomes INSYNC.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::net::UdpSocket;
+
+use crate::zones::HostedZones;
+
+/// How long a secondary has to pick up a change before we stop watching (the change stays PENDING).
+const WATCH_FOR: Duration = Duration::from_secs(120);
+
+pub fn spawn(
+    zones: Arc<HostedZones>,
+    zone: Name,
+    serial: u32,
+    change: String,
+    secondaries: Vec<SocketAddr>,
+) {
+    tokio::spawn(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for s in secondaries {
+            let zone = zone.clone();
+            set.spawn(async move { sync_one(&zone, serial, s).await });
+        }
+        let mut all_ok = true;
+        while let Some(r) = set.join_next().await {
+            all_ok &= r.unwrap_or(false);
+        }
+        if all_ok {
+            zones.mark_insync(&change);
+            tracing::info!(%zone, serial, %change, "change INSYNC on every secondary");
+        } else {
+            tracing::warn!(%zone, serial, %change, "a secondary did not pick up the change; it stays PENDING");
+        }
+    });
+}
+
+async fn sync_one(zone: &Name, serial: u32, secondary: SocketAddr) -> bool {
+    let deadline = tokio::time::Instant::now() + WATCH_FOR;
+    let mut notified = false;
+    let mut attempt = 0u32;
+    while tokio::time::Instant::now() < deadline {
+        if !notified {
+            notified = exchange(secondary, zone, OpCode::Notify, RecordType::SOA)
+                .await
+                .is_some();
+            if !notified {
+                tracing::debug!(%zone, %secondary, "NOTIFY not answered yet");
+            }
+        }
+        if let Some(res) = exchange(secondary, zone, OpCode::Query, RecordType::SOA).await {
+            let theirs = res.answers.iter().find_map(|r| match &r.data {
+                RData::SOA(s) => Some(s.serial),
+                _ => None,
+            });
+            if theirs.is_some_and(|t| serial_ge(t, serial)) {
+                return true;
+            }
+        }
+        attempt += 1;
+        // Back off gently: the secondary transfers the zone after our NOTIFY.
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
+    }
+    false
+}
+
+/// RFC 1982 serial number arithmetic: is `a` at or after `b`?
+fn serial_ge(a: u32, b: u32) -> bool {
+    a == b || (a.wrapping_sub(b) as i32) > 0
+}
+
+async fn exchange(to: SocketAddr, zone: &Name, op: OpCode, qtype: RecordType) -> Option<Message> {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .ok()?;
+    let sock = UdpSocket::bind(bind).await.ok()?;
+    let id: u16 = rand_id();
+    let mut msg = Message::new(id, MessageType::Query, op);
+    msg.metadata.authoritative = op == OpCode::Notify;
+    msg.queries.push(Query::query(zone.clone(), qtype));
+    let bytes = msg.to_vec().ok()?;
+    sock.send_to(&bytes, to).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    if from != to {
+        return None;
+    }
+    let res = Message::from_vec(&buf[..n]).ok()?;
+    (res.id == id).then_some(res)
+}
+
+fn rand_id() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as u16
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn serial_arithmetic() {
+        assert!(super::serial_ge(2, 1));
+        assert!(super::serial_ge(1, u32::MAX), "wraps");
+        assert!(!super::serial_ge(1, 2));
+    }
+}

@@ -1,0 +1,700 @@
+//! Hosted zones as a service: the catalog that queries read, and the one path every change takes.
+//!
+//! A change — from config, a change batch, an RFC 2136 UPDATE or an ACME challenge — is an edit
+//! applied to a copy of the zone under the zone writer lock, validated, given a higher SOA serial,
+//! persisted (master file written atomically: temp file, fsync, rename; the difference kept for
+//! IXFR), and
+//! only then swapped into the catalog and acknowledged. Secondaries are NOTIFYed; the change is
+//! `INSYNC` once each of them serves the new serial.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
+use hickory_proto::rr::TSigner;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use portico_config::{path, ConfigIssue};
+
+use crate::answer::Catalog;
+use crate::config::DnsSections;
+use crate::journal::{Journal, JournalEntry};
+use crate::zone::{default_apex, Alias, AliasTarget, Zone};
+use crate::zone_file;
+
+/// Per-zone settings from config.
+#[derive(Debug, Clone, Default)]
+pub struct ZoneSettings {
+    pub secondaries: Vec<SocketAddr>,
+    pub update_keys: Vec<Name>,
+}
+
+/// A change's state, as Route 53 reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ChangeStatus {
+    Pending,
+    Insync,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangeInfo {
+    pub id: String,
+    pub zone: String,
+    pub status: ChangeStatus,
+    pub serial: u32,
+    pub submitted_at: String,
+}
+
+/// Why a change was refused; nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no hosted zone {0}")]
+    NoSuchZone(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot persist the change: {0}")]
+    Storage(String),
+}
+
+/// `CREATE`, `DELETE` or `UPSERT` of one record set, as in a Route 53 change batch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    Create,
+    Delete,
+    Upsert,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct RecordChange {
+    pub action: Action,
+    /// Relative to the zone (`@` is the apex) or fully qualified.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// ALIAS only.
+    pub target: Option<String>,
+}
+
+fn default_ttl() -> u32 {
+    300
+}
+
+/// TSIG keys by name.
+pub type Keys = HashMap<Name, TSigner>;
+
+pub struct HostedZones {
+    catalog: ArcSwap<Catalog>,
+    settings: ArcSwap<HashMap<Name, ZoneSettings>>,
+    keys: ArcSwap<Keys>,
+    journals: Mutex<HashMap<Name, Journal>>,
+    changes: Mutex<HashMap<String, ChangeInfo>>,
+    state_dir: Option<PathBuf>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl HostedZones {
+    /// Zones persisted under `<state_dir>/zones/` (in memory only when `None`).
+    pub fn new(state_dir: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(HostedZones {
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            settings: ArcSwap::from_pointee(HashMap::new()),
+            keys: ArcSwap::from_pointee(HashMap::new()),
+            journals: Mutex::default(),
+            changes: Mutex::default(),
+            state_dir,
+            writer: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    pub fn settings(&self, zone: &Name) -> ZoneSettings {
+        self.settings.load().get(zone).cloned().unwrap_or_default()
+    }
+
+    pub fn key(&self, name: &Name) -> Option<TSigner> {
+        self.keys.load().get(&name.to_lowercase()).cloned()
+    }
+
+    pub fn journal_since(&self, zone: &Name, serial: u32) -> Option<Vec<JournalEntry>> {
+        lock(&self.journals).get(zone).and_then(|j| j.since(serial))
+    }
+
+    /// Builds zones from config (and their state files), then serves them. Config records are
+    /// applied on top of the stored zone as UPSERTs: config wins for the record sets it names;
+    /// records added at run time (API, UPDATE) are kept.
+    pub async fn load(
+        &self,
+        sections: &DnsSections,
+        base_dir: &Path,
+    ) -> Result<(), Vec<ConfigIssue>> {
+        let _w = self.writer.lock().await;
+        let mut issues = Vec::new();
+        let keys = load_keys(sections, base_dir, &mut issues);
+        let mut zones = HashMap::new();
+        let mut settings = HashMap::new();
+        let current = self.catalog.load_full();
+        for (i, zc) in sections.zones.iter().enumerate() {
+            let Ok(mut origin) = Name::from_ascii(&zc.name) else {
+                issues.push(ConfigIssue::new(
+                    path!["zone", i, "name"],
+                    format!("{:?} is not a domain name", zc.name),
+                ));
+                continue;
+            };
+            origin.set_fqdn(true);
+            let origin = origin.to_lowercase();
+            if zones.contains_key(&origin) {
+                issues.push(ConfigIssue::new(
+                    path!["zone", i, "name"],
+                    format!("zone {origin} is defined twice"),
+                ));
+                continue;
+            }
+            let stored = match current.zones.get(&origin) {
+                Some(z) => Some(Zone::clone(z)),
+                None => self
+                    .read_state(&origin)
+                    .map_err(|e| issues.push(ConfigIssue::new(path!["zone", i], e)))
+                    .ok()
+                    .flatten(),
+            };
+            let Some(zone) = build_zone(zc, i, &origin, stored.as_ref(), base_dir, &mut issues)
+            else {
+                continue;
+            };
+            let mut s = ZoneSettings::default();
+            for (j, sec) in zc.secondaries.iter().enumerate() {
+                match sec
+                    .parse::<SocketAddr>()
+                    .or_else(|_| format!("{sec}:53").parse())
+                {
+                    Ok(a) => s.secondaries.push(a),
+                    Err(_) => issues.push(
+                        ConfigIssue::new(
+                            path!["zone", i, "secondaries", j],
+                            format!("{sec:?} is not ip:port"),
+                        )
+                        .hint("e.g. \"192.0.2.53:53\""),
+                    ),
+                }
+            }
+            for (j, k) in zc.update_keys.iter().enumerate() {
+                let n = Name::from_ascii(k).map(|mut n| {
+                    n.set_fqdn(true);
+                    n.to_lowercase()
+                });
+                match n {
+                    Ok(n) if keys.contains_key(&n) => s.update_keys.push(n),
+                    _ => issues.push(ConfigIssue::new(
+                        path!["zone", i, "update_keys", j],
+                        format!("no [[tsig_key]] named {k:?}"),
+                    )),
+                }
+            }
+            let changed = stored.as_ref() != Some(&zone);
+            zones.insert(origin.clone(), (zone, stored, changed));
+            settings.insert(origin, s);
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        let mut catalog = Catalog::default();
+        for (origin, (mut zone, stored, changed)) in zones {
+            if changed {
+                if let Some(old) = &stored {
+                    let next = old.serial().wrapping_add(1).max(1);
+                    zone.set_serial(next.max(zone.serial()));
+                }
+                if let Err(e) = self.persist(&zone, stored.as_ref()) {
+                    return Err(vec![ConfigIssue::new(
+                        path!["state_dir"],
+                        format!("cannot store zone {origin}: {e}"),
+                    )]);
+                }
+            }
+            tracing::info!(zone = %origin, serial = zone.serial(), records = zone.record_count(), "zone loaded");
+            catalog.zones.insert(origin, Arc::new(zone));
+        }
+        self.keys.store(Arc::new(keys));
+        self.settings.store(Arc::new(settings));
+        self.catalog.store(Arc::new(catalog));
+        Ok(())
+    }
+
+    /// Applies a Route 53-style change batch atomically.
+    pub async fn change(
+        self: &Arc<Self>,
+        zone: &str,
+        batch: &[RecordChange],
+    ) -> Result<ChangeInfo, ChangeError> {
+        let origin = zone_name(zone)?;
+        self.commit(&origin, |z| apply_batch(z, batch)).await
+    }
+
+    /// The one write path: edit a copy, validate, bump the serial, persist, swap, acknowledge.
+    pub async fn commit(
+        self: &Arc<Self>,
+        origin: &Name,
+        edit: impl FnOnce(&mut Zone) -> Result<(), ChangeError>,
+    ) -> Result<ChangeInfo, ChangeError> {
+        let _w = self.writer.lock().await;
+        let catalog = self.catalog.load_full();
+        let old = catalog
+            .zones
+            .get(origin)
+            .ok_or_else(|| ChangeError::NoSuchZone(origin.to_string()))?;
+        let mut zone = Zone::clone(old);
+        edit(&mut zone)?;
+        if zone == **old {
+            // Nothing changed: no new serial, nothing to tell secondaries.
+            return Ok(ChangeInfo {
+                id: change_id(),
+                zone: origin.to_string(),
+                status: ChangeStatus::Insync,
+                serial: old.serial(),
+                submitted_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            });
+        }
+        zone.set_serial(old.serial().wrapping_add(1).max(1));
+        zone.validate()
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        self.persist(&zone, Some(old))
+            .map_err(ChangeError::Storage)?;
+        let serial = zone.serial();
+        let mut next = Catalog::clone(&catalog);
+        next.zones.insert(origin.clone(), Arc::new(zone));
+        self.catalog.store(Arc::new(next));
+        let secondaries = self.settings(origin).secondaries;
+        let info = ChangeInfo {
+            id: change_id(),
+            zone: origin.to_string(),
+            status: if secondaries.is_empty() {
+                ChangeStatus::Insync
+            } else {
+                ChangeStatus::Pending
+            },
+            serial,
+            submitted_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        {
+            let mut changes = lock(&self.changes);
+            if changes.len() > 10_000 {
+                changes.clear();
+            }
+            changes.insert(info.id.clone(), info.clone());
+        }
+        tracing::info!(zone = %origin, serial, change = %info.id, "zone changed");
+        if !secondaries.is_empty() {
+            crate::notify::spawn(
+                self.clone(),
+                origin.clone(),
+                serial,
+                info.id.clone(),
+                secondaries,
+            );
+        }
+        Ok(info)
+    }
+
+    pub fn change_status(&self, id: &str) -> Option<ChangeInfo> {
+        lock(&self.changes).get(id).cloned()
+    }
+
+    pub(crate) fn mark_insync(&self, id: &str) {
+        if let Some(c) = lock(&self.changes).get_mut(id) {
+            c.status = ChangeStatus::Insync;
+        }
+    }
+
+    /// The zone as a master file.
+    pub fn export(&self, zone: &str) -> Option<String> {
+        let origin = zone_name(zone).ok()?;
+        self.catalog
+            .load()
+            .zones
+            .get(&origin)
+            .map(|z| zone_file::export(z))
+    }
+
+    fn zone_dir(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|d| d.join("zones"))
+    }
+
+    fn read_state(&self, origin: &Name) -> Result<Option<Zone>, String> {
+        let Some(dir) = self.zone_dir() else {
+            return Ok(None);
+        };
+        let path = dir.join(format!("{}zone", origin));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let mut zone = Zone::new(origin);
+        zone_file::parse_into(&mut zone, &text, 300)
+            .map_err(|e| format!("{}:{e}", path.display()))?;
+        Ok(Some(zone))
+    }
+
+    /// Writes the zone file (temp, fsync, rename) and records the difference for IXFR.
+    fn persist(&self, zone: &Zone, old: Option<&Zone>) -> Result<(), String> {
+        let mut journals = lock(&self.journals);
+        if let Some(old) = old {
+            journals
+                .entry(zone.origin.clone())
+                .or_default()
+                .append(JournalEntry::diff(old, zone));
+        }
+        if let Some(dir) = self.zone_dir() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let path = dir.join(format!("{}zone", zone.origin));
+            portico_config::files::write_atomic(&path, zone_file::export(zone).as_bytes(), 0o644)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn change_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let x = t ^ N
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!("C{:013X}", x & 0xF_FFFF_FFFF_FFFF)
+}
+
+pub fn zone_name(zone: &str) -> Result<Name, ChangeError> {
+    let mut n = Name::from_ascii(zone).map_err(|_| ChangeError::NoSuchZone(zone.to_string()))?;
+    n.set_fqdn(true);
+    Ok(n.to_lowercase())
+}
+
+fn owner(name: &str, origin: &Name) -> Result<Name, String> {
+    if name == "@" || name.is_empty() {
+        return Ok(origin.clone());
+    }
+    let n = Name::parse(name, Some(origin)).map_err(|e| format!("bad name {name:?}: {e}"))?;
+    let n = n.to_lowercase();
+    if !origin.zone_of(&n) {
+        return Err(format!("{n} is outside the zone {origin}"));
+    }
+    Ok(n)
+}
+
+/// The record set a change (or a `[[zone.record]]`) describes: rdatas, or an ALIAS.
+fn parse_set(
+    origin: &Name,
+    name: &str,
+    rtype: &str,
+    ttl: u32,
+    values: &[String],
+    target: Option<&str>,
+) -> Result<(Name, RecordType, Vec<RData>, Option<Alias>), String> {
+    let owner = owner(name, origin)?;
+    if ttl > crate::zone::MAX_TTL {
+        return Err(format!("TTL {ttl} is above {}", crate::zone::MAX_TTL));
+    }
+    let up = rtype.to_ascii_uppercase();
+    if up == "ALIAS" {
+        let t = target
+            .or(values.first().map(String::as_str))
+            .ok_or("ALIAS needs a target: listener:NAME or a name in the zone")?;
+        let target = match t.strip_prefix("listener:") {
+            Some(l) => AliasTarget::Listener(l.to_string()),
+            None => AliasTarget::Name(owner_any(t, origin)?),
+        };
+        return Ok((
+            owner,
+            RecordType::A,
+            Vec::new(),
+            Some(Alias { target, ttl }),
+        ));
+    }
+    let rt: RecordType = up
+        .parse()
+        .map_err(|_| format!("unknown record type {rtype:?}"))?;
+    if values.is_empty() {
+        return Err(format!("{owner} {up}: values is empty"));
+    }
+    let rdatas = values
+        .iter()
+        .map(|v| {
+            zone_file::rdata_from_value(rt, v, origin)
+                .map_err(|e| format!("{owner} {up} {v:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((owner, rt, rdatas, None))
+}
+
+fn owner_any(name: &str, origin: &Name) -> Result<Name, String> {
+    if name == "@" {
+        return Ok(origin.clone());
+    }
+    Name::parse(name, Some(origin))
+        .map(|n| n.to_lowercase())
+        .map_err(|e| format!("bad name {name:?}: {e}"))
+}
+
+fn apply_batch(zone: &mut Zone, batch: &[RecordChange]) -> Result<(), ChangeError> {
+    if batch.is_empty() {
+        return Err(ChangeError::Invalid("the change batch is empty".into()));
+    }
+    let origin = zone.origin.clone();
+    for (i, c) in batch.iter().enumerate() {
+        let bad = |m: String| {
+            ChangeError::Invalid(format!(
+                "change {i} ({:?} {} {}): {m}",
+                c.action, c.name, c.rtype
+            ))
+        };
+        let (name, rtype, rdatas, alias) = parse_set(
+            &origin,
+            &c.name,
+            &c.rtype,
+            c.ttl,
+            &c.values,
+            c.target.as_deref(),
+        )
+        .map_err(bad)?;
+        let node = zone.node(&name).cloned().unwrap_or_default();
+        let is_alias = alias.is_some();
+        let exists = if is_alias {
+            node.alias.is_some()
+        } else {
+            node.get(rtype).is_some()
+        };
+        match c.action {
+            Action::Create if exists => {
+                return Err(bad(
+                    "the record set already exists (use UPSERT to replace it)".into(),
+                ))
+            }
+            Action::Delete if !exists => return Err(bad("the record set does not exist".into())),
+            Action::Delete => {
+                let matches = if is_alias {
+                    node.alias.as_ref().map(|a| &a.target) == alias.as_ref().map(|a| &a.target)
+                } else {
+                    node.get(rtype)
+                        .is_some_and(|s| s.ttl == c.ttl && same_values(&s.rdatas, &rdatas))
+                };
+                if !matches {
+                    return Err(bad(
+                        "the values or TTL do not match the record set being deleted".into(),
+                    ));
+                }
+                if is_alias {
+                    zone.set_alias(&name, None);
+                } else {
+                    zone.put(&name, rtype, 0, Vec::new());
+                }
+            }
+            Action::Create | Action::Upsert => {
+                if is_alias {
+                    zone.set_alias(&name, alias);
+                } else {
+                    if rtype == RecordType::SOA {
+                        return Err(bad("the SOA is managed by Portico".into()));
+                    }
+                    zone.put(&name, rtype, c.ttl, rdatas);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_values(a: &[RData], b: &[RData]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+fn load_keys(sections: &DnsSections, base_dir: &Path, issues: &mut Vec<ConfigIssue>) -> Keys {
+    use base64::Engine;
+    let mut keys = HashMap::new();
+    for (i, k) in sections.tsig_keys.iter().enumerate() {
+        let at = |f: &str| path!["tsig_key", i, f];
+        let algorithm = match k.algorithm.to_ascii_lowercase().trim_end_matches('.') {
+            "hmac-sha256" => TsigAlgorithm::HmacSha256,
+            "hmac-sha384" => TsigAlgorithm::HmacSha384,
+            "hmac-sha512" => TsigAlgorithm::HmacSha512,
+            other => {
+                issues.push(
+                    ConfigIssue::new(
+                        at("algorithm"),
+                        format!("TSIG algorithm {other:?} is not supported"),
+                    )
+                    .hint("use hmac-sha256"),
+                );
+                continue;
+            }
+        };
+        let secret = match (&k.secret, &k.secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => match std::fs::read_to_string(base_dir.join(f)) {
+                Ok(s) => s.trim().to_string(),
+                Err(e) => {
+                    issues.push(ConfigIssue::new(
+                        at("secret_file"),
+                        format!("cannot read {f}: {e}"),
+                    ));
+                    continue;
+                }
+            },
+            _ => {
+                issues.push(
+                    ConfigIssue::new(
+                        path!["tsig_key", i],
+                        "give exactly one of secret and secret_file",
+                    )
+                    .hint("generate one with: tsig-keygen -a hmac-sha256 NAME"),
+                );
+                continue;
+            }
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(secret.trim()) else {
+            issues.push(ConfigIssue::new(at("secret"), "the secret is not base64"));
+            continue;
+        };
+        let Ok(mut name) = Name::from_ascii(&k.name) else {
+            issues.push(ConfigIssue::new(
+                at("name"),
+                format!("{:?} is not a key name", k.name),
+            ));
+            continue;
+        };
+        name.set_fqdn(true);
+        let name = name.to_lowercase();
+        match TSigner::new(bytes, algorithm, name.clone(), 300) {
+            Ok(s) => {
+                keys.insert(name, s);
+            }
+            Err(e) => issues.push(ConfigIssue::new(at("secret"), format!("unusable key: {e}"))),
+        }
+    }
+    keys
+}
+
+fn build_zone(
+    zc: &crate::config::ZoneConfig,
+    i: usize,
+    origin: &Name,
+    stored: Option<&Zone>,
+    base_dir: &Path,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Zone> {
+    let before = issues.len();
+    let mut zone = match stored {
+        Some(z) => z.clone(),
+        None => {
+            let mut z = Zone::new(origin);
+            if let Some(f) = &zc.file {
+                let p = base_dir.join(f);
+                match std::fs::read_to_string(&p) {
+                    Ok(text) => {
+                        if let Err(e) = zone_file::parse_into(&mut z, &text, 3600) {
+                            issues.push(ConfigIssue::new(
+                                path!["zone", i, "file"],
+                                format!(
+                                    "{}:{}: {} (record: {})",
+                                    p.display(),
+                                    e.line,
+                                    e.message,
+                                    e.record
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => issues.push(ConfigIssue::new(
+                        path!["zone", i, "file"],
+                        format!("cannot read {}: {e}", p.display()),
+                    )),
+                }
+            }
+            z
+        }
+    };
+    let nameservers: Vec<Name> = zc
+        .nameservers
+        .iter()
+        .filter_map(|n| owner_any(n, origin).ok())
+        .collect();
+    default_apex(&mut zone, &nameservers);
+    for (j, r) in zc.records.iter().enumerate() {
+        match parse_set(
+            origin,
+            &r.name,
+            &r.rtype,
+            r.ttl,
+            &r.values,
+            r.target.as_deref(),
+        ) {
+            Ok((name, _, _, Some(alias))) => zone.set_alias(&name, Some(alias)),
+            Ok((name, rt, rdatas, None)) => zone.put(&name, rt, r.ttl, rdatas),
+            Err(e) => issues.push(ConfigIssue::new(path!["zone", i, "record", j], e)),
+        }
+    }
+    if let Err(e) = zone.validate() {
+        issues.push(ConfigIssue::new(path!["zone", i], e.to_string()));
+    }
+    (issues.len() == before).then_some(zone)
+}
+
+/// Records of a zone in transfer order: SOA first, then everything else (ALIAS left out: it is
+/// Portico's own and answered at query time).
+pub fn transfer_records(zone: &Zone) -> Vec<Record> {
+    let mut out = Vec::with_capacity(zone.record_count());
+    if let Some((soa, ttl)) = zone.soa() {
+        out.push(Record::from_rdata(
+            zone.origin.clone(),
+            ttl,
+            RData::SOA(soa.clone()),
+        ));
+    }
+    for (name, node) in &zone.nodes {
+        for set in node.sets.iter().filter(|s| s.rtype != RecordType::SOA) {
+            out.extend(
+                set.rdatas
+                    .iter()
+                    .map(|r| Record::from_rdata(name.clone(), set.ttl, r.clone())),
+            );
+        }
+    }
+    out
+}
+
+/// Waits until a change is INSYNC or `timeout` passes.
+pub async fn wait_insync(zones: &HostedZones, id: &str, timeout: Duration) -> bool {
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if zones
+            .change_status(id)
+            .is_some_and(|c| c.status == ChangeStatus::Insync)
+        {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
