@@ -1,0 +1,261 @@
+//! Answers checked with `dig` for every record type and rcode path, over UDP and TCP, with and
+//! without EDNS; truncation and the TCP retry; REFUSED outside hosted zones; malformed input.
+
+mod support;
+
+use support::*;
+
+const ZONE: &str = r#"
+[[zone]]
+name = "example.test"
+file = "example.test.zone"
+
+[[zone.record]]
+name = "@"
+type = "ALIAS"
+target = "listener:https"
+
+[[zone.record]]
+name = "apex-alias"
+type = "ALIAS"
+target = "app"
+"#;
+
+const FILE: &str = r#"
+$ORIGIN example.test.
+$TTL 300
+@       SOA  ns1 hostmaster 7 7200 900 1209600 120
+        NS   ns1
+        NS   ns2
+        MX   10 mail
+        CAA  0 issue "letsencrypt.org"
+ns1     A    192.0.2.1
+ns2     A    192.0.2.2
+app     A    192.0.2.10
+        AAAA 2001:db8::10
+www     CNAME app
+chain   CNAME www
+dangling CNAME missing
+mail    A    192.0.2.25
+txt     TXT  "v=spf1 -all" "second string"
+_sip._tcp SRV 10 5 5060 app
+10      PTR  app
+*.wild  A    192.0.2.99
+a.b.c   TXT  "deep"
+sub     NS   ns.sub
+ns.sub  A    192.0.2.53
+big     TXT  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+big     TXT  "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+big     TXT  "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+big     TXT  "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
+"#;
+
+async fn setup() -> (TempDir, Dns) {
+    let dir = TempDir::new("answers");
+    std::fs::write(dir.path().join("example.test.zone"), FILE).unwrap();
+    let dns = serve(ZONE, dir.path()).await;
+    (dir, dns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_type_over_udp_and_tcp_with_and_without_edns() {
+    let (_dir, dns) = setup().await;
+    let a = dns.addr;
+    let cases: &[(&str, &str, &str)] = &[
+        ("app.example.test", "A", "app.example.test. 300 IN A 192.0.2.10"),
+        ("app.example.test", "AAAA", "app.example.test. 300 IN AAAA 2001:db8::10"),
+        ("www.example.test", "CNAME", "www.example.test. 300 IN CNAME app.example.test."),
+        ("txt.example.test", "TXT", "txt.example.test. 300 IN TXT \"v=spf1 -all\" \"second string\""),
+        ("example.test", "CAA", "example.test. 300 IN CAA 0 issue \"letsencrypt.org\""),
+        ("example.test", "MX", "example.test. 300 IN MX 10 mail.example.test."),
+        ("_sip._tcp.example.test", "SRV", "_sip._tcp.example.test. 300 IN SRV 10 5 5060 app.example.test."),
+        ("10.example.test", "PTR", "10.example.test. 300 IN PTR app.example.test."),
+        ("example.test", "NS", "example.test. 300 IN NS ns1.example.test."),
+        ("example.test", "SOA", "example.test. 300 IN SOA ns1.example.test. hostmaster.example.test. 7 7200 900 1209600 120"),
+        ("example.test", "A", "example.test. 300 IN A 192.0.2.80"),
+        ("example.test", "AAAA", "example.test. 300 IN AAAA 2001:db8::80"),
+        ("apex-alias.example.test", "A", "apex-alias.example.test. 300 IN A 192.0.2.10"),
+    ];
+    for transport in ["+notcp", "+tcp"] {
+        for edns in ["+edns=0", "+noedns"] {
+            for (name, t, want) in cases {
+                let out = dig(a, &format!("{name} {t} {transport} {edns} +norec")).await;
+                assert_eq!(
+                    status(&out),
+                    "NOERROR",
+                    "{name} {t} {transport} {edns}:\n{out}"
+                );
+                assert!(flags(&out).contains(&"aa".to_string()), "{out}");
+                assert!(
+                    !flags(&out).contains(&"ra".to_string()),
+                    "RA never set: {out}"
+                );
+                let answers = section(&out, "ANSWER");
+                assert!(
+                    answers.iter().any(|l| l == want),
+                    "{name} {t} {transport} {edns}: want {want:?} in\n{out}"
+                );
+                assert_eq!(
+                    out.contains("; EDNS: version: 0"),
+                    edns == "+edns=0",
+                    "OPT echoed only with EDNS:\n{out}"
+                );
+            }
+        }
+    }
+    // MX answers carry the exchange's address in the additional section, as Knot does.
+    let out = dig(a, "example.test MX").await;
+    assert!(
+        section(&out, "ADDITIONAL")
+            .iter()
+            .any(|l| l.contains("192.0.2.25")),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rcode_paths() {
+    let (_dir, dns) = setup().await;
+    let a = dns.addr;
+
+    let out = dig(a, "nope.example.test A").await;
+    assert_eq!(status(&out), "NXDOMAIN");
+    let auth = section(&out, "AUTHORITY");
+    assert!(
+        auth[0].starts_with("example.test. 120 IN SOA"),
+        "negative TTL is the SOA minimum: {out}"
+    );
+
+    let out = dig(a, "app.example.test MX").await;
+    assert_eq!(status(&out), "NOERROR");
+    assert!(section(&out, "ANSWER").is_empty());
+    assert!(
+        section(&out, "AUTHORITY")[0].contains("SOA"),
+        "NODATA carries the SOA: {out}"
+    );
+
+    let out = dig(a, "b.c.example.test A").await;
+    assert_eq!(
+        status(&out),
+        "NOERROR",
+        "empty non-terminal is NODATA: {out}"
+    );
+
+    let out = dig(a, "chain.example.test A").await;
+    let ans = section(&out, "ANSWER");
+    assert_eq!(ans.len(), 3, "CNAME chain followed in the zone: {out}");
+    assert_eq!(ans[2], "app.example.test. 300 IN A 192.0.2.10");
+
+    let out = dig(a, "dangling.example.test A").await;
+    assert_eq!(
+        status(&out),
+        "NXDOMAIN",
+        "chain ends in a missing name (RFC 6604): {out}"
+    );
+    assert_eq!(section(&out, "ANSWER").len(), 1);
+
+    let out = dig(a, "anything.Wild.example.test A").await;
+    assert_eq!(
+        section(&out, "ANSWER"),
+        vec!["anything.Wild.example.test. 300 IN A 192.0.2.99"]
+    );
+
+    let out = dig(a, "host.sub.example.test A +norec").await;
+    assert_eq!(status(&out), "NOERROR");
+    assert!(
+        !flags(&out).contains(&"aa".to_string()),
+        "a referral is not authoritative: {out}"
+    );
+    assert_eq!(
+        section(&out, "AUTHORITY"),
+        vec!["sub.example.test. 300 IN NS ns.sub.example.test."]
+    );
+    assert_eq!(
+        section(&out, "ADDITIONAL")
+            .iter()
+            .filter(|l| l.contains("192.0.2.53"))
+            .count(),
+        1,
+        "glue: {out}"
+    );
+
+    let out = dig(a, "example.org A").await;
+    assert_eq!(status(&out), "REFUSED", "not a resolver: {out}");
+    assert!(!flags(&out).contains(&"aa".to_string()));
+
+    let out = dig(a, "example.test ANY").await;
+    assert_eq!(status(&out), "NOERROR");
+    let types: std::collections::HashSet<String> = section(&out, "ANSWER")
+        .iter()
+        .map(|l| l.split(' ').nth(3).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(types.len(), 1, "RFC 8482: one RRset answers ANY: {out}");
+
+    let out = dig(a, "ApP.ExAmPlE.TeSt A").await;
+    assert_eq!(section(&out, "QUESTION"), vec![";ApP.ExAmPlE.TeSt. IN A"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        vec!["ApP.ExAmPlE.TeSt. 300 IN A 192.0.2.10"],
+        "case echoed: {out}"
+    );
+
+    let out = dig(a, "app.example.test A +edns=1 +noednsnegotiation").await;
+    assert_eq!(status(&out), "BADVERS", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_and_tcp_retry() {
+    let (_dir, dns) = setup().await;
+    let out = dig(dns.addr, "big.example.test TXT +noedns +ignore").await;
+    assert!(flags(&out).contains(&"tc".to_string()), "{out}");
+    assert!(section(&out, "ANSWER").is_empty());
+    let out = dig(dns.addr, "big.example.test TXT +noedns").await;
+    assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
+    assert_eq!(section(&out, "ANSWER").len(), 4, "{out}");
+    // A client that offers a large EDNS buffer gets it all over UDP.
+    let out = dig(dns.addr, "big.example.test TXT +bufsize=4096 +ignore").await;
+    assert!(!flags(&out).contains(&"tc".to_string()), "{out}");
+    assert_eq!(section(&out, "ANSWER").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unsupported_requests() {
+    let (_dir, dns) = setup().await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 512];
+    let ask = |bytes: Vec<u8>| {
+        let sock = &sock;
+        async move {
+            sock.send_to(&bytes, dns.addr).await.unwrap();
+            let (n, _) =
+                tokio::time::timeout(std::time::Duration::from_secs(3), sock.recv_from(&mut buf))
+                    .await
+                    .expect("an answer")
+                    .unwrap();
+            buf[..n].to_vec()
+        }
+    };
+    // A header announcing a question that is not there: FORMERR, id echoed.
+    let res = ask(vec![
+        0xab, 0xcd, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 7, b'e',
+    ])
+    .await;
+    assert_eq!(&res[..2], &[0xab, 0xcd]);
+    assert_eq!(res[3] & 0x0f, 1, "FORMERR");
+    // Opcode 2 (STATUS): NOTIMP.
+    let mut status = vec![0x12, 0x34, 0x10, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    status.extend_from_slice(b"\x07example\x04test\x00\x00\x01\x00\x01");
+    let res = ask(status).await;
+    assert_eq!(res[3] & 0x0f, 4, "NOTIMP");
+    // Responses sent to us and runts are dropped, and the server keeps answering.
+    sock.send_to(&[0x12, 0x34, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0], dns.addr)
+        .await
+        .unwrap();
+    sock.send_to(&[1, 2, 3], dns.addr).await.unwrap();
+    let out = dig(dns.addr, "app.example.test A").await;
+    assert_eq!(status_of(&out), "NOERROR");
+}
+
+fn status_of(out: &str) -> String {
+    status(out)
+}
