@@ -7,7 +7,7 @@
 //! only then swapped into the catalog and acknowledged. Secondaries are NOTIFYed; the change is
 //! `INSYNC` once each of them serves the new serial.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -96,6 +96,7 @@ pub struct HostedZones {
     settings: ArcSwap<HashMap<Name, ZoneSettings>>,
     keys: ArcSwap<Keys>,
     journals: Mutex<HashMap<Name, Journal>>,
+    applied: Mutex<HashMap<Name, HashSet<String>>>,
     changes: Mutex<HashMap<String, ChangeInfo>>,
     state_dir: Option<PathBuf>,
     writer: tokio::sync::Mutex<()>,
@@ -109,6 +110,7 @@ impl HostedZones {
             settings: ArcSwap::from_pointee(HashMap::new()),
             keys: ArcSwap::from_pointee(HashMap::new()),
             journals: Mutex::default(),
+            applied: Mutex::default(),
             changes: Mutex::default(),
             state_dir,
             writer: tokio::sync::Mutex::new(()),
@@ -131,9 +133,11 @@ impl HostedZones {
         lock(&self.journals).get(zone).and_then(|j| j.since(serial))
     }
 
-    /// Builds zones from config (and their state files), then serves them. Config records are
-    /// applied on top of the stored zone as UPSERTs: config wins for the record sets it names;
-    /// records added at run time (API, UPDATE) are kept.
+    /// Builds zones from config (and their state files), then serves them. A stored zone (the
+    /// state directory) is the starting point; a `[[zone.record]]` is applied on top of it as an
+    /// UPSERT when it is new or changed in the config since it was last applied, so that editing
+    /// the config takes effect while run-time changes (API, UPDATE) to other record sets — or to
+    /// the same ones, while the config leaves them alone — are never silently lost.
     pub async fn load(
         &self,
         sections: &DnsSections,
@@ -144,6 +148,7 @@ impl HostedZones {
         let keys = load_keys(sections, base_dir, &mut issues);
         let mut zones = HashMap::new();
         let mut settings = HashMap::new();
+        let mut fingerprints = HashMap::new();
         let current = self.catalog.load_full();
         for (i, zc) in sections.zones.iter().enumerate() {
             let Ok(mut origin) = Name::from_ascii(&zc.name) else {
@@ -170,10 +175,22 @@ impl HostedZones {
                     .ok()
                     .flatten(),
             };
-            let Some(zone) = build_zone(zc, i, &origin, stored.as_ref(), base_dir, &mut issues)
-            else {
+            let applied = self.applied_config(&origin);
+            let mut prints = HashSet::new();
+            let built = build_zone(
+                zc,
+                i,
+                &origin,
+                stored.as_ref(),
+                &applied,
+                &mut prints,
+                base_dir,
+                &mut issues,
+            );
+            let Some(zone) = built else {
                 continue;
             };
+            fingerprints.insert(origin.clone(), prints);
             let mut s = ZoneSettings::default();
             for (j, sec) in zc.secondaries.iter().enumerate() {
                 match sec
@@ -222,6 +239,11 @@ impl HostedZones {
                         path!["state_dir"],
                         format!("cannot store zone {origin}: {e}"),
                     )]);
+                }
+            }
+            if let Some(prints) = fingerprints.remove(&origin) {
+                if let Err(e) = self.save_applied_config(&origin, prints) {
+                    return Err(vec![ConfigIssue::new(path!["state_dir"], e)]);
                 }
             }
             tracing::info!(zone = %origin, serial = zone.serial(), records = zone.record_count(), "zone loaded");
@@ -326,6 +348,33 @@ impl HostedZones {
             .zones
             .get(&origin)
             .map(|z| zone_file::export(z))
+    }
+
+    /// The `[[zone.record]]` fingerprints applied last time (memory, else the state directory).
+    fn applied_config(&self, origin: &Name) -> HashSet<String> {
+        if let Some(p) = lock(&self.applied).get(origin) {
+            return p.clone();
+        }
+        self.zone_dir()
+            .and_then(|d| std::fs::read_to_string(d.join(format!("{origin}config.json"))).ok())
+            .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    fn save_applied_config(&self, origin: &Name, prints: HashSet<String>) -> Result<(), String> {
+        if let Some(dir) = self.zone_dir() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let mut list: Vec<&String> = prints.iter().collect();
+            list.sort();
+            let json = serde_json::to_string_pretty(&list).unwrap_or_default();
+            let path = dir.join(format!("{origin}config.json"));
+            portico_config::files::write_atomic(&path, json.as_bytes(), 0o644)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        lock(&self.applied).insert(origin.clone(), prints);
+        Ok(())
     }
 
     fn zone_dir(&self) -> Option<PathBuf> {
@@ -594,11 +643,26 @@ fn load_keys(sections: &DnsSections, base_dir: &Path, issues: &mut Vec<ConfigIss
     keys
 }
 
+/// What a `[[zone.record]]` says, to tell whether the config changed it since it was applied.
+fn fingerprint(r: &crate::config::RecordConfig) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}",
+        r.name.to_ascii_lowercase(),
+        r.rtype.to_ascii_uppercase(),
+        r.ttl,
+        r.values,
+        r.target
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build_zone(
     zc: &crate::config::ZoneConfig,
     i: usize,
     origin: &Name,
     stored: Option<&Zone>,
+    applied: &HashSet<String>,
+    fingerprints: &mut HashSet<String>,
     base_dir: &Path,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Zone> {
@@ -640,6 +704,14 @@ fn build_zone(
         .collect();
     default_apex(&mut zone, &nameservers);
     for (j, r) in zc.records.iter().enumerate() {
+        let print = fingerprint(r);
+        let already = stored.is_some() && applied.contains(&print);
+        fingerprints.insert(print);
+        if already {
+            // Unchanged in the config since it was last applied: a run-time change to this
+            // record set (API, UPDATE) stands.
+            continue;
+        }
         match parse_set(
             origin,
             &r.name,
