@@ -26,6 +26,9 @@ pub struct DemoArgs {
     /// Port of the HTTPS listener.
     #[arg(long, default_value_t = 8443)]
     https_port: u16,
+    /// Port of the authoritative DNS server for the zone demo.test (UDP and TCP).
+    #[arg(long, default_value_t = 5353)]
+    dns_port: u16,
     /// Where the demo keeps its config, CA and certificate.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -57,7 +60,7 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     say(&format!("   CA certificate: {}", ca_path.display()));
 
     let config_path = state_dir.join("portico.toml");
-    let text = demo_config(&state_dir, args.http_port, args.https_port, t1, t2);
+    let text = demo_config(&state_dir, &args, t1, t2);
     write_atomic(&config_path, text.as_bytes(), 0o644)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     say(&format!(
@@ -73,9 +76,15 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         args.http_port, args.https_port
     ));
     let server = Server::start(source, config).await.map_err(|e| {
-        anyhow::anyhow!("{e:#}\n  hint: choose other ports with --http-port and --https-port")
+        anyhow::anyhow!(
+            "{e:#}\n  hint: choose other ports with --http-port, --https-port and --dns-port"
+        )
     })?;
     say("5. The target group checks /health on both targets every 2 s; requests alternate between them.");
+    say(&format!(
+        "6. Hosted zone demo.test on 127.0.0.1:{} (UDP and TCP): app.demo.test A 127.0.0.1, and an ALIAS at the apex answering with the HTTPS listener's address.",
+        args.dns_port
+    ));
     println!();
     println!("Try:");
     println!("  curl -i http://localhost:{}/", args.http_port);
@@ -108,13 +117,32 @@ fn say(line: &str) {
     println!("{line}");
 }
 
-fn demo_config(state_dir: &Path, http: u16, https: u16, t1: SocketAddr, t2: SocketAddr) -> String {
+fn demo_config(state_dir: &Path, args: &DemoArgs, t1: SocketAddr, t2: SocketAddr) -> String {
+    let (http, https, dns) = (args.http_port, args.https_port, args.dns_port);
     format!(
         r#"# Written by `portico demo`. Serve it yourself with: portico serve -c {config}
 state_dir = "{state}"
 
 [log]
 level = "info"
+
+[dns]
+listen = ["127.0.0.1:{dns}"]
+
+[[zone]]
+name = "demo.test"
+
+[[zone.record]]
+name = "app"
+type = "A"
+ttl = 60
+values = ["127.0.0.1"]
+
+[[zone.record]]
+name = "@"
+type = "ALIAS"
+ttl = 60
+target = "listener:https"
 
 [[certificate]]
 name = "demo"

@@ -304,13 +304,15 @@ async fn serve_reloads_on_sighup_and_reload_and_drains_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_https_in_front_of_its_targets() {
     let dir = TempDir::new("demo");
-    let (http, https) = (free_port(), free_port());
+    let (http, https, dns) = (free_port(), free_port(), free_port());
     let p = Proc::spawn(&[
         "demo",
         "--http-port",
         &http.to_string(),
         "--https-port",
         &https.to_string(),
+        "--dns-port",
+        &dns.to_string(),
         "--state-dir",
         dir.path().to_str().unwrap(),
     ]);
@@ -357,6 +359,21 @@ async fn demo_serves_https_in_front_of_its_targets() {
     }
     assert_eq!(seen.len(), 2, "both demo targets answer: {seen:?}");
 
+    // The hosted zone answers, the apex ALIAS with the HTTPS listener's address.
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &dns.to_string(),
+            "+short",
+            "+time=2",
+            "demo.test",
+            "A",
+        ])
+        .output()
+        .expect("dig (apt-get install bind9-dnsutils)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.0.0.1");
+
     // A second demo on the same ports fails clearly, naming the port.
     let (code, out) = run(&[
         "demo",
@@ -364,6 +381,8 @@ async fn demo_serves_https_in_front_of_its_targets() {
         &http.to_string(),
         "--https-port",
         &https.to_string(),
+        "--dns-port",
+        &dns.to_string(),
         "--state-dir",
         dir.path().join("second").to_str().unwrap(),
     ]);
