@@ -98,7 +98,8 @@ def rss_kb(pid):
 
 def start(name, work, zonefile):
     d = work / name
-    d.mkdir(exist_ok=True)
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
     shutil.copy(zonefile, d / f"{ZONE}.zone")
     if name == "portico":
         (d / "portico.toml").write_text(f"""

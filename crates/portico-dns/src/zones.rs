@@ -643,18 +643,46 @@ fn load_keys(sections: &DnsSections, base_dir: &Path, issues: &mut Vec<ConfigIss
     keys
 }
 
-/// What a `[[zone.record]]` says, to tell whether the config changed it since it was applied.
-fn fingerprint(r: &crate::config::RecordConfig) -> String {
-    format!(
-        "{}|{}|{}|{:?}|{:?}",
-        r.name.to_ascii_lowercase(),
-        r.rtype.to_ascii_uppercase(),
-        r.ttl,
-        r.values,
-        r.target
-    )
+/// A record set the config manages (from `file` or a `[[zone.record]]`), with a fingerprint of
+/// what the config says, to tell later whether the config changed it since it was applied.
+struct Managed {
+    name: Name,
+    kind: String,
+    print: String,
+    set: Option<(RecordType, u32, Vec<RData>)>,
+    alias: Option<Alias>,
 }
 
+fn managed_from_file(zone: &Zone) -> Vec<Managed> {
+    let mut out = Vec::new();
+    for (name, node) in &zone.nodes {
+        for set in &node.sets {
+            out.push(Managed {
+                name: name.clone(),
+                kind: set.rtype.to_string(),
+                print: format!("file|{name}|{}|{}|{:?}", set.rtype, set.ttl, set.rdatas),
+                set: Some((set.rtype, set.ttl, set.rdatas.clone())),
+                alias: None,
+            });
+        }
+        if let Some(a) = &node.alias {
+            out.push(Managed {
+                name: name.clone(),
+                kind: "ALIAS".into(),
+                print: format!("file|{name}|ALIAS|{}|{:?}", a.ttl, a.target),
+                set: None,
+                alias: Some(a.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// The zone as config and state say together. A fresh zone is the master file plus the
+/// `[[zone.record]]`s. A stored zone (state directory) is kept, and each config-managed record
+/// set is applied on top of it only when it is new or changed in the config since it was last
+/// applied; one removed from the config since then is removed from the zone. So config edits
+/// take effect, and run-time changes (API, UPDATE) to anything the config did not touch stay.
 #[allow(clippy::too_many_arguments)]
 fn build_zone(
     zc: &crate::config::ZoneConfig,
@@ -667,51 +695,33 @@ fn build_zone(
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Zone> {
     let before = issues.len();
-    let mut zone = match stored {
-        Some(z) => z.clone(),
-        None => {
-            let mut z = Zone::new(origin);
-            if let Some(f) = &zc.file {
-                let p = base_dir.join(f);
-                match std::fs::read_to_string(&p) {
-                    Ok(text) => {
-                        if let Err(e) = zone_file::parse_into(&mut z, &text, 3600) {
-                            issues.push(ConfigIssue::new(
-                                path!["zone", i, "file"],
-                                format!(
-                                    "{}:{}: {} (record: {})",
-                                    p.display(),
-                                    e.line,
-                                    e.message,
-                                    e.record
-                                ),
-                            ));
-                        }
-                    }
+    let mut managed = Vec::new();
+    if let Some(f) = &zc.file {
+        let p = base_dir.join(f);
+        match std::fs::read_to_string(&p) {
+            Ok(text) => {
+                let mut z = Zone::new(origin);
+                match zone_file::parse_into(&mut z, &text, 3600) {
+                    Ok(()) => managed.extend(managed_from_file(&z)),
                     Err(e) => issues.push(ConfigIssue::new(
                         path!["zone", i, "file"],
-                        format!("cannot read {}: {e}", p.display()),
+                        format!(
+                            "{}:{}: {} (record: {})",
+                            p.display(),
+                            e.line,
+                            e.message,
+                            e.record
+                        ),
                     )),
                 }
             }
-            z
+            Err(e) => issues.push(ConfigIssue::new(
+                path!["zone", i, "file"],
+                format!("cannot read {}: {e}", p.display()),
+            )),
         }
-    };
-    let nameservers: Vec<Name> = zc
-        .nameservers
-        .iter()
-        .filter_map(|n| owner_any(n, origin).ok())
-        .collect();
-    default_apex(&mut zone, &nameservers);
+    }
     for (j, r) in zc.records.iter().enumerate() {
-        let print = fingerprint(r);
-        let already = stored.is_some() && applied.contains(&print);
-        fingerprints.insert(print);
-        if already {
-            // Unchanged in the config since it was last applied: a run-time change to this
-            // record set (API, UPDATE) stands.
-            continue;
-        }
         match parse_set(
             origin,
             &r.name,
@@ -720,11 +730,72 @@ fn build_zone(
             &r.values,
             r.target.as_deref(),
         ) {
-            Ok((name, _, _, Some(alias))) => zone.set_alias(&name, Some(alias)),
-            Ok((name, rt, rdatas, None)) => zone.put(&name, rt, r.ttl, rdatas),
+            Ok((name, rt, rdatas, alias)) => managed.push(Managed {
+                kind: if alias.is_some() {
+                    "ALIAS".into()
+                } else {
+                    rt.to_string()
+                },
+                print: format!(
+                    "cfg|{name}|{}|{}|{:?}|{:?}",
+                    r.rtype.to_ascii_uppercase(),
+                    r.ttl,
+                    r.values,
+                    r.target
+                ),
+                name,
+                set: alias.is_none().then_some((rt, r.ttl, rdatas)),
+                alias,
+            }),
             Err(e) => issues.push(ConfigIssue::new(path!["zone", i, "record", j], e)),
         }
     }
+    if issues.len() > before {
+        return None;
+    }
+    let mut zone = stored.cloned().unwrap_or_else(|| Zone::new(origin));
+    if stored.is_some() {
+        // Removed from the config since last applied: remove from the zone.
+        for old in applied {
+            let mut parts = old.splitn(4, '|');
+            let (_, name, kind) = (parts.next(), parts.next(), parts.next());
+            let (Some(name), Some(kind)) = (name, kind) else {
+                continue;
+            };
+            if managed
+                .iter()
+                .any(|m| m.name.to_string() == name && m.kind == kind)
+            {
+                continue;
+            }
+            let Ok(n) = Name::from_ascii(name) else {
+                continue;
+            };
+            if kind == "ALIAS" {
+                zone.set_alias(&n, None);
+            } else if let Ok(rt) = kind.parse::<RecordType>() {
+                zone.put(&n, rt, 0, Vec::new());
+            }
+        }
+    }
+    for m in managed {
+        let apply = stored.is_none() || !applied.contains(&m.print);
+        fingerprints.insert(m.print);
+        if !apply {
+            continue;
+        }
+        match (m.set, m.alias) {
+            (_, Some(alias)) => zone.set_alias(&m.name, Some(alias)),
+            (Some((rt, ttl, rdatas)), None) => zone.put(&m.name, rt, ttl, rdatas),
+            (None, None) => {}
+        }
+    }
+    let nameservers: Vec<Name> = zc
+        .nameservers
+        .iter()
+        .filter_map(|n| owner_any(n, origin).ok())
+        .collect();
+    default_apex(&mut zone, &nameservers);
     if let Err(e) = zone.validate() {
         issues.push(ConfigIssue::new(path!["zone", i], e.to_string()));
     }

@@ -393,3 +393,57 @@ zone "example.test" {{
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_file_and_config_edits_reach_a_stored_zone() {
+    let dir = TempDir::new("fileedit");
+    let file = dir.path().join("example.test.zone");
+    std::fs::write(&file, "from-file A 192.0.2.1\nkept A 192.0.2.2\n").unwrap();
+    let config = |extra: &str| zone_config(&format!("file = \"example.test.zone\"\n{extra}"));
+    let dns = serve(&config(""), dir.path()).await;
+    dns.zones
+        .change(
+            "example.test",
+            &[change(Action::Create, "runtime", "A", &["192.0.2.50"])],
+        )
+        .await
+        .unwrap();
+    dns.server.stop();
+    drop(dns);
+
+    // The file changes one record and drops another; the run-time record stays.
+    std::fs::write(&file, "from-file A 192.0.2.9\n").unwrap();
+    let dns = serve(&config(""), dir.path()).await;
+    assert_eq!(
+        dig(dns.addr, "from-file.example.test A +short")
+            .await
+            .trim(),
+        "192.0.2.9"
+    );
+    assert_eq!(
+        status(&dig(dns.addr, "kept.example.test A").await),
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        dig(dns.addr, "runtime.example.test A +short").await.trim(),
+        "192.0.2.50"
+    );
+    dns.server.stop();
+    drop(dns);
+
+    // A [[zone.record]] removed from the config is removed from the zone.
+    let without_www = config("").replace(
+        "[[zone.record]]\nname = \"www\"\ntype = \"A\"\nvalues = [\"192.0.2.10\"]\n",
+        "",
+    );
+    assert_ne!(without_www, config(""));
+    let dns = serve(&without_www, dir.path()).await;
+    assert_eq!(
+        status(&dig(dns.addr, "www.example.test A").await),
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        dig(dns.addr, "runtime.example.test A +short").await.trim(),
+        "192.0.2.50"
+    );
+}
