@@ -26,6 +26,8 @@ pub struct ZoneFileError {
 pub struct Token {
     pub text: String,
     pub quoted: bool,
+    /// The exact bytes of a quoted string (`\DDD` escapes may make it non-UTF-8).
+    pub bytes: Vec<u8>,
 }
 
 /// One logical record: its first line, whether it began with blank space, its tokens.
@@ -85,7 +87,7 @@ fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
                     j += 1;
                 }
                 '"' => {
-                    let mut s = String::new();
+                    let mut b = Vec::new();
                     j += 1;
                     loop {
                         let Some(&c) = chars.get(j) else {
@@ -95,16 +97,17 @@ fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
                         match c {
                             '"' => break,
                             '\\' => {
-                                let (ch, used) = unescape(&chars[j..]).map_err(err)?;
-                                s.push(ch);
+                                let (bytes, used) = unescape(&chars[j..]).map_err(err)?;
+                                b.extend_from_slice(&bytes);
                                 j += used;
                             }
-                            c => s.push(c),
+                            c => b.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
                         }
                     }
                     entry.tokens.push(Token {
-                        text: s,
+                        text: String::from_utf8_lossy(&b).into_owned(),
                         quoted: true,
+                        bytes: b,
                     });
                 }
                 _ => {
@@ -122,9 +125,11 @@ fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
                             j += 1;
                         }
                     }
+                    let bytes = s.clone().into_bytes();
                     entry.tokens.push(Token {
                         text: s,
                         quoted: false,
+                        bytes,
                     });
                 }
             }
@@ -146,16 +151,16 @@ fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
     Ok(entries)
 }
 
-/// `\X` or `\DDD` inside a quoted string; returns the character and how many chars it used.
-fn unescape(rest: &[char]) -> Result<(char, usize), String> {
+/// `\X` or `\DDD` inside a quoted string; returns the bytes and how many chars it used.
+fn unescape(rest: &[char]) -> Result<(Vec<u8>, usize), String> {
     match rest {
         [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
             let v = (*a as u32 - 48) * 100 + (*b as u32 - 48) * 10 + (*c as u32 - 48);
             u8::try_from(v)
-                .map(|b| (b as char, 3))
+                .map(|b| (vec![b], 3))
                 .map_err(|_| format!("escape \\{a}{b}{c} is above 255"))
         }
-        [c, ..] => Ok((*c, 1)),
+        [c, ..] => Ok((c.encode_utf8(&mut [0; 4]).as_bytes().to_vec(), 1)),
         [] => Err("a backslash ends the line".into()),
     }
 }
@@ -287,7 +292,7 @@ pub fn rdata(rtype: RecordType, toks: &[&Token], origin: &Name) -> Result<RData,
         }
         RecordType::TXT => {
             need(1)?;
-            RData::TXT(TXT::new(toks.iter().map(|t| t.text.clone()).collect()))
+            RData::TXT(TXT::from_bytes(toks.iter().map(|t| t.bytes.as_slice()).collect()))
         }
         RecordType::A | RecordType::AAAA | RecordType::CAA => {
             let text: Vec<String> = toks.iter().map(|t| if t.quoted { quote(&t.text) } else { t.text.clone() }).collect();
@@ -311,6 +316,7 @@ pub fn rdata_from_value(rtype: RecordType, value: &str, origin: &Name) -> Result
             vec![Token {
                 text: value.to_string(),
                 quoted: true,
+                bytes: value.as_bytes().to_vec(),
             }]
         };
         let refs: Vec<&Token> = tokens.iter().collect();
@@ -376,14 +382,30 @@ fn relative(n: &Name, origin: &Name) -> String {
     if origin.zone_of(n) {
         // Not num_labels(): it leaves out a leading `*` (RFC 4034 label count).
         let keep = n.iter().count() - origin.iter().count();
-        let labels: Vec<String> = n
-            .iter()
-            .take(keep)
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect();
+        let labels: Vec<String> = n.iter().take(keep).map(escape_label).collect();
         return labels.join(".");
     }
     n.to_string()
+}
+
+/// A label as master files write it: `.`, quotes, `;`, parentheses, `@`, `$`, `\\` and blanks
+/// escaped with a backslash, other bytes outside printable ASCII as `\DDD`.
+fn escape_label(label: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, &b) in label.iter().enumerate() {
+        match b {
+            b'*' if i == 0 && label.len() == 1 => out.push('*'),
+            b'.' | b'"' | b';' | b'(' | b')' | b'@' | b'$' | b'\\' | b'*' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x21..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\{b:03}");
+            }
+        }
+    }
+    out
 }
 
 /// Writes `zone` as a master file that [`parse_into`] reads back to the same zone.
@@ -486,6 +508,26 @@ caa     CAA 0 issue "letsencrypt.org"
         let mut again = Zone::new(&z.origin);
         parse_into(&mut again, &text, 3600).unwrap();
         assert_eq!(again, z, "{text}");
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        // Found by the zone_file fuzz target: \DDD above 127 in TXT, and a `.` inside a label.
+        let text = "txt TXT \"\\210\\176\\000x\"\nweird\\.label A 192.0.2.1\n";
+        let origin = Name::from_ascii("example.com.").unwrap();
+        let mut z = Zone::new(&origin);
+        parse_into(&mut z, text, 300).unwrap();
+        let txt = z
+            .node(&Name::from_ascii("txt.example.com.").unwrap())
+            .unwrap();
+        match &txt.sets[0].rdatas[0] {
+            RData::TXT(t) => assert_eq!(t.txt_data[0].as_ref(), &[210, 176, 0, b'x']),
+            other => panic!("{other:?}"),
+        }
+        let exported = export(&z);
+        let mut again = Zone::new(&origin);
+        parse_into(&mut again, &exported, 300).unwrap();
+        assert_eq!(again, z, "{exported}");
     }
 
     #[test]
