@@ -6,10 +6,11 @@
 
 use std::collections::VecDeque;
 
-use hickory_proto::rr::{Record, RecordType};
+use std::cmp::Ordering;
 
-use crate::zone::Zone;
-use crate::zones::transfer_records;
+use hickory_proto::rr::{Name, Record, RecordType};
+
+use crate::zone::{Node, Zone};
 
 const KEEP: usize = 200;
 
@@ -22,21 +23,67 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
-    /// The difference between two versions of a zone (SOA records excluded).
+    /// The difference between two versions of a zone (SOA records excluded). Walks both in
+    /// order and looks only inside names whose data differs, so a change to a large zone costs
+    /// a comparison per name, not a copy of every record.
     pub fn diff(old: &Zone, new: &Zone) -> Self {
-        let strip = |z: &Zone| -> Vec<Record> {
-            transfer_records(z)
-                .into_iter()
-                .filter(|r| r.record_type() != RecordType::SOA)
-                .collect()
-        };
-        let (a, b) = (strip(old), strip(new));
-        JournalEntry {
+        let mut e = JournalEntry {
             from: old.serial(),
             to: new.serial(),
-            removed: a.iter().filter(|r| !b.contains(r)).cloned().collect(),
-            added: b.iter().filter(|r| !a.contains(r)).cloned().collect(),
+            removed: Vec::new(),
+            added: Vec::new(),
+        };
+        let (mut a, mut b) = (old.nodes.iter().peekable(), new.nodes.iter().peekable());
+        loop {
+            let step = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((x, _)), Some((y, _))) => x.cmp(y),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+            };
+            match step {
+                Ordering::Equal => {
+                    if let (Some((name, x)), Some((_, y))) = (a.next(), b.next()) {
+                        if x != y {
+                            e.node(name, Some(x), Some(y));
+                        }
+                    }
+                }
+                Ordering::Less => {
+                    if let Some((name, x)) = a.next() {
+                        e.node(name, Some(x), None);
+                    }
+                }
+                Ordering::Greater => {
+                    if let Some((name, y)) = b.next() {
+                        e.node(name, None, Some(y));
+                    }
+                }
+            }
         }
+        e
+    }
+
+    fn node(&mut self, name: &Name, old: Option<&Node>, new: Option<&Node>) {
+        let records = |n: Option<&Node>| -> Vec<Record> {
+            n.map(|n| {
+                n.sets
+                    .iter()
+                    .filter(|s| s.rtype != RecordType::SOA)
+                    .flat_map(|s| {
+                        s.rdatas
+                            .iter()
+                            .map(|r| Record::from_rdata(name.clone(), s.ttl, r.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (x, y) = (records(old), records(new));
+        self.removed
+            .extend(x.iter().filter(|r| !y.contains(r)).cloned());
+        self.added
+            .extend(y.iter().filter(|r| !x.contains(r)).cloned());
     }
 }
 

@@ -40,10 +40,23 @@ struct Entry {
 
 fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
     let mut entries = Vec::new();
+    each_entry(text, |e| {
+        entries.push(e);
+        Ok(())
+    })?;
+    Ok(entries)
+}
+
+/// Calls `f` with each logical record in turn, so that a large file is never held as tokens.
+fn each_entry(
+    text: &str,
+    mut f: impl FnMut(Entry) -> Result<(), ZoneFileError>,
+) -> Result<(), ZoneFileError> {
     let mut cur: Option<Entry> = None;
     let mut depth = 0usize;
-    let lines: Vec<&str> = text.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
+    let mut line_count = 0;
+    for (i, line) in text.lines().enumerate() {
+        line_count = i + 1;
         let lineno = i + 1;
         let err = |message: String| ZoneFileError {
             line: lineno,
@@ -53,7 +66,7 @@ fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
         if depth == 0 {
             if let Some(e) = cur.take() {
                 if !e.tokens.is_empty() {
-                    entries.push(e);
+                    f(e)?;
                 }
             }
             cur = Some(Entry {
@@ -138,17 +151,17 @@ fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
     if depth > 0 {
         let e = cur.as_ref();
         return Err(ZoneFileError {
-            line: e.map_or(lines.len(), |e| e.line),
+            line: e.map_or(line_count, |e| e.line),
             record: e.map(|e| e.raw.clone()).unwrap_or_default(),
             message: "'(' is never closed".into(),
         });
     }
     if let Some(e) = cur {
         if !e.tokens.is_empty() {
-            entries.push(e);
+            f(e)?;
         }
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// `\X` or `\DDD` inside a quoted string; returns the bytes and how many chars it used.
@@ -170,7 +183,7 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
     let mut origin = zone.origin.clone();
     let mut ttl = default_ttl;
     let mut last_owner: Option<Name> = None;
-    for e in tokenize(text)? {
+    each_entry(text, |e| {
         let err = |message: String| ZoneFileError {
             line: e.line,
             record: e.raw.clone(),
@@ -194,7 +207,7 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
                 }
                 d => return Err(err(format!("unknown directive {d}"))),
             }
-            continue;
+            return Ok(());
         }
         let owner = if e.blank_owner {
             last_owner
@@ -240,14 +253,15 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
                     ttl: rec_ttl,
                 }),
             );
-            continue;
+            return Ok(());
         }
         let rtype: RecordType = rtype_text
             .parse()
             .map_err(|_| err(format!("unknown record type {rtype_text}")))?;
         let rdata = rdata(rtype, &rest, &origin).map_err(err)?;
         zone.add(&owner, rtype, rec_ttl, rdata);
-    }
+        Ok(())
+    })?;
     Ok(())
 }
 

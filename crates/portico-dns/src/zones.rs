@@ -176,21 +176,15 @@ impl HostedZones {
                     .flatten(),
             };
             let applied = self.applied_config(&origin);
-            let mut prints = HashSet::new();
-            let built = build_zone(
-                zc,
-                i,
-                &origin,
-                stored.as_ref(),
-                &applied,
-                &mut prints,
-                base_dir,
-                &mut issues,
-            );
-            let Some(zone) = built else {
+            let past = Past {
+                stored: stored.as_ref(),
+                applied: &applied,
+                imported: self.read_imported(&origin),
+            };
+            let Some((zone, done)) = build_zone(zc, i, &origin, past, base_dir, &mut issues) else {
                 continue;
             };
-            fingerprints.insert(origin.clone(), prints);
+            fingerprints.insert(origin.clone(), done);
             let mut s = ZoneSettings::default();
             for (j, sec) in zc.secondaries.iter().enumerate() {
                 match sec
@@ -241,8 +235,8 @@ impl HostedZones {
                     )]);
                 }
             }
-            if let Some(prints) = fingerprints.remove(&origin) {
-                if let Err(e) = self.save_applied_config(&origin, prints) {
+            if let Some(done) = fingerprints.remove(&origin) {
+                if let Err(e) = self.save_applied_config(&origin, done) {
                     return Err(vec![ConfigIssue::new(path!["state_dir"], e)]);
                 }
             }
@@ -362,8 +356,22 @@ impl HostedZones {
             .unwrap_or_default()
     }
 
-    fn save_applied_config(&self, origin: &Name, prints: HashSet<String>) -> Result<(), String> {
+    /// The master file the zone was last built from, kept in the state directory.
+    fn read_imported(&self, origin: &Name) -> Option<String> {
+        let dir = self.zone_dir()?;
+        std::fs::read_to_string(dir.join(format!("{origin}imported"))).ok()
+    }
+
+    fn save_applied_config(&self, origin: &Name, done: Applied) -> Result<(), String> {
+        let prints = done.fingerprints;
         if let Some(dir) = self.zone_dir() {
+            if let Some(text) = &done.imported {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let path = dir.join(format!("{origin}imported"));
+                portico_config::files::write_atomic(&path, text.as_bytes(), 0o644)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let mut list: Vec<&String> = prints.iter().collect();
@@ -643,8 +651,8 @@ fn load_keys(sections: &DnsSections, base_dir: &Path, issues: &mut Vec<ConfigIss
     keys
 }
 
-/// A record set the config manages (from `file` or a `[[zone.record]]`), with a fingerprint of
-/// what the config says, to tell later whether the config changed it since it was applied.
+/// A `[[zone.record]]` as the zone applies it, with a fingerprint of what the config says, to
+/// tell later whether the config changed it since it was applied.
 struct Managed {
     name: Name,
     kind: String,
@@ -653,66 +661,97 @@ struct Managed {
     alias: Option<Alias>,
 }
 
-fn managed_from_file(zone: &Zone) -> Vec<Managed> {
-    let mut out = Vec::new();
-    for (name, node) in &zone.nodes {
+/// FNV-1a: a stable fingerprint of a master file's text across runs and Rust versions.
+fn fnv64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Brings a zone from the master file it was last built from (`old`, if known) to `new`:
+/// record sets added or changed in the file are set, those removed from the file are removed.
+fn apply_file_diff(zone: &mut Zone, old: Option<&Zone>, new: &Zone) {
+    for (name, node) in &new.nodes {
+        let before = old.and_then(|o| o.nodes.get(name));
         for set in &node.sets {
-            out.push(Managed {
-                name: name.clone(),
-                kind: set.rtype.to_string(),
-                print: format!("file|{name}|{}|{}|{:?}", set.rtype, set.ttl, set.rdatas),
-                set: Some((set.rtype, set.ttl, set.rdatas.clone())),
-                alias: None,
-            });
+            if before.and_then(|b| b.get(set.rtype)) != Some(set) {
+                zone.put(name, set.rtype, set.ttl, set.rdatas.clone());
+            }
         }
-        if let Some(a) = &node.alias {
-            out.push(Managed {
-                name: name.clone(),
-                kind: "ALIAS".into(),
-                print: format!("file|{name}|ALIAS|{}|{:?}", a.ttl, a.target),
-                set: None,
-                alias: Some(a.clone()),
-            });
+        if node.alias.is_some() && before.and_then(|b| b.alias.as_ref()) != node.alias.as_ref() {
+            zone.set_alias(name, node.alias.clone());
         }
     }
-    out
+    let Some(old) = old else { return };
+    for (name, node) in &old.nodes {
+        let after = new.nodes.get(name);
+        for set in &node.sets {
+            if after.and_then(|a| a.get(set.rtype)).is_none() {
+                zone.put(name, set.rtype, 0, Vec::new());
+            }
+        }
+        if node.alias.is_some() && after.and_then(|a| a.alias.as_ref()).is_none() {
+            zone.set_alias(name, None);
+        }
+    }
+}
+
+/// What `build_zone` knows of the zone's past.
+struct Past<'a> {
+    stored: Option<&'a Zone>,
+    applied: &'a HashSet<String>,
+    /// The master file the stored zone was last built from.
+    imported: Option<String>,
+}
+
+/// What `build_zone` hands back besides the zone, to be saved once the load succeeds.
+#[derive(Default)]
+struct Applied {
+    fingerprints: HashSet<String>,
+    imported: Option<String>,
 }
 
 /// The zone as config and state say together. A fresh zone is the master file plus the
-/// `[[zone.record]]`s. A stored zone (state directory) is kept, and each config-managed record
-/// set is applied on top of it only when it is new or changed in the config since it was last
-/// applied; one removed from the config since then is removed from the zone. So config edits
-/// take effect, and run-time changes (API, UPDATE) to anything the config did not touch stay.
-#[allow(clippy::too_many_arguments)]
+/// `[[zone.record]]`s. A stored zone (state directory) is kept; what the config manages is
+/// applied on top of it only where the config changed since it was last applied: a master file
+/// that changed is diffed against the copy it was last built from, a `[[zone.record]]` that is
+/// new or edited is set, one removed from the config is removed. So config edits take effect, and
+/// run-time changes (API, UPDATE) to anything the config did not touch stay.
 fn build_zone(
     zc: &crate::config::ZoneConfig,
     i: usize,
     origin: &Name,
-    stored: Option<&Zone>,
-    applied: &HashSet<String>,
-    fingerprints: &mut HashSet<String>,
+    past: Past<'_>,
     base_dir: &Path,
     issues: &mut Vec<ConfigIssue>,
-) -> Option<Zone> {
+) -> Option<(Zone, Applied)> {
     let before = issues.len();
-    let mut managed = Vec::new();
+    let mut out = Applied::default();
+    let parse_file = |text: &str, label: &str, issues: &mut Vec<ConfigIssue>| {
+        let mut z = Zone::new(origin);
+        match zone_file::parse_into(&mut z, text, 3600) {
+            Ok(()) => Some(z),
+            Err(e) => {
+                issues.push(ConfigIssue::new(
+                    path!["zone", i, "file"],
+                    format!("{label}:{}: {} (record: {})", e.line, e.message, e.record),
+                ));
+                None
+            }
+        }
+    };
+    let mut file_zone = None;
+    let mut file_changed = false;
     if let Some(f) = &zc.file {
         let p = base_dir.join(f);
         match std::fs::read_to_string(&p) {
             Ok(text) => {
-                let mut z = Zone::new(origin);
-                match zone_file::parse_into(&mut z, &text, 3600) {
-                    Ok(()) => managed.extend(managed_from_file(&z)),
-                    Err(e) => issues.push(ConfigIssue::new(
-                        path!["zone", i, "file"],
-                        format!(
-                            "{}:{}: {} (record: {})",
-                            p.display(),
-                            e.line,
-                            e.message,
-                            e.record
-                        ),
-                    )),
+                let print = format!("file-hash|{:016x}", fnv64(&text));
+                file_changed = !past.applied.contains(&print);
+                out.fingerprints.insert(print);
+                if past.stored.is_none() || file_changed {
+                    file_zone = parse_file(&text, &p.display().to_string(), issues);
+                    out.imported = Some(text);
                 }
             }
             Err(e) => issues.push(ConfigIssue::new(
@@ -721,6 +760,7 @@ fn build_zone(
             )),
         }
     }
+    let mut managed = Vec::new();
     for (j, r) in zc.records.iter().enumerate() {
         match parse_set(
             origin,
@@ -753,34 +793,44 @@ fn build_zone(
     if issues.len() > before {
         return None;
     }
-    let mut zone = stored.cloned().unwrap_or_else(|| Zone::new(origin));
-    if stored.is_some() {
-        // Removed from the config since last applied: remove from the zone.
-        for old in applied {
-            let mut parts = old.splitn(4, '|');
-            let (_, name, kind) = (parts.next(), parts.next(), parts.next());
-            let (Some(name), Some(kind)) = (name, kind) else {
-                continue;
-            };
-            if managed
-                .iter()
-                .any(|m| m.name.to_string() == name && m.kind == kind)
-            {
-                continue;
+    let mut zone = match past.stored {
+        None => file_zone.take().unwrap_or_else(|| Zone::new(origin)),
+        Some(stored) => {
+            let mut zone = stored.clone();
+            if let (true, Some(new)) = (file_changed, &file_zone) {
+                let old = past.imported.as_deref().and_then(|t| {
+                    let mut z = Zone::new(origin);
+                    zone_file::parse_into(&mut z, t, 3600).ok().map(|_| z)
+                });
+                apply_file_diff(&mut zone, old.as_ref(), new);
             }
-            let Ok(n) = Name::from_ascii(name) else {
-                continue;
-            };
-            if kind == "ALIAS" {
-                zone.set_alias(&n, None);
-            } else if let Ok(rt) = kind.parse::<RecordType>() {
-                zone.put(&n, rt, 0, Vec::new());
+            // `[[zone.record]]`s removed from the config since last applied leave the zone.
+            for old in past.applied.iter().filter(|p| p.starts_with("cfg|")) {
+                let mut parts = old.splitn(4, '|').skip(1);
+                let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                if managed
+                    .iter()
+                    .any(|m| m.name.to_string() == name && m.kind == kind)
+                {
+                    continue;
+                }
+                let Ok(n) = Name::from_ascii(name) else {
+                    continue;
+                };
+                if kind == "ALIAS" {
+                    zone.set_alias(&n, None);
+                } else if let Ok(rt) = kind.parse::<RecordType>() {
+                    zone.put(&n, rt, 0, Vec::new());
+                }
             }
+            zone
         }
-    }
+    };
     for m in managed {
-        let apply = stored.is_none() || !applied.contains(&m.print);
-        fingerprints.insert(m.print);
+        let apply = past.stored.is_none() || !past.applied.contains(&m.print);
+        out.fingerprints.insert(m.print);
         if !apply {
             continue;
         }
@@ -799,7 +849,7 @@ fn build_zone(
     if let Err(e) = zone.validate() {
         issues.push(ConfigIssue::new(path!["zone", i], e.to_string()));
     }
-    (issues.len() == before).then_some(zone)
+    (issues.len() == before).then_some((zone, out))
 }
 
 /// Records of a zone in transfer order: SOA first, then everything else (ALIAS left out: it is
