@@ -37,7 +37,8 @@ pub struct Alias {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Node {
     pub sets: Vec<RecordSet>,
-    pub alias: Option<Alias>,
+    /// Boxed: rare, and large inline (it would double the size of every node).
+    pub alias: Option<Box<Alias>>,
 }
 
 impl Node {
@@ -141,7 +142,7 @@ impl Zone {
 
     pub fn set_alias(&mut self, name: &Name, alias: Option<Alias>) {
         let node = self.nodes.entry(name.to_lowercase()).or_default();
-        node.alias = alias;
+        node.alias = alias.map(Box::new);
         if node.is_empty() {
             self.nodes.remove(&name.to_lowercase());
         }

@@ -679,7 +679,7 @@ fn apply_file_diff(zone: &mut Zone, old: Option<&Zone>, new: &Zone) {
             }
         }
         if node.alias.is_some() && before.and_then(|b| b.alias.as_ref()) != node.alias.as_ref() {
-            zone.set_alias(name, node.alias.clone());
+            zone.set_alias(name, node.alias.as_deref().cloned());
         }
     }
     let Some(old) = old else { return };
