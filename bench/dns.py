@@ -169,7 +169,7 @@ def stop(proc):
 
 def dnsperf(queries, duration):
     out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(PORT), "-d", str(queries), "-l", str(duration),
-                          "-c", "8", "-T", "2", "-q", "500"], capture_output=True, text=True).stdout
+                          "-c", "8", "-T", "2", "-q", "100", "-t", "1"], capture_output=True, text=True).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lat = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1)) * 1000
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))

@@ -68,7 +68,7 @@ fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
         }
         _ => {}
     }
-    let catalog = ctx.zones.catalog();
+    let catalog = ctx.zones.catalog_guard();
     let a = lookup(&catalog, q.name(), q.query_type(), ctx.listeners.as_ref());
     let mut res = response(msg);
     res.metadata.authoritative = a.authoritative;

@@ -58,6 +58,9 @@ pub struct Zone {
     pub origin: Name,
     /// Owner names (lower-case, fully qualified) to their records, in DNS canonical order.
     pub nodes: BTreeMap<Name, Node>,
+    /// Names below the apex that hold NS records (zone cuts), so that lookups in a zone
+    /// without delegations skip the search for one.
+    pub cuts: std::collections::BTreeSet<Name>,
 }
 
 /// Why a zone version is not acceptable.
@@ -86,6 +89,7 @@ impl Zone {
         Zone {
             origin,
             nodes: BTreeMap::new(),
+            cuts: Default::default(),
         }
     }
 
@@ -107,6 +111,7 @@ impl Zone {
 
     /// Replaces the record set of `rtype` at `name` (an empty `rdatas` removes it).
     pub fn put(&mut self, name: &Name, rtype: RecordType, ttl: u32, rdatas: Vec<RData>) {
+        self.note_cut(name, rtype, !rdatas.is_empty());
         let node = self.nodes.entry(name.to_lowercase()).or_default();
         node.sets.retain(|s| s.rtype != rtype);
         if !rdatas.is_empty() {
@@ -121,6 +126,7 @@ impl Zone {
     /// Adds one record to a set (as a master file or an UPDATE adds records one by one).
     /// The set's TTL becomes the newest record's, as BIND does.
     pub fn add(&mut self, name: &Name, rtype: RecordType, ttl: u32, rdata: RData) {
+        self.note_cut(name, rtype, true);
         let node = self.nodes.entry(name.to_lowercase()).or_default();
         match node.sets.iter_mut().find(|s| s.rtype == rtype) {
             Some(set) => {
@@ -137,6 +143,18 @@ impl Zone {
                 });
                 node.sets.sort_by_key(|s| u16::from(s.rtype));
             }
+        }
+    }
+
+    fn note_cut(&mut self, name: &Name, rtype: RecordType, present: bool) {
+        let lower = name.to_lowercase();
+        if rtype != RecordType::NS || lower == self.origin {
+            return;
+        }
+        if present {
+            self.cuts.insert(lower);
+        } else {
+            self.cuts.remove(&lower);
         }
     }
 
