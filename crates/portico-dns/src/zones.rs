@@ -99,6 +99,8 @@ pub struct HostedZones {
     applied: Mutex<HashMap<Name, HashSet<String>>>,
     changes: Mutex<HashMap<String, ChangeInfo>>,
     state_dir: Option<PathBuf>,
+    /// Reads the state directory but never writes it (for CLI look-ups beside a running server).
+    read_only: bool,
     writer: tokio::sync::Mutex<()>,
 }
 
@@ -113,8 +115,19 @@ impl HostedZones {
             applied: Mutex::default(),
             changes: Mutex::default(),
             state_dir,
+            read_only: false,
             writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Zones as the state directory and the config say, without writing anything.
+    pub fn read_only(state_dir: PathBuf) -> Arc<Self> {
+        let mut z = HostedZones::new(None);
+        if let Some(z) = Arc::get_mut(&mut z) {
+            z.state_dir = Some(state_dir);
+            z.read_only = true;
+        }
+        z
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -370,7 +383,7 @@ impl HostedZones {
 
     fn save_applied_config(&self, origin: &Name, done: Applied) -> Result<(), String> {
         let prints = done.fingerprints;
-        if let Some(dir) = self.zone_dir() {
+        if let Some(dir) = self.write_dir() {
             if let Some(text) = &done.imported {
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -389,6 +402,15 @@ impl HostedZones {
         }
         lock(&self.applied).insert(origin.clone(), prints);
         Ok(())
+    }
+
+    /// Where zones are written, unless this instance only reads.
+    fn write_dir(&self) -> Option<PathBuf> {
+        if self.read_only {
+            None
+        } else {
+            self.zone_dir()
+        }
     }
 
     fn zone_dir(&self) -> Option<PathBuf> {
@@ -420,7 +442,7 @@ impl HostedZones {
                 .or_default()
                 .append(JournalEntry::diff(old, zone));
         }
-        if let Some(dir) = self.zone_dir() {
+        if let Some(dir) = self.write_dir() {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let path = dir.join(format!("{}zone", zone.origin));

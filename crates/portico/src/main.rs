@@ -64,10 +64,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Hosted zones (not in this build yet).
+    /// Hosted zones: list them, or export one as an RFC 1035 master file.
     Zones {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        command: ZonesCommand,
     },
     /// Records of hosted zones (not in this build yet).
     Records {
@@ -81,6 +81,21 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ZonesCommand {
+    /// Each hosted zone with its serial and record count.
+    List {
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+    /// The zone as a master file (what `file =` reads back).
+    Export {
+        zone: String,
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -91,9 +106,11 @@ fn main() -> ExitCode {
         Command::Proxy { .. } => not_yet("proxy", "the user journeys (issue 5)"),
         Command::Doctor { .. } => not_yet("doctor", "the user journeys (issue 5)"),
         Command::Certs { .. } => not_yet("certs", "the certificate manager (issue 4)"),
-        Command::Zones { .. } | Command::Records { .. } => {
-            not_yet("zones/records", "hosted zones (issue 3)")
-        }
+        Command::Zones { command } => match command {
+            ZonesCommand::List { config } => server::zones_list(&config),
+            ZonesCommand::Export { zone, config } => server::zones_export(&config, &zone),
+        },
+        Command::Records { .. } => not_yet("records", "the admin API (issue 6)"),
         Command::Targets { .. } => not_yet("targets", "the admin API (issue 6)"),
     };
     match result {

@@ -61,6 +61,44 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Zones as the running server serves them: its state directory with the config applied,
+/// read without writing anything.
+fn zones_now(path: &Path) -> anyhow::Result<std::sync::Arc<HostedZones>> {
+    let (source, config) = load(path)?;
+    let zones = HostedZones::read_only(config.state_dir.clone());
+    runtime()?
+        .block_on(zones.load(&config.dns(), &source.base_dir()))
+        .map_err(|issues| source.locate(&issues))?;
+    Ok(zones)
+}
+
+pub fn zones_list(path: &Path) -> anyhow::Result<()> {
+    let zones = zones_now(path)?;
+    let catalog = zones.catalog();
+    let mut names: Vec<_> = catalog.zones.keys().collect();
+    names.sort();
+    println!("{:<40} {:>12} {:>10}", "ZONE", "SERIAL", "RECORDS");
+    for n in names {
+        let z = &catalog.zones[n];
+        println!(
+            "{:<40} {:>12} {:>10}",
+            n.to_string(),
+            z.serial(),
+            z.record_count()
+        );
+    }
+    Ok(())
+}
+
+pub fn zones_export(path: &Path, zone: &str) -> anyhow::Result<()> {
+    let zones = zones_now(path)?;
+    let text = zones
+        .export(zone)
+        .with_context(|| format!("no hosted zone {zone:?} in {}", path.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
 pub fn reload(path: &Path) -> anyhow::Result<()> {
     let (_, config) = load(path)?;
     let pid_file = config.state_dir.join(PID_FILE);

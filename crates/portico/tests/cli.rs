@@ -394,3 +394,40 @@ async fn demo_serves_https_in_front_of_its_targets() {
     assert!(out.contains("--http-port"), "{out}");
     drop(p);
 }
+
+#[test]
+fn zones_list_and_export_read_the_state_without_writing() {
+    let dir = TempDir::new("zonescli");
+    let file = dir.path().join("portico.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "state_dir = \"{}\"\n[[zone]]\nname = \"example.test\"\n[[zone.record]]\nname = \"www\"\ntype = \"TXT\"\nvalues = [\"hello world\"]\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run(&["zones", "list", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("example.test.") && out.contains(" 1 "),
+        "{out}"
+    );
+    let (code, out) = run(&[
+        "zones",
+        "export",
+        "example.test",
+        "-c",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("$ORIGIN example.test.\n"), "{out}");
+    assert!(out.contains("www\t300\tIN\tTXT\t\"hello world\""), "{out}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "read-only: nothing written"
+    );
+    let (code, out) = run(&["zones", "export", "nope.test", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no hosted zone"), "{out}");
+}
