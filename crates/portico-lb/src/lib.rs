@@ -20,5 +20,5 @@ pub mod tls;
 mod workers;
 
 pub use portico_config::{ConfigIssue, PathSeg};
-pub use server::{LoadBalancer, TargetHealth};
+pub use server::{Http01Responder, LoadBalancer, TargetHealth};
 pub use snapshot::Snapshot;

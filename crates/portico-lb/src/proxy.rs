@@ -118,6 +118,26 @@ pub async fn handle(
         )
     });
 
+    // ACME HTTP-01 on plain HTTP listeners: before redirects and rules, as a CA expects.
+    if listener.protocol == Protocol::Http {
+        if let Some(token) = req
+            .uri()
+            .path()
+            .strip_prefix("/.well-known/acme-challenge/")
+        {
+            if let Some(key_auth) = ctx.lb.http01(token) {
+                let mut res = Response::new(full(Bytes::from(key_auth)));
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                if let Some((_, e)) = &mut log {
+                    e.status = 200;
+                }
+                return Ok(res.map(|b| LoggedBody::new(b, log, None, start)));
+            }
+        }
+    }
     let (mut res, extra_headers, target, guard) = if req
         .headers()
         .contains_key(header::CONTENT_LENGTH)

@@ -24,6 +24,12 @@ use crate::tls::CertStore;
 use crate::workers::{self, Workers};
 use portico_config::{path, ConfigIssue};
 
+/// Answers ACME HTTP-01 challenges: the key authorization for a token, if one is pending.
+/// The certificate manager implements it; the load balancer only serves it.
+pub trait Http01Responder: Send + Sync {
+    fn key_authorization(&self, token: &str) -> Option<String>;
+}
+
 /// The load balancer of one Portico process.
 pub struct LoadBalancer {
     snapshot: ArcSwap<Snapshot>,
@@ -37,6 +43,7 @@ pub struct LoadBalancer {
     connections: TaskTracker,
     apply_lock: tokio::sync::Mutex<()>,
     workers: Workers,
+    http01: arc_swap::ArcSwapOption<Box<dyn Http01Responder>>,
 }
 
 /// What identifies a listening socket across reloads: its address, and for port 0 (a port the
@@ -86,9 +93,23 @@ impl LoadBalancer {
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             apply_lock: tokio::sync::Mutex::new(()),
+            http01: arc_swap::ArcSwapOption::empty(),
             workers: Workers::start(workers::default_count())
                 .expect("cannot start worker threads (is the process out of threads?)"),
         })
+    }
+
+    /// Serves HTTP-01 challenges from `responder` on every HTTP listener.
+    pub fn set_http01_responder(&self, responder: Box<dyn Http01Responder>) {
+        self.http01.store(Some(Arc::new(responder)));
+    }
+
+    /// The key authorization for an HTTP-01 token, if one is pending.
+    pub(crate) fn http01(&self, token: &str) -> Option<String> {
+        self.http01
+            .load()
+            .as_ref()
+            .and_then(|r| r.key_authorization(token))
     }
 
     pub fn certs(&self) -> &Arc<CertStore> {

@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portico_certs::{AcmeSettings, CertRequest, IssuerKind};
 use portico_lb::config::{CertificateConfig, LbConfig, ListenerConfig, TargetGroupConfig};
 use portico_lb::{ConfigIssue, PathSeg};
 use serde::Deserialize;
@@ -28,6 +29,7 @@ pub struct PorticoConfig {
         with = "portico_lb::config::duration"
     )]
     pub shutdown_timeout: Duration,
+    pub acme: Option<AcmeConfig>,
     pub dns: Option<portico_dns::config::DnsConfig>,
     #[serde(default)]
     pub tsig_key: Vec<portico_dns::config::TsigKeyConfig>,
@@ -97,20 +99,95 @@ impl PorticoConfig {
 
     /// Checks that belong to no single part yet.
     pub fn own_issues(&self) -> Vec<ConfigIssue> {
-        let mut issues = Vec::new();
-        for (i, c) in self.certificate.iter().enumerate() {
-            if c.cert_file.is_none() && (!c.domains.is_empty() || c.issuer.is_some()) {
-                issues.push(
-                    ConfigIssue::new(
-                        vec![PathSeg::Key("certificate".into()), PathSeg::Index(i)],
-                        format!("certificate {:?} asks to be issued, and this build of Portico has no certificate manager yet", c.name),
-                    )
-                    .hint("import it with cert_file and key_file (certbot's fullchain.pem and privkey.pem work)"),
-                );
-            }
-        }
-        issues
+        self.cert_requests().err().unwrap_or_default()
     }
+
+    /// The `[[certificate]]`s to obtain and renew (those with `domains`), validated.
+    pub fn cert_requests(&self) -> Result<Vec<CertRequest>, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut out = Vec::new();
+        for (i, c) in self.certificate.iter().enumerate() {
+            let at = |k: &str| {
+                vec![
+                    PathSeg::Key("certificate".into()),
+                    PathSeg::Index(i),
+                    PathSeg::Key(k.into()),
+                ]
+            };
+            if c.cert_file.is_some() || c.key_file.is_some() {
+                if !c.domains.is_empty() || c.issuer.is_some() {
+                    issues.push(ConfigIssue::new(at("domains"), "a certificate is either imported (cert_file, key_file) or requested (domains, issuer), not both"));
+                }
+                continue;
+            }
+            if c.domains.is_empty() {
+                continue; // the load balancer reports a certificate with neither
+            }
+            let issuer = match c.issuer.as_deref().unwrap_or("acme") {
+                "acme" => IssuerKind::Acme,
+                "internal" => IssuerKind::Internal,
+                other => {
+                    issues.push(
+                        ConfigIssue::new(at("issuer"), format!("unknown issuer {other:?}"))
+                            .hint("issuer = \"acme\" or \"internal\""),
+                    );
+                    continue;
+                }
+            };
+            let challenge = c.challenge.as_deref().unwrap_or("http-01");
+            if issuer == IssuerKind::Acme {
+                if let Some(w) = c.domains.iter().find(|d| d.starts_with("*.")) {
+                    issues.push(ConfigIssue::new(at("domains"), format!("{w} is a wildcard: a CA validates wildcards only with dns-01")).hint("dns-01 is not in this build yet; list the names, or use issuer = \"internal\""));
+                    continue;
+                }
+                if challenge != "http-01" {
+                    issues.push(
+                        ConfigIssue::new(
+                            at("challenge"),
+                            format!("challenge {challenge:?} is not in this build yet"),
+                        )
+                        .hint("challenge = \"http-01\""),
+                    );
+                    continue;
+                }
+            }
+            out.push(CertRequest {
+                name: c.name.clone(),
+                domains: c.domains.clone(),
+                issuer,
+            });
+        }
+        if issues.is_empty() {
+            Ok(out)
+        } else {
+            Err(issues)
+        }
+    }
+
+    pub fn acme_settings(&self, base_dir: &std::path::Path) -> Option<AcmeSettings> {
+        self.acme.as_ref().map(|a| AcmeSettings {
+            directory: a.directory.clone(),
+            email: a.email.clone(),
+            ca_root: a.ca_roots.first().map(|r| base_dir.join(r)),
+        })
+    }
+}
+
+/// `[acme]`: the ACME CA that `issuer = "acme"` certificates come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// `letsencrypt`, `letsencrypt-staging`, or a directory URL.
+    #[serde(default = "default_directory")]
+    pub directory: String,
+    pub email: Option<String>,
+    /// Extra roots trusted for the ACME server's own HTTPS (Pebble, a private CA).
+    #[serde(default)]
+    pub ca_roots: Vec<String>,
+}
+
+fn default_directory() -> String {
+    "letsencrypt".into()
 }
 
 /// A config file as read, kept for locating errors.

@@ -55,16 +55,14 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let t2 = demo_target("target-2").await?;
     say(&format!("   demo targets on {t1} and {t2}"));
 
-    say("2. Making a throwaway CA and a certificate for localhost, demo.test and app.demo.test.");
-    let ca_path = throwaway_certificate(&state_dir)?;
-    say(&format!("   CA certificate: {}", ca_path.display()));
+    let ca_path = state_dir.join("ca").join("root.pem");
 
     let config_path = state_dir.join("portico.toml");
     let text = demo_config(&state_dir, &args, t1, t2);
     write_atomic(&config_path, text.as_bytes(), 0o644)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     say(&format!(
-        "3. Writing the config Portico serves: {}",
+        "2. Writing the config Portico serves: {}",
         config_path.display()
     ));
 
@@ -72,7 +70,7 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let config = source.parse()?;
     init_tracing(&config);
     say(&format!(
-        "4. Listening: HTTP on 127.0.0.1:{} (redirects to HTTPS), HTTPS on 127.0.0.1:{} (TLS 1.2/1.3, h2).",
+        "3. Listening: HTTP on 127.0.0.1:{} (redirects to HTTPS), HTTPS on 127.0.0.1:{} (TLS 1.2/1.3, h2).",
         args.http_port, args.https_port
     ));
     let server = Server::start(source, config).await.map_err(|e| {
@@ -80,9 +78,9 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
             "{e:#}\n  hint: choose other ports with --http-port, --https-port and --dns-port"
         )
     })?;
-    say("5. The target group checks /health on both targets every 2 s; requests alternate between them.");
+    say("4. The target group checks /health on both targets every 2 s; requests alternate between them.");
     say(&format!(
-        "6. Hosted zone demo.test on 127.0.0.1:{} (UDP and TCP): app.demo.test A 127.0.0.1, and an ALIAS at the apex answering with the HTTPS listener's address.",
+        "5. Hosted zone demo.test on 127.0.0.1:{} (UDP and TCP): app.demo.test A 127.0.0.1, and an ALIAS at the apex answering with the HTTPS listener's address.",
         args.dns_port
     ));
     println!();
@@ -146,8 +144,8 @@ target = "listener:https"
 
 [[certificate]]
 name = "demo"
-cert_file = "demo/fullchain.pem"
-key_file = "demo/privkey.pem"
+domains = ["demo.test", "app.demo.test", "localhost", "127.0.0.1"]
+issuer = "internal"
 
 [[target_group]]
 name = "demo"
@@ -186,40 +184,6 @@ action = {{ fixed_response = {{ status = 200, content_type = "application/json",
         config = state_dir.join("portico.toml").display(),
         state = state_dir.display(),
     )
-}
-
-/// A CA and a leaf certificate signed by it; returns the CA certificate's path.
-fn throwaway_certificate(state_dir: &Path) -> anyhow::Result<PathBuf> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Portico demo CA (throwaway)");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf_params = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "demo.test".to_string(),
-        "app.demo.test".to_string(),
-        "127.0.0.1".to_string(),
-    ])?;
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "demo.test");
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
-    let dir = state_dir.join("demo");
-    std::fs::create_dir_all(&dir)?;
-    let ca_path = state_dir.join("demo-ca.pem");
-    write_atomic(&ca_path, ca.pem().as_bytes(), 0o644)?;
-    write_atomic(&dir.join("fullchain.pem"), leaf.pem().as_bytes(), 0o644)?;
-    write_atomic(
-        &dir.join("privkey.pem"),
-        leaf_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    Ok(ca_path)
 }
 
 /// A tiny app server: answers every path with its own name, `/health` with 200.

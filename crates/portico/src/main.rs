@@ -59,10 +59,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Certificates: list, show, request, renew (not in this build yet).
+    /// Certificates: their status, and the internal CA's root.
     Certs {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Hosted zones: list them, or export one as an RFC 1035 master file.
     Zones {
@@ -78,6 +78,20 @@ enum Command {
     Targets {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Each certificate with its status (ISSUED, RENEWING, FAILED …), expiry and last error.
+    List {
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+    /// Where the internal CA's root is and how to trust it.
+    Trust {
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
     },
 }
 
@@ -105,7 +119,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Proxy { .. } => not_yet("proxy", "the user journeys (issue 5)"),
         Command::Doctor { .. } => not_yet("doctor", "the user journeys (issue 5)"),
-        Command::Certs { .. } => not_yet("certs", "the certificate manager (issue 4)"),
+        Command::Certs { command } => match command {
+            CertsCommand::List { config } => server::certs_list(&config),
+            CertsCommand::Trust { config } => server::certs_trust(&config),
+        },
         Command::Zones { command } => match command {
             ZonesCommand::List { config } => server::zones_list(&config),
             ZonesCommand::Export { zone, config } => server::zones_export(&config, &zone),

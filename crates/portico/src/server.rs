@@ -12,6 +12,7 @@ use portico_lb::{LoadBalancer, Snapshot};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{ConfigError, LogFormat, PorticoConfig, Source};
+use portico_certs::CertManager;
 use portico_dns::answer::ListenerAddrs;
 use portico_dns::server::DnsServer;
 use portico_dns::zones::HostedZones;
@@ -28,7 +29,7 @@ fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> {
         &source.base_dir(),
         &CertStore::new(),
         &TargetRegistry::default(),
-        &HashSet::new(),
+        &requested_names(&config),
     ) {
         issues.extend(more);
     }
@@ -46,6 +47,16 @@ fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> {
         return Err(source.locate(&issues));
     }
     Ok((source, config))
+}
+
+/// Names of the certificates the certificate manager publishes (listeners may name them).
+fn requested_names(config: &PorticoConfig) -> HashSet<String> {
+    config
+        .cert_requests()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
 }
 
 pub fn check(path: &Path) -> anyhow::Result<()> {
@@ -96,6 +107,44 @@ pub fn zones_export(path: &Path, zone: &str) -> anyhow::Result<()> {
         .export(zone)
         .with_context(|| format!("no hosted zone {zone:?} in {}", path.display()))?;
     print!("{text}");
+    Ok(())
+}
+
+pub fn certs_list(path: &Path) -> anyhow::Result<()> {
+    let (_, config) = load(path)?;
+    let storage = portico_certs::storage::Storage::new(&config.state_dir);
+    println!(
+        "{:<20} {:<20} {:<9} {:<22} DOMAINS",
+        "NAME", "STATUS", "ISSUER", "NOT AFTER"
+    );
+    for r in storage.records() {
+        println!(
+            "{:<20} {:<20} {:<9} {:<22} {}",
+            r.name,
+            r.status,
+            r.issuer,
+            r.not_after.as_deref().unwrap_or("-"),
+            r.domains.join(",")
+        );
+        if let Some(e) = &r.last_error {
+            println!("  last error: {e}");
+        }
+    }
+    Ok(())
+}
+
+pub fn certs_trust(path: &Path) -> anyhow::Result<()> {
+    let (_, config) = load(path)?;
+    let root = portico_certs::issuer::internal::InternalCa::new(&config.state_dir).root_path();
+    if !root.exists() {
+        anyhow::bail!("no internal CA yet at {}: it is made when the first issuer = \"internal\" certificate is issued", root.display());
+    }
+    println!("Portico's internal root CA: {}", root.display());
+    println!("Trust it on Debian:  cp {} /usr/local/share/ca-certificates/portico-root.crt && update-ca-certificates", root.display());
+    println!(
+        "Or per command:      curl --cacert {} https://…",
+        root.display()
+    );
     Ok(())
 }
 
@@ -163,6 +212,7 @@ pub struct Server {
     pub lb: Arc<LoadBalancer>,
     pub zones: Arc<HostedZones>,
     pub dns: Option<DnsServer>,
+    pub certs: Arc<CertManager>,
 }
 
 /// ALIAS records that name a listener answer with the addresses it is bound to.
@@ -189,7 +239,9 @@ impl Server {
             return Err(source.locate(&issues).into());
         }
         let lb = LoadBalancer::new(CertStore::new());
-        lb.apply(&config.lb(), &source.base_dir(), &HashSet::new())
+        let certs = CertManager::new(&config.state_dir, lb.certs().clone());
+        lb.set_http01_responder(Box::new(certs.tokens()));
+        lb.apply(&config.lb(), &source.base_dir(), &requested_names(&config))
             .await
             .map_err(|issues| source.locate(&issues))?;
         let zones = HostedZones::new(Some(config.state_dir.clone()));
@@ -228,6 +280,10 @@ impl Server {
             }
             None => None,
         };
+        let requests = config
+            .cert_requests()
+            .map_err(|issues| source.locate(&issues))?;
+        certs.manage(config.acme_settings(&source.base_dir()), requests);
         write_pid_file(&config.state_dir);
         Ok(Server {
             source_path: source.path,
@@ -235,6 +291,7 @@ impl Server {
             lb,
             zones,
             dns,
+            certs,
         })
     }
 
@@ -255,6 +312,7 @@ impl Server {
         if let Some(d) = &self.dns {
             d.stop();
         }
+        self.certs.stop();
         let clean = self.lb.shutdown(self.config.shutdown_timeout).await;
         if !clean {
             tracing::warn!("drain deadline passed with requests still in flight");
@@ -269,19 +327,20 @@ impl Server {
         let result = async {
             let source = Source::read(&self.source_path)?;
             let config = source.parse()?;
-            let issues = config.own_issues();
-            if !issues.is_empty() {
-                return Err(source.locate(&issues));
-            }
+            let requests = config
+                .cert_requests()
+                .map_err(|issues| source.locate(&issues))?;
             self.lb
-                .apply(&config.lb(), &source.base_dir(), &HashSet::new())
+                .apply(&config.lb(), &source.base_dir(), &requested_names(&config))
                 .await
                 .map_err(|issues| source.locate(&issues))?;
             self.zones
                 .load(&config.dns(), &source.base_dir())
                 .await
                 .map_err(|issues| source.locate(&issues))?;
-            Ok(config)
+            self.certs
+                .manage(config.acme_settings(&source.base_dir()), requests);
+            Ok::<_, ConfigError>(config)
         }
         .await;
         match result {

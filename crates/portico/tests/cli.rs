@@ -329,7 +329,7 @@ async fn demo_serves_https_in_front_of_its_targets() {
         format!("https://localhost:{https}/x").as_str()
     );
 
-    let ca_pem = std::fs::read(dir.path().join("demo-ca.pem")).unwrap();
+    let ca_pem = std::fs::read(dir.path().join("ca/root.pem")).unwrap();
     use rustls::pki_types::pem::PemObject;
     let ca = rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).unwrap();
     let mut roots = rustls::RootCertStore::empty();

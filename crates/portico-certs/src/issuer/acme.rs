@@ -1,0 +1,186 @@
+//! The ACME issuer (RFC 8555) on instant-acme: any directory URL, with `letsencrypt` and
+//! `letsencrypt-staging` shortcuts; the account created on first use and kept per directory host
+//! under `acme/accounts/<host>/` (0600); HTTP-01 answered by the load balancer's HTTP listeners.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use portico_config::files::write_atomic;
+
+use crate::challenge::Http01Tokens;
+use crate::storage::Issued;
+
+pub struct AcmeIssuer {
+    directory: String,
+    email: Option<String>,
+    ca_root: Option<PathBuf>,
+    accounts: PathBuf,
+    account: tokio::sync::Mutex<Option<Account>>,
+}
+
+/// `letsencrypt`, `letsencrypt-staging`, or a directory URL as given.
+pub fn directory_url(d: &str) -> String {
+    match d {
+        "letsencrypt" => instant_acme::LetsEncrypt::Production.url().to_string(),
+        "letsencrypt-staging" => instant_acme::LetsEncrypt::Staging.url().to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl AcmeIssuer {
+    pub fn new(
+        state_dir: &Path,
+        directory: &str,
+        email: Option<String>,
+        ca_root: Option<PathBuf>,
+    ) -> Self {
+        let url = directory_url(directory);
+        let host = url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("unknown")
+            .replace(':', "_");
+        AcmeIssuer {
+            directory: url,
+            email,
+            ca_root,
+            accounts: state_dir.join("acme").join("accounts").join(host),
+            account: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
+        match &self.ca_root {
+            Some(root) => Account::builder_with_root(root)
+                .map_err(|e| format!("ACME client with root {}: {e}", root.display())),
+            None => Account::builder().map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn account(&self) -> Result<Account, String> {
+        let mut slot = self.account.lock().await;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let file = self.accounts.join("account.json");
+        let account = match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let creds: AccountCredentials =
+                    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+                self.builder()?
+                    .from_credentials(creds)
+                    .await
+                    .map_err(|e| format!("ACME account: {e}"))?
+            }
+            Err(_) => {
+                let contact = self
+                    .email
+                    .iter()
+                    .map(|e| format!("mailto:{e}"))
+                    .collect::<Vec<_>>();
+                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let (account, creds) = self
+                    .builder()?
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        self.directory.clone(),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| {
+                        format!("cannot create an ACME account at {}: {e}", self.directory)
+                    })?;
+                std::fs::create_dir_all(&self.accounts).map_err(|e| e.to_string())?;
+                let json = serde_json::to_string_pretty(&creds).map_err(|e| e.to_string())?;
+                write_atomic(&file, json.as_bytes(), 0o600)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                tracing::info!(directory = %self.directory, "ACME account created");
+                account
+            }
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Orders a certificate for `domains`, proving control with HTTP-01.
+    pub async fn issue(&self, domains: &[String], tokens: &Http01Tokens) -> Result<Issued, String> {
+        let account = self.account().await?;
+        let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| format!("new order: {e}"))?;
+        let mut published = Vec::new();
+        let result = async {
+            let mut authzs = order.authorizations();
+            while let Some(a) = authzs.next().await {
+                let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
+                if authz.status == AuthorizationStatus::Valid {
+                    continue;
+                }
+                let mut ch = authz
+                    .challenge(ChallengeType::Http01)
+                    .ok_or("the CA offers no http-01 challenge for this name")?;
+                let token = ch.token.clone();
+                tokens.insert(&token, ch.key_authorization().as_str());
+                published.push(token);
+                ch.set_ready()
+                    .await
+                    .map_err(|e| format!("challenge: {e}"))?;
+            }
+            let retry = RetryPolicy::new().timeout(Duration::from_secs(120));
+            let status = order
+                .poll_ready(&retry)
+                .await
+                .map_err(|e| format!("validation: {e}"))?;
+            if status != OrderStatus::Ready {
+                let detail = order
+                    .state()
+                    .error
+                    .as_ref()
+                    .map(|p| format!("{p:?}"))
+                    .unwrap_or_default();
+                return Err(format!("order is {status:?}, not ready: {detail}"));
+            }
+            let key = order
+                .finalize()
+                .await
+                .map_err(|e| format!("finalize: {e}"))?;
+            let pem = order
+                .poll_certificate(&retry)
+                .await
+                .map_err(|e| format!("certificate: {e}"))?;
+            Ok((pem, key))
+        }
+        .await;
+        for t in published {
+            tokens.remove(&t);
+        }
+        let (pem, key) = result?;
+        let (cert, chain) = split_chain(&pem);
+        Ok(Issued { cert, chain, key })
+    }
+}
+
+/// The first PEM block (the leaf) and the rest (intermediates).
+fn split_chain(pem: &str) -> (String, String) {
+    const END: &str = "-----END CERTIFICATE-----";
+    match pem.find(END) {
+        Some(i) => {
+            let cut = i + END.len();
+            let leaf = format!("{}\n", &pem[..cut]);
+            let rest = pem[cut..].trim_start().to_string();
+            (leaf, rest)
+        }
+        None => (pem.to_string(), String::new()),
+    }
+}

@@ -1,0 +1,10 @@
+//! Portico's certificate manager: what AWS Certificate Manager and certbot do. A user names
+//! domains; Portico proves control, obtains the certificate, stores it in certbot's layout,
+//! serves it through the load balancer's cert resolver at once, and renews it.
+
+pub mod challenge;
+pub mod issuer;
+pub mod manager;
+pub mod storage;
+
+pub use manager::{AcmeSettings, CertManager, CertRequest, IssuerKind};

@@ -1,0 +1,291 @@
+//! The certificate manager: for each requested certificate, one task that loads what is stored,
+//! publishes it to the cert resolver, and issues or renews when it is missing, no longer covers
+//! the names asked for, or has a third of its lifetime left (half, below ten days). Failures are
+//! recorded with the CA's problem and retried with exponential backoff; the old certificate keeps
+//! serving until a new one is stored and swapped in. It is the only writer of certificate files.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use portico_lb::tls::{served_cert_from_pem, CertStore};
+use tokio_util::sync::CancellationToken;
+
+use crate::challenge::Http01Tokens;
+use crate::issuer::acme::AcmeIssuer;
+use crate::issuer::internal::InternalCa;
+use crate::storage::Storage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerKind {
+    Acme,
+    Internal,
+}
+
+/// A `[[certificate]]` with `domains`: what to obtain and keep renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRequest {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub issuer: IssuerKind,
+}
+
+/// `[acme]`.
+#[derive(Debug, Clone, Default)]
+pub struct AcmeSettings {
+    pub directory: String,
+    pub email: Option<String>,
+    pub ca_root: Option<PathBuf>,
+}
+
+pub struct CertManager {
+    storage: Storage,
+    store: Arc<CertStore>,
+    tokens: Http01Tokens,
+    internal: InternalCa,
+    acme: Mutex<Option<Arc<AcmeIssuer>>>,
+    state_dir: PathBuf,
+    tasks: Mutex<CancellationToken>,
+}
+
+impl CertManager {
+    pub fn new(state_dir: &Path, store: Arc<CertStore>) -> Arc<Self> {
+        Arc::new(CertManager {
+            storage: Storage::new(state_dir),
+            store,
+            tokens: Http01Tokens::default(),
+            internal: InternalCa::new(state_dir),
+            acme: Mutex::new(None),
+            state_dir: state_dir.to_path_buf(),
+            tasks: Mutex::new(CancellationToken::new()),
+        })
+    }
+
+    /// The HTTP-01 tokens the load balancer must answer.
+    pub fn tokens(&self) -> Http01Tokens {
+        self.tokens.clone()
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn internal_root(&self) -> PathBuf {
+        self.internal.root_path()
+    }
+
+    /// Starts managing exactly `requests` (replacing what was managed before).
+    pub fn manage(self: &Arc<Self>, acme: Option<AcmeSettings>, requests: Vec<CertRequest>) {
+        *lock(&self.acme) = acme.map(|a| {
+            Arc::new(AcmeIssuer::new(
+                &self.state_dir,
+                &a.directory,
+                a.email,
+                a.ca_root,
+            ))
+        });
+        let token = CancellationToken::new();
+        std::mem::replace(&mut *lock(&self.tasks), token.clone()).cancel();
+        for req in requests {
+            let (me, token) = (self.clone(), token.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = me.run(req) => {}
+                }
+            });
+        }
+    }
+
+    pub fn stop(&self) {
+        lock(&self.tasks).cancel();
+    }
+
+    async fn run(&self, req: CertRequest) {
+        let mut failures = 0u32;
+        loop {
+            let current = self.current(&req);
+            if let Some(c) = &current {
+                // Serve what is stored at once, even while a renewal is due.
+                if let Err(e) = self.publish(&req.name) {
+                    tracing::warn!(certificate = %req.name, error = %e, "stored certificate cannot be served");
+                }
+                if c.covers && SystemTime::now() < c.renew_at {
+                    let wait = c
+                        .renew_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
+                    continue;
+                }
+            }
+            let mut rec = self.storage.record(&req.name).unwrap_or_default();
+            rec.name = req.name.clone();
+            rec.domains = req.domains.clone();
+            rec.issuer = issuer_name(req.issuer).into();
+            rec.status = if current.is_some() {
+                "RENEWING"
+            } else {
+                "PENDING_VALIDATION"
+            }
+            .into();
+            let _ = self.storage.save_record(&rec);
+            tracing::info!(certificate = %req.name, domains = ?req.domains, issuer = issuer_name(req.issuer), status = %rec.status, "obtaining certificate");
+            match self.obtain(&req).await {
+                Ok(()) => {
+                    failures = 0;
+                    let c = self.current(&req);
+                    rec = self.storage.record(&req.name).unwrap_or(rec);
+                    rec.status = "ISSUED".into();
+                    rec.last_error = None;
+                    if let Some(c) = c {
+                        rec.not_after =
+                            Some(humantime::format_rfc3339_seconds(c.not_after).to_string());
+                        rec.renew_after =
+                            Some(humantime::format_rfc3339_seconds(c.renew_at).to_string());
+                    }
+                    let _ = self.storage.save_record(&rec);
+                    tracing::info!(certificate = %req.name, not_after = ?rec.not_after, "certificate issued and serving");
+                }
+                Err(e) => {
+                    failures += 1;
+                    rec.status = "FAILED".into();
+                    rec.last_error = Some(e.clone());
+                    let _ = self.storage.save_record(&rec);
+                    let backoff = Duration::from_secs(5u64.saturating_mul(1 << failures.min(10)))
+                        .min(Duration::from_secs(3600));
+                    tracing::warn!(certificate = %req.name, error = %e, retry_in = ?backoff, "certificate request failed");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn obtain(&self, req: &CertRequest) -> Result<(), String> {
+        let issued = match req.issuer {
+            IssuerKind::Internal => self.internal.issue(&req.domains)?,
+            IssuerKind::Acme => {
+                let acme = lock(&self.acme)
+                    .clone()
+                    .ok_or("issuer = \"acme\" needs an [acme] section")?;
+                acme.issue(&req.domains, &self.tokens).await?
+            }
+        };
+        let version = self
+            .storage
+            .store(&req.name, &issued)
+            .map_err(|e| format!("cannot store: {e}"))?;
+        let mut rec = self.storage.record(&req.name).unwrap_or_default();
+        rec.version = version;
+        let _ = self.storage.save_record(&rec);
+        self.publish(&req.name)
+    }
+
+    fn publish(&self, name: &str) -> Result<(), String> {
+        let (chain, key) = self.storage.load_live(name).ok_or("nothing stored")?;
+        let served = served_cert_from_pem(&chain, &key, name, name).map_err(|e| e.to_string())?;
+        self.store.publish(name, served);
+        Ok(())
+    }
+
+    /// The stored certificate's validity, and whether it covers every requested name.
+    fn current(&self, req: &CertRequest) -> Option<Current> {
+        let (chain, _) = self.storage.load_live(&req.name)?;
+        let der = rustls_pem_first(&chain)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+        let nb = system_time(cert.validity().not_before.timestamp());
+        let na = system_time(cert.validity().not_after.timestamp());
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|g| match g {
+                        x509_parser::extensions::GeneralName::DNSName(n) => {
+                            Some(n.to_ascii_lowercase())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let covers = req.domains.iter().all(|d| {
+            d.parse::<std::net::IpAddr>().is_ok() || names.contains(&d.to_ascii_lowercase())
+        });
+        Some(Current {
+            not_after: na,
+            renew_at: renew_at(nb, na, &req.name),
+            covers,
+        })
+    }
+}
+
+struct Current {
+    not_after: SystemTime,
+    renew_at: SystemTime,
+    covers: bool,
+}
+
+/// When to renew: a third of the lifetime left, half for lifetimes under ten days, a little
+/// earlier per name (up to 2 % of the lifetime) so that many certificates do not renew at once.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime, name: &str) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    let left = if life < Duration::from_secs(10 * 86_400) {
+        life / 2
+    } else {
+        life / 3
+    };
+    let jitter = life.mul_f64(
+        (name
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+            % 1000) as f64
+            / 50_000.0,
+    );
+    not_after - left - jitter
+}
+
+fn system_time(unix: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64)
+}
+
+fn rustls_pem_first(pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+fn issuer_name(k: IssuerKind) -> &'static str {
+    match k {
+        IssuerKind::Acme => "acme",
+        IssuerKind::Internal => "internal",
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_windows() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86_400);
+        // 90 days: renew with about 30 days left.
+        let r = renew_at(t0, t0 + 90 * day, "a");
+        let left = (t0 + 90 * day).duration_since(r).unwrap();
+        assert!(left >= 30 * day && left <= 32 * day, "{left:?}");
+        // 6-day "shortlived": renew at half.
+        let r = renew_at(t0, t0 + 6 * day, "a");
+        let left = (t0 + 6 * day).duration_since(r).unwrap();
+        assert!(left >= 3 * day && left < 3 * day + Duration::from_secs(3 * 3600), "{left:?}");
+    }
+}
