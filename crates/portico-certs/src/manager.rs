@@ -286,6 +286,9 @@ mod tests {
         // 6-day "shortlived": renew at half.
         let r = renew_at(t0, t0 + 6 * day, "a");
         let left = (t0 + 6 * day).duration_since(r).unwrap();
-        assert!(left >= 3 * day && left < 3 * day + Duration::from_secs(3 * 3600), "{left:?}");
+        assert!(
+            left >= 3 * day && left < 3 * day + Duration::from_secs(3 * 3600),
+            "{left:?}"
+        );
     }
 }

@@ -22,13 +22,18 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
+        Self::spawn_program(BIN, args, &[("RUST_LOG", "info")])
+    }
+
+    /// Any program; fails loudly with an install hint when it is missing.
+    fn spawn_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("portico starts");
+            .unwrap_or_else(|e| panic!("cannot start {program} ({e}); if it is missing, scripts/test installs it (apt-get install pebble)"));
         let out = Arc::new(Mutex::new(String::new()));
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -430,4 +435,263 @@ fn zones_list_and_export_read_the_state_without_writing() {
     let (code, out) = run(&["zones", "export", "nope.test", "-c", file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(out.contains("no hosted zone"), "{out}");
+}
+
+/// Waits until something accepts TCP connections on `port`.
+async fn wait_listening(port: u16) {
+    eventually("port open", Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_http01_against_pebble_and_internal_issuer() {
+    let dir = TempDir::new("acme");
+    let d = dir.path();
+    let ca = TestCa::new();
+    ca.issue(d, "pebble", &["localhost", "127.0.0.1"]);
+    std::fs::write(d.join("ca.pem"), pem_of(&ca.der)).unwrap();
+    let (acme, mgmt, http, https, dns) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    std::fs::write(
+        d.join("pebble.json"),
+        format!(
+            r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme}", "managementListenAddress": "127.0.0.1:{mgmt}",
+              "certificate": "{d}/pebble.crt", "privateKey": "{d}/pebble.key",
+              "httpPort": {http}, "tlsPort": {https}, "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let dns_addr = format!("127.0.0.1:{dns}");
+    let pebble = Proc::spawn_program(
+        "pebble",
+        &[
+            "-config",
+            d.join("pebble.json").to_str().unwrap(),
+            "-dnsserver",
+            &dns_addr,
+            "-strict=false",
+        ],
+        &[
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+            ("PEBBLE_AUTHZREUSE", "0"),
+        ],
+    );
+    wait_listening(acme).await;
+
+    let b = Backend::start("app").await;
+    let config = d.join("portico.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+[acme]
+directory = "https://localhost:{acme}/dir"
+email = "ops@example.test"
+ca_roots = ["ca.pem"]
+[dns]
+listen = ["{dns_addr}"]
+[[zone]]
+name = "example.test"
+[[zone.record]]
+name = "app"
+type = "A"
+values = ["127.0.0.1"]
+[[certificate]]
+name = "app"
+domains = ["app.example.test"]
+issuer = "acme"
+[[certificate]]
+name = "private"
+domains = ["private.internal", "127.0.0.1"]
+issuer = "internal"
+[[target_group]]
+name = "app"
+targets = ["{target}"]
+[[listener]]
+name = "http"
+bind = "127.0.0.1:{http}"
+protocol = "http"
+default_action = {{ redirect = {{ protocol = "https", port = {https} }} }}
+[[listener]]
+name = "https"
+bind = "127.0.0.1:{https}"
+protocol = "https"
+certificates = ["app", "private"]
+default_action = {{ forward = "app" }}
+"#,
+            state = d.join("state").display(),
+            target = b.addr
+        ),
+    )
+    .unwrap();
+    let portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    let live = d.join("state/certificates/live");
+    eventually(
+        "Pebble issued the ACME certificate",
+        Duration::from_secs(90),
+        || {
+            let f = live.join("app/fullchain.pem");
+            async move { f.exists() }
+        },
+    )
+    .await;
+    eventually(
+        "the internal certificate is issued",
+        Duration::from_secs(20),
+        || {
+            let f = live.join("private/fullchain.pem");
+            async move { f.exists() }
+        },
+    )
+    .await;
+
+    // The served certificate chains to Pebble's root (from its management interface).
+    let root = send_tls(
+        format!("127.0.0.1:{mgmt}").parse().unwrap(),
+        "localhost",
+        ca.client(
+            &[b"http/1.1"],
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        ),
+        request("GET", "localhost", "/roots/0"),
+    )
+    .await
+    .unwrap()
+    .body;
+    let client = client_trusting(root.as_bytes());
+    let a: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    eventually(
+        "HTTPS serves the issued certificate",
+        Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            async move {
+                send_tls(
+                    a,
+                    "app.example.test",
+                    client,
+                    request("GET", "app.example.test", "/"),
+                )
+                .await
+                .is_ok_and(|r| r.status == 200)
+            }
+        },
+    )
+    .await;
+    let served = send_tls(
+        a,
+        "app.example.test",
+        client,
+        request("GET", "app.example.test", "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(served.backend(), "app");
+
+    // The internal issuer's certificate chains to the internal root.
+    let internal = client_trusting(&std::fs::read(d.join("state/ca/root.pem")).unwrap());
+    let r = send_tls(
+        a,
+        "private.internal",
+        internal,
+        request("GET", "private.internal", "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+
+    // certbot's layout: numbered archive files, live links, private keys 0600.
+    use std::os::unix::fs::PermissionsExt;
+    assert!(d
+        .join("state/certificates/archive/app/fullchain1.pem")
+        .exists());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&live.join("app/privkey.pem")), 0o600);
+    assert_eq!(mode(&d.join("state/ca/root.key")), 0o600);
+    let account = std::fs::read_dir(d.join("state/acme/accounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&account.join("account.json")), 0o600);
+
+    let (code, out) = run(&["certs", "list", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("app ") && l.contains("ISSUED") && l.contains("acme")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("private ") && l.contains("ISSUED") && l.contains("internal")),
+        "{out}"
+    );
+    let (code, out) = run(&["certs", "trust", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("state/ca/root.pem"), "{out}");
+    drop(portico);
+    drop(pebble);
+}
+
+fn pem_of(der: &[u8]) -> String {
+    use base64_engine::encode;
+    let b64 = encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Minimal standard base64, for writing a test CA as PEM.
+mod base64_engine {
+    pub fn encode(data: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in data.chunks(3) {
+            let n = (c[0] as u32) << 16
+                | (*c.get(1).unwrap_or(&0) as u32) << 8
+                | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+fn client_trusting(pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
