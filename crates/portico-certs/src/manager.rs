@@ -28,6 +28,7 @@ pub struct CertRequest {
     pub name: String,
     pub domains: Vec<String>,
     pub issuer: IssuerKind,
+    pub deploy_hook: Option<String>,
 }
 
 /// `[acme]`.
@@ -146,6 +147,9 @@ impl CertManager {
                     }
                     let _ = self.storage.save_record(&rec);
                     tracing::info!(certificate = %req.name, not_after = ?rec.not_after, "certificate issued and serving");
+                    if let Some(hook) = &req.deploy_hook {
+                        self.deploy_hook(&req, hook).await;
+                    }
                 }
                 Err(e) => {
                     failures += 1;
@@ -157,6 +161,35 @@ impl CertManager {
                     tracing::warn!(certificate = %req.name, error = %e, retry_in = ?backoff, "certificate request failed");
                     tokio::time::sleep(backoff).await;
                 }
+            }
+        }
+    }
+
+    /// certbot's deploy hook contract; a failing hook is logged, never fatal.
+    async fn deploy_hook(&self, req: &CertRequest, hook: &str) {
+        let run = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(hook)
+            .env("RENEWED_LINEAGE", self.storage.live(&req.name))
+            .env("RENEWED_DOMAINS", req.domains.join(" "))
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(300), run).await {
+            Ok(Ok(out)) if out.status.success() => {
+                tracing::info!(certificate = %req.name, hook, "deploy hook ran");
+            }
+            Ok(Ok(out)) => tracing::warn!(
+                certificate = %req.name,
+                hook,
+                status = %out.status,
+                stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                "deploy hook failed"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(certificate = %req.name, hook, error = %e, "deploy hook could not run")
+            }
+            Err(_) => {
+                tracing::warn!(certificate = %req.name, hook, "deploy hook ran over 300 s and was killed")
             }
         }
     }

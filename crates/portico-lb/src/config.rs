@@ -34,6 +34,9 @@ pub struct CertificateConfig {
     pub domains: Vec<String>,
     pub issuer: Option<String>,
     pub challenge: Option<String>,
+    /// Run after each issuance or renewal with `RENEWED_LINEAGE` and `RENEWED_DOMAINS` set, as
+    /// certbot's `--deploy-hook` is (through `sh -c`).
+    pub deploy_hook: Option<String>,
 }
 
 /// `[[target_group]]`.

@@ -155,6 +155,7 @@ impl PorticoConfig {
                 name: c.name.clone(),
                 domains: c.domains.clone(),
                 issuer,
+                deploy_hook: c.deploy_hook.clone(),
             });
         }
         if issues.is_empty() {

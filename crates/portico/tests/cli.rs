@@ -447,12 +447,23 @@ async fn wait_listening(port: u16) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acme_http01_against_pebble_and_internal_issuer() {
+/// Pebble from Debian with a generated TLS certificate, validating against Portico's listeners
+/// and resolving through Portico's DNS; and a Portico config that uses it.
+struct AcmeEnv {
+    dir: TempDir,
+    ca: TestCa,
+    mgmt: u16,
+    https: u16,
+    config: std::path::PathBuf,
+    _pebble: Proc,
+    _backend: Backend,
+}
+
+async fn acme_env(pebble_extra: &str, pebble_env: &[(&str, &str)], cert_extra: &str) -> AcmeEnv {
     let dir = TempDir::new("acme");
-    let d = dir.path();
+    let d = dir.path().to_path_buf();
     let ca = TestCa::new();
-    ca.issue(d, "pebble", &["localhost", "127.0.0.1"]);
+    ca.issue(&d, "pebble", &["localhost", "127.0.0.1"]);
     std::fs::write(d.join("ca.pem"), pem_of(&ca.der)).unwrap();
     let (acme, mgmt, http, https, dns) = (
         free_port(),
@@ -465,13 +476,15 @@ async fn acme_http01_against_pebble_and_internal_issuer() {
         d.join("pebble.json"),
         format!(
             r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme}", "managementListenAddress": "127.0.0.1:{mgmt}",
-              "certificate": "{d}/pebble.crt", "privateKey": "{d}/pebble.key",
+              "certificate": "{d}/pebble.crt", "privateKey": "{d}/pebble.key", {pebble_extra}
               "httpPort": {http}, "tlsPort": {https}, "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
             d = d.display()
         ),
     )
     .unwrap();
     let dns_addr = format!("127.0.0.1:{dns}");
+    let mut env = vec![("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_AUTHZREUSE", "0")];
+    env.extend_from_slice(pebble_env);
     let pebble = Proc::spawn_program(
         "pebble",
         &[
@@ -481,14 +494,9 @@ async fn acme_http01_against_pebble_and_internal_issuer() {
             &dns_addr,
             "-strict=false",
         ],
-        &[
-            ("PEBBLE_VA_NOSLEEP", "1"),
-            ("PEBBLE_WFE_NONCEREJECT", "0"),
-            ("PEBBLE_AUTHZREUSE", "0"),
-        ],
+        &env,
     );
     wait_listening(acme).await;
-
     let b = Backend::start("app").await;
     let config = d.join("portico.toml");
     std::fs::write(
@@ -511,6 +519,7 @@ values = ["127.0.0.1"]
 name = "app"
 domains = ["app.example.test"]
 issuer = "acme"
+{cert_extra}
 [[certificate]]
 name = "private"
 domains = ["private.internal", "127.0.0.1"]
@@ -535,8 +544,87 @@ default_action = {{ forward = "app" }}
         ),
     )
     .unwrap();
-    let portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
-    let live = d.join("state/certificates/live");
+    AcmeEnv {
+        dir,
+        ca,
+        mgmt,
+        https,
+        config,
+        _pebble: pebble,
+        _backend: b,
+    }
+}
+
+impl AcmeEnv {
+    fn live(&self) -> std::path::PathBuf {
+        self.dir.path().join("state/certificates/live")
+    }
+
+    /// A TLS client trusting Pebble's root (from its management interface).
+    async fn pebble_client(&self) -> Arc<rustls::ClientConfig> {
+        let root = send_tls(
+            format!("127.0.0.1:{}", self.mgmt).parse().unwrap(),
+            "localhost",
+            self.ca.client(
+                &[b"http/1.1"],
+                &[&rustls::version::TLS13, &rustls::version::TLS12],
+            ),
+            request("GET", "localhost", "/roots/0"),
+        )
+        .await
+        .unwrap()
+        .body;
+        client_trusting(root.as_bytes())
+    }
+
+    fn https(&self) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.https).parse().unwrap()
+    }
+
+    async fn wait_served(&self, client: &Arc<rustls::ClientConfig>) {
+        let a = self.https();
+        eventually(
+            "HTTPS serves the issued certificate",
+            Duration::from_secs(20),
+            || {
+                let client = client.clone();
+                async move {
+                    send_tls(
+                        a,
+                        "app.example.test",
+                        client,
+                        request("GET", "app.example.test", "/"),
+                    )
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// The leaf certificate a full handshake gets (no session resumption: a resumed TLS 1.3 session
+/// reports the certificate of the session it resumes).
+async fn served_leaf(
+    a: std::net::SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> Option<Vec<u8>> {
+    let mut fresh = (*client).clone();
+    fresh.resumption = rustls::client::Resumption::disabled();
+    let tls = tls_connect(a, "app.example.test", Arc::new(fresh))
+        .await
+        .ok()?;
+    tls.get_ref().1.peer_certificates().map(|c| c[0].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_http01_against_pebble_and_internal_issuer() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let d = env.dir.path();
+    let config = env.config.clone();
+    let mut portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    let live = env.live();
     eventually(
         "Pebble issued the ACME certificate",
         Duration::from_secs(90),
@@ -556,43 +644,13 @@ default_action = {{ forward = "app" }}
     )
     .await;
 
-    // The served certificate chains to Pebble's root (from its management interface).
-    let root = send_tls(
-        format!("127.0.0.1:{mgmt}").parse().unwrap(),
-        "localhost",
-        ca.client(
-            &[b"http/1.1"],
-            &[&rustls::version::TLS13, &rustls::version::TLS12],
-        ),
-        request("GET", "localhost", "/roots/0"),
-    )
-    .await
-    .unwrap()
-    .body;
-    let client = client_trusting(root.as_bytes());
-    let a: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
-    eventually(
-        "HTTPS serves the issued certificate",
-        Duration::from_secs(10),
-        || {
-            let client = client.clone();
-            async move {
-                send_tls(
-                    a,
-                    "app.example.test",
-                    client,
-                    request("GET", "app.example.test", "/"),
-                )
-                .await
-                .is_ok_and(|r| r.status == 200)
-            }
-        },
-    )
-    .await;
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
+    let a = env.https();
     let served = send_tls(
         a,
         "app.example.test",
-        client,
+        client.clone(),
         request("GET", "app.example.test", "/"),
     )
     .await
@@ -642,8 +700,111 @@ default_action = {{ forward = "app" }}
     let (code, out) = run(&["certs", "trust", "-c", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("state/ca/root.pem"), "{out}");
-    drop(portico);
-    drop(pebble);
+
+    // Restart: the stored certificate is served at once and not ordered again.
+    portico.signal(libc::SIGTERM);
+    let code = tokio::task::spawn_blocking(move || portico.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let again = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    env.wait_served(&client).await;
+    again.wait_output("portico serving").await;
+    assert!(
+        !again.output().contains("obtaining certificate"),
+        "{}",
+        again.output()
+    );
+    assert!(!d
+        .join("state/certificates/archive/app/fullchain2.pem")
+        .exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_renew_under_load_with_hooks_and_bad_nonces() {
+    let hook_log = std::env::temp_dir().join(format!("portico-hook-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&hook_log);
+    // 20-second certificates (renewed at half), and Pebble rejecting 20 % of nonces.
+    let env = acme_env(
+        r#""certificateValidityPeriod": 20,"#,
+        &[("PEBBLE_WFE_NONCEREJECT", "20")],
+        &format!(
+            "deploy_hook = 'echo \"$RENEWED_LINEAGE|$RENEWED_DOMAINS\" >> {}'",
+            hook_log.display()
+        ),
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    let archive = env.dir.path().join("state/certificates/archive/app");
+    eventually("first certificate", Duration::from_secs(90), || {
+        let f = archive.join("fullchain1.pem");
+        async move { f.exists() }
+    })
+    .await;
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
+    let a = env.https();
+    let first = served_leaf(a, client.clone()).await.unwrap();
+
+    // A client loop over fresh TLS connections while the certificate is renewed under it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let looping = {
+        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match send_tls(
+                    a,
+                    "app.example.test",
+                    client.clone(),
+                    request("GET", "app.example.test", "/"),
+                )
+                .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !served_leaf(a, client.clone())
+        .await
+        .is_some_and(|leaf| leaf != first)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the served certificate was not renewed within 90 s:\n{}",
+            portico.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    looping.await.unwrap();
+    assert!(archive.join("fullchain2.pem").exists());
+    assert!(ok.load(std::sync::atomic::Ordering::Relaxed) > 10);
+    assert_eq!(
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "requests failed during renewal"
+    );
+    let hooks = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    let _ = std::fs::remove_file(&hook_log);
+    assert!(
+        hooks.lines().count() >= 2,
+        "deploy hook after issuance and renewal: {hooks}"
+    );
+    assert!(
+        hooks
+            .lines()
+            .all(|l| l.ends_with("certificates/live/app|app.example.test")),
+        "{hooks}"
+    );
 }
 
 fn pem_of(der: &[u8]) -> String {
