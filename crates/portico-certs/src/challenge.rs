@@ -1,8 +1,22 @@
-//! HTTP-01 tokens in flight: the certificate manager writes them, every HTTP listener of the load
-//! balancer answers `/.well-known/acme-challenge/<token>` from them, before redirects and rules.
+//! Challenge solvers. HTTP-01: tokens in flight, which every HTTP listener of the load balancer
+//! answers at `/.well-known/acme-challenge/<token>`, before redirects and rules. DNS-01: a TXT
+//! record written where the name's zone is served, through [`Dns01Publisher`].
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+
+/// A boxed future, for the object-safe solver seam.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Publishes and removes `_acme-challenge` TXT values. `publish` returns once every
+/// authoritative nameserver of the zone answers the value, so the CA is only told to validate
+/// when validation can pass.
+pub trait Dns01Publisher: Send + Sync {
+    fn publish<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn remove<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
 
 use portico_lb::Http01Responder;
 

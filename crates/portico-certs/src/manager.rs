@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use portico_lb::tls::{served_cert_from_pem, CertStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::challenge::Http01Tokens;
+use crate::challenge::{Dns01Publisher, Http01Tokens};
 use crate::issuer::acme::AcmeIssuer;
 use crate::issuer::internal::InternalCa;
 use crate::storage::Storage;
@@ -28,6 +28,8 @@ pub struct CertRequest {
     pub name: String,
     pub domains: Vec<String>,
     pub issuer: IssuerKind,
+    /// Prove control with DNS-01 (through the DNS-01 publisher) instead of HTTP-01.
+    pub dns01: bool,
     pub deploy_hook: Option<String>,
 }
 
@@ -47,6 +49,7 @@ pub struct CertManager {
     acme: Mutex<Option<Arc<AcmeIssuer>>>,
     state_dir: PathBuf,
     tasks: Mutex<CancellationToken>,
+    dns01: Mutex<Option<Arc<dyn Dns01Publisher>>>,
 }
 
 impl CertManager {
@@ -59,12 +62,18 @@ impl CertManager {
             acme: Mutex::new(None),
             state_dir: state_dir.to_path_buf(),
             tasks: Mutex::new(CancellationToken::new()),
+            dns01: Mutex::new(None),
         })
     }
 
     /// The HTTP-01 tokens the load balancer must answer.
     pub fn tokens(&self) -> Http01Tokens {
         self.tokens.clone()
+    }
+
+    /// Where DNS-01 TXT records are written (Portico's hosted zones).
+    pub fn set_dns01(&self, publisher: Arc<dyn Dns01Publisher>) {
+        *lock(&self.dns01) = Some(publisher);
     }
 
     pub fn storage(&self) -> &Storage {
@@ -201,7 +210,17 @@ impl CertManager {
                 let acme = lock(&self.acme)
                     .clone()
                     .ok_or("issuer = \"acme\" needs an [acme] section")?;
-                acme.issue(&req.domains, &self.tokens).await?
+                let dns = if req.dns01 {
+                    Some(
+                        lock(&self.dns01)
+                            .clone()
+                            .ok_or("dns-01 needs Portico's hosted zones")?,
+                    )
+                } else {
+                    None
+                };
+                acme.issue(&req.domains, &self.tokens, dns.as_deref())
+                    .await?
             }
         };
         let version = self

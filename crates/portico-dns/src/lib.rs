@@ -3,7 +3,7 @@ pub mod answer;
 pub mod config;
 pub mod handler;
 pub mod journal;
-mod notify;
+pub mod notify;
 pub mod server;
 pub mod transfer;
 mod update;

@@ -74,7 +74,13 @@ fn serial_ge(a: u32, b: u32) -> bool {
     a == b || (a.wrapping_sub(b) as i32) > 0
 }
 
-async fn exchange(to: SocketAddr, zone: &Name, op: OpCode, qtype: RecordType) -> Option<Message> {
+/// One query (or NOTIFY) over UDP with a one-second timeout; the answer if it came.
+pub async fn exchange(
+    to: SocketAddr,
+    zone: &Name,
+    op: OpCode,
+    qtype: RecordType,
+) -> Option<Message> {
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
         .parse()
         .ok()?;

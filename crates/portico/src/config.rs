@@ -135,26 +135,64 @@ impl PorticoConfig {
                 }
             };
             let challenge = c.challenge.as_deref().unwrap_or("http-01");
+            let dns01 = challenge == "dns-01";
             if issuer == IssuerKind::Acme {
                 if let Some(w) = c.domains.iter().find(|d| d.starts_with("*.")) {
-                    issues.push(ConfigIssue::new(at("domains"), format!("{w} is a wildcard: a CA validates wildcards only with dns-01")).hint("dns-01 is not in this build yet; list the names, or use issuer = \"internal\""));
-                    continue;
+                    if !dns01 {
+                        issues.push(
+                            ConfigIssue::new(
+                                at("domains"),
+                                format!(
+                                    "{w} is a wildcard: a CA validates wildcards only with dns-01"
+                                ),
+                            )
+                            .hint("challenge = \"dns-01\", with the name in a [[zone]]"),
+                        );
+                        continue;
+                    }
                 }
-                if challenge != "http-01" {
-                    issues.push(
-                        ConfigIssue::new(
-                            at("challenge"),
-                            format!("challenge {challenge:?} is not in this build yet"),
-                        )
-                        .hint("challenge = \"http-01\""),
-                    );
-                    continue;
+                match challenge {
+                    "http-01" => {}
+                    "dns-01" => {
+                        let zones: Vec<String> = self
+                            .zone
+                            .iter()
+                            .map(|z| z.name.trim_end_matches('.').to_ascii_lowercase())
+                            .collect();
+                        let outside = c.domains.iter().find(|d| {
+                            let d = d
+                                .trim_start_matches("*.")
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase();
+                            !zones
+                                .iter()
+                                .any(|z| d == *z || d.ends_with(&format!(".{z}")))
+                        });
+                        if let Some(d) = outside {
+                            issues.push(
+                                ConfigIssue::new(at("challenge"), format!("dns-01 for {d} needs its zone hosted here: no [[zone]] contains it"))
+                                    .hint("add the zone, or use challenge = \"http-01\" (dns-01 through RFC 2136 to another server is not in this build)"),
+                            );
+                            continue;
+                        }
+                    }
+                    other => {
+                        issues.push(
+                            ConfigIssue::new(
+                                at("challenge"),
+                                format!("challenge {other:?} is not in this build yet"),
+                            )
+                            .hint("challenge = \"http-01\" or \"dns-01\""),
+                        );
+                        continue;
+                    }
                 }
             }
             out.push(CertRequest {
                 name: c.name.clone(),
                 domains: c.domains.clone(),
                 issuer,
+                dns01: dns01 && issuer == IssuerKind::Acme,
                 deploy_hook: c.deploy_hook.clone(),
             });
         }

@@ -215,6 +215,112 @@ pub struct Server {
     pub certs: Arc<CertManager>,
 }
 
+/// DNS-01 through Portico's own hosted zones: the TXT value is added as one change, and the CA
+/// is told to validate only once the change is INSYNC (every secondary) and every address this
+/// process serves DNS on answers it.
+struct ZonesDns01 {
+    zones: Arc<HostedZones>,
+    servers: Vec<std::net::SocketAddr>,
+}
+
+impl ZonesDns01 {
+    fn name(n: &str) -> Result<(hickory_proto::rr::Name, hickory_proto::rr::Name), String> {
+        let mut fqdn = hickory_proto::rr::Name::from_ascii(n).map_err(|e| format!("{n}: {e}"))?;
+        fqdn.set_fqdn(true);
+        Ok((fqdn.to_lowercase(), fqdn))
+    }
+
+    async fn edit(
+        &self,
+        n: &str,
+        value: &str,
+        add: bool,
+    ) -> Result<portico_dns::zones::ChangeInfo, String> {
+        use hickory_proto::rr::{rdata::TXT, RData, RecordType};
+        let (lower, _) = Self::name(n)?;
+        let zone = self
+            .zones
+            .catalog()
+            .find(&lower)
+            .map(|z| z.origin.clone())
+            .ok_or_else(|| format!("no hosted zone serves {n}"))?;
+        let rdata = RData::TXT(TXT::new(vec![value.to_string()]));
+        self.zones
+            .commit(&zone, |z| {
+                if add {
+                    z.add(&lower, RecordType::TXT, 60, rdata);
+                } else if let Some(set) =
+                    z.node(&lower).and_then(|n| n.get(RecordType::TXT)).cloned()
+                {
+                    let rest = set.rdatas.into_iter().filter(|r| r != &rdata).collect();
+                    z.put(&lower, RecordType::TXT, set.ttl, rest);
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
+    fn publish<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> portico_certs::challenge::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let info = self.edit(name, value, true).await?;
+            if !portico_dns::zones::wait_insync(
+                &self.zones,
+                &info.id,
+                std::time::Duration::from_secs(120),
+            )
+            .await
+            {
+                return Err(format!(
+                    "change {} for {name} is not INSYNC on every secondary after 120 s",
+                    info.id
+                ));
+            }
+            let (lower, _) = Self::name(name)?;
+            for server in &self.servers {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+                loop {
+                    let answer = portico_dns::notify::exchange(
+                        *server,
+                        &lower,
+                        hickory_proto::op::OpCode::Query,
+                        hickory_proto::rr::RecordType::TXT,
+                    )
+                    .await;
+                    let seen = answer.is_some_and(|m| {
+                        m.answers.iter().any(|r| matches!(&r.data, hickory_proto::rr::RData::TXT(t) if t.txt_data.iter().any(|d| d.as_ref() == value.as_bytes())))
+                    });
+                    if seen {
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "nameserver {server} does not answer the TXT for {name} after 30 s"
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+            tracing::info!(%name, serial = info.serial, "dns-01: TXT record served by every nameserver");
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+    ) -> portico_certs::challenge::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.edit(name, value, false).await.map(|_| ()) })
+    }
+}
+
 /// ALIAS records that name a listener answer with the addresses it is bound to.
 struct LbListeners(Arc<LoadBalancer>);
 
@@ -283,6 +389,10 @@ impl Server {
         let requests = config
             .cert_requests()
             .map_err(|issues| source.locate(&issues))?;
+        certs.set_dns01(Arc::new(ZonesDns01 {
+            zones: zones.clone(),
+            servers: dns.as_ref().map(|d| d.addrs.clone()).unwrap_or_default(),
+        }));
         certs.manage(config.acme_settings(&source.base_dir()), requests);
         write_pid_file(&config.state_dir);
         Ok(Server {

@@ -460,6 +460,21 @@ struct AcmeEnv {
 }
 
 async fn acme_env(pebble_extra: &str, pebble_env: &[(&str, &str)], cert_extra: &str) -> AcmeEnv {
+    acme_env_for(
+        pebble_extra,
+        pebble_env,
+        cert_extra,
+        r#"["app.example.test"]"#,
+    )
+    .await
+}
+
+async fn acme_env_for(
+    pebble_extra: &str,
+    pebble_env: &[(&str, &str)],
+    cert_extra: &str,
+    domains: &str,
+) -> AcmeEnv {
     let dir = TempDir::new("acme");
     let d = dir.path().to_path_buf();
     let ca = TestCa::new();
@@ -517,7 +532,7 @@ type = "A"
 values = ["127.0.0.1"]
 [[certificate]]
 name = "app"
-domains = ["app.example.test"]
+domains = {domains}
 issuer = "acme"
 {cert_extra}
 [[certificate]]
@@ -855,4 +870,54 @@ fn client_trusting(pem: &[u8]) -> Arc<rustls::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth(),
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_dns01_with_a_wildcard_through_portico_zones() {
+    let env = acme_env_for(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        r#"challenge = "dns-01""#,
+        r#"["app.example.test", "*.example.test"]"#,
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    let live = env.live();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !live.join("app/fullchain.pem").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not issued in 90 s:\n{}",
+            portico.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
+    // The wildcard covers any name in the zone.
+    let a = env.https();
+    let r = send_tls(
+        a,
+        "anything.example.test",
+        client,
+        request("GET", "anything.example.test", "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let out = portico.output();
+    assert!(
+        out.contains("dns-01: TXT record served by every nameserver"),
+        "{out}"
+    );
+    // The challenge records are cleaned up afterwards.
+    let (code, zone) = run(&[
+        "zones",
+        "export",
+        "example.test",
+        "-c",
+        env.config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{zone}");
+    assert!(!zone.contains("_acme-challenge"), "{zone}");
 }

@@ -11,7 +11,7 @@ use instant_acme::{
 };
 use portico_config::files::write_atomic;
 
-use crate::challenge::Http01Tokens;
+use crate::challenge::{Dns01Publisher, Http01Tokens};
 use crate::storage::Issued;
 
 pub struct AcmeIssuer {
@@ -111,8 +111,14 @@ impl AcmeIssuer {
         Ok(account)
     }
 
-    /// Orders a certificate for `domains`, proving control with HTTP-01.
-    pub async fn issue(&self, domains: &[String], tokens: &Http01Tokens) -> Result<Issued, String> {
+    /// Orders a certificate for `domains`, proving control with HTTP-01, or with DNS-01 when a
+    /// publisher is given.
+    pub async fn issue(
+        &self,
+        domains: &[String],
+        tokens: &Http01Tokens,
+        dns01: Option<&dyn Dns01Publisher>,
+    ) -> Result<Issued, String> {
         let account = self.account().await?;
         let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
         let mut order = account
@@ -120,6 +126,7 @@ impl AcmeIssuer {
             .await
             .map_err(|e| format!("new order: {e}"))?;
         let mut published = Vec::new();
+        let mut records: Vec<(String, String)> = Vec::new();
         let result = async {
             let mut authzs = order.authorizations();
             while let Some(a) = authzs.next().await {
@@ -127,15 +134,33 @@ impl AcmeIssuer {
                 if authz.status == AuthorizationStatus::Valid {
                     continue;
                 }
-                let mut ch = authz
-                    .challenge(ChallengeType::Http01)
-                    .ok_or("the CA offers no http-01 challenge for this name")?;
-                let token = ch.token.clone();
-                tokens.insert(&token, ch.key_authorization().as_str());
-                published.push(token);
-                ch.set_ready()
-                    .await
-                    .map_err(|e| format!("challenge: {e}"))?;
+                if let Some(dns) = dns01 {
+                    let mut ch = authz
+                        .challenge(ChallengeType::Dns01)
+                        .ok_or("the CA offers no dns-01 challenge for this name")?;
+                    let base = match &ch.identifier().identifier {
+                        Identifier::Dns(d) => d.trim_start_matches("*.").to_string(),
+                        other => return Err(format!("dns-01 for {other:?} is not possible")),
+                    };
+                    let name = format!("_acme-challenge.{base}");
+                    let value = ch.key_authorization().dns_value();
+                    tracing::info!(%name, "dns-01: publishing the TXT record");
+                    dns.publish(&name, &value).await?;
+                    records.push((name, value));
+                    ch.set_ready()
+                        .await
+                        .map_err(|e| format!("challenge: {e}"))?;
+                } else {
+                    let mut ch = authz
+                        .challenge(ChallengeType::Http01)
+                        .ok_or("the CA offers no http-01 challenge for this name")?;
+                    let token = ch.token.clone();
+                    tokens.insert(&token, ch.key_authorization().as_str());
+                    published.push(token);
+                    ch.set_ready()
+                        .await
+                        .map_err(|e| format!("challenge: {e}"))?;
+                }
             }
             let retry = RetryPolicy::new().timeout(Duration::from_secs(120));
             let status = order
@@ -164,6 +189,13 @@ impl AcmeIssuer {
         .await;
         for t in published {
             tokens.remove(&t);
+        }
+        if let Some(dns) = dns01 {
+            for (name, value) in &records {
+                if let Err(e) = dns.remove(name, value).await {
+                    tracing::warn!(%name, error = %e, "dns-01: cannot remove the TXT record");
+                }
+            }
         }
         let (pem, key) = result?;
         let (cert, chain) = split_chain(&pem);
