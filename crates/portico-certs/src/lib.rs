@@ -7,4 +7,4 @@ pub mod issuer;
 pub mod manager;
 pub mod storage;
 
-pub use manager::{AcmeSettings, CertManager, CertRequest, IssuerKind};
+pub use manager::{AcmeSettings, CertManager, CertRequest, Challenge, IssuerKind};

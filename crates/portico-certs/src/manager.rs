@@ -12,7 +12,7 @@ use portico_lb::tls::{served_cert_from_pem, CertStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::challenge::{Dns01Publisher, Http01Tokens};
-use crate::issuer::acme::AcmeIssuer;
+use crate::issuer::acme::{AcmeIssuer, Solver};
 use crate::issuer::internal::InternalCa;
 use crate::storage::Storage;
 
@@ -22,14 +22,22 @@ pub enum IssuerKind {
     Internal,
 }
 
+/// How an ACME certificate proves control of its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    Http01,
+    TlsAlpn01,
+    /// Through the DNS-01 publisher (Portico's hosted zones).
+    Dns01,
+}
+
 /// A `[[certificate]]` with `domains`: what to obtain and keep renewed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRequest {
     pub name: String,
     pub domains: Vec<String>,
     pub issuer: IssuerKind,
-    /// Prove control with DNS-01 (through the DNS-01 publisher) instead of HTTP-01.
-    pub dns01: bool,
+    pub challenge: Challenge,
     pub deploy_hook: Option<String>,
 }
 
@@ -210,17 +218,23 @@ impl CertManager {
                 let acme = lock(&self.acme)
                     .clone()
                     .ok_or("issuer = \"acme\" needs an [acme] section")?;
-                let dns = if req.dns01 {
-                    Some(
-                        lock(&self.dns01)
+                match req.challenge {
+                    Challenge::Http01 => {
+                        acme.issue(&req.domains, Solver::Http01(&self.tokens))
+                            .await?
+                    }
+                    Challenge::TlsAlpn01 => {
+                        acme.issue(&req.domains, Solver::TlsAlpn01(&self.store))
+                            .await?
+                    }
+                    Challenge::Dns01 => {
+                        let dns = lock(&self.dns01)
                             .clone()
-                            .ok_or("dns-01 needs Portico's hosted zones")?,
-                    )
-                } else {
-                    None
-                };
-                acme.issue(&req.domains, &self.tokens, dns.as_deref())
-                    .await?
+                            .ok_or("dns-01 needs Portico's hosted zones")?;
+                        acme.issue(&req.domains, Solver::Dns01(dns.as_ref()))
+                            .await?
+                    }
+                }
             }
         };
         let version = self

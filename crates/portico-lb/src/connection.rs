@@ -62,6 +62,8 @@ pub async fn serve(
                 }
             };
             let mode = match tls.get_ref().1.alpn_protocol() {
+                // A CA's TLS-ALPN-01 validation: the handshake was the whole answer.
+                Some(p) if p == crate::tls::ACME_TLS_ALPN => return,
                 Some(b"h2") => Mode::Http2,
                 _ => Mode::Http1,
             };

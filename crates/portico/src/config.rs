@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portico_certs::{AcmeSettings, CertRequest, IssuerKind};
+use portico_certs::{AcmeSettings, CertRequest, Challenge, IssuerKind};
 use portico_lb::config::{CertificateConfig, LbConfig, ListenerConfig, TargetGroupConfig};
 use portico_lb::{ConfigIssue, PathSeg};
 use serde::Deserialize;
@@ -152,7 +152,7 @@ impl PorticoConfig {
                     }
                 }
                 match challenge {
-                    "http-01" => {}
+                    "http-01" | "tls-alpn-01" => {}
                     "dns-01" => {
                         let zones: Vec<String> = self
                             .zone
@@ -192,7 +192,11 @@ impl PorticoConfig {
                 name: c.name.clone(),
                 domains: c.domains.clone(),
                 issuer,
-                dns01: dns01 && issuer == IssuerKind::Acme,
+                challenge: match challenge {
+                    "dns-01" => Challenge::Dns01,
+                    "tls-alpn-01" => Challenge::TlsAlpn01,
+                    _ => Challenge::Http01,
+                },
                 deploy_hook: c.deploy_hook.clone(),
             });
         }

@@ -921,3 +921,35 @@ async fn acme_dns01_with_a_wildcard_through_portico_zones() {
     assert_eq!(code, 0, "{zone}");
     assert!(!zone.contains("_acme-challenge"), "{zone}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_tls_alpn01_on_the_https_listener() {
+    let env = acme_env(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        r#"challenge = "tls-alpn-01""#,
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    let live = env.live();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !live.join("app/fullchain.pem").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not issued in 90 s:\n{}",
+            portico.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
+    // Without a challenge in flight, acme-tls/1 gets no certificate at all.
+    let acme_only = {
+        let mut c = (*client).clone();
+        c.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+        Arc::new(c)
+    };
+    assert!(tls_connect(env.https(), "app.example.test", acme_only)
+        .await
+        .is_err());
+}

@@ -11,6 +11,11 @@ use instant_acme::{
 };
 use portico_config::files::write_atomic;
 
+use std::sync::Arc;
+
+use portico_lb::tls::CertStore;
+use rustls::sign::CertifiedKey;
+
 use crate::challenge::{Dns01Publisher, Http01Tokens};
 use crate::storage::Issued;
 
@@ -111,14 +116,14 @@ impl AcmeIssuer {
         Ok(account)
     }
 
-    /// Orders a certificate for `domains`, proving control with HTTP-01, or with DNS-01 when a
-    /// publisher is given.
-    pub async fn issue(
-        &self,
-        domains: &[String],
-        tokens: &Http01Tokens,
-        dns01: Option<&dyn Dns01Publisher>,
-    ) -> Result<Issued, String> {
+    /// Orders a certificate for `domains`, proving control with the given solver.
+    pub async fn issue(&self, domains: &[String], solver: Solver<'_>) -> Result<Issued, String> {
+        let (tokens, dns01, alpn) = match solver {
+            Solver::Http01(t) => (Some(t), None, None),
+            Solver::Dns01(d) => (None, Some(d), None),
+            Solver::TlsAlpn01(s) => (None, None, Some(s)),
+        };
+        let mut alpn_names: Vec<String> = Vec::new();
         let account = self.account().await?;
         let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
         let mut order = account
@@ -134,7 +139,21 @@ impl AcmeIssuer {
                 if authz.status == AuthorizationStatus::Valid {
                     continue;
                 }
-                if let Some(dns) = dns01 {
+                if let Some(store) = alpn {
+                    let mut ch = authz
+                        .challenge(ChallengeType::TlsAlpn01)
+                        .ok_or("the CA offers no tls-alpn-01 challenge for this name")?;
+                    let domain = match &ch.identifier().identifier {
+                        Identifier::Dns(d) => d.to_string(),
+                        other => return Err(format!("tls-alpn-01 for {other:?} is not possible")),
+                    };
+                    let cert = alpn_certificate(&domain, ch.key_authorization().digest().as_ref())?;
+                    store.set_alpn_challenge(&domain, Some(cert));
+                    alpn_names.push(domain);
+                    ch.set_ready()
+                        .await
+                        .map_err(|e| format!("challenge: {e}"))?;
+                } else if let Some(dns) = dns01 {
                     let mut ch = authz
                         .challenge(ChallengeType::Dns01)
                         .ok_or("the CA offers no dns-01 challenge for this name")?;
@@ -150,7 +169,7 @@ impl AcmeIssuer {
                     ch.set_ready()
                         .await
                         .map_err(|e| format!("challenge: {e}"))?;
-                } else {
+                } else if let Some(tokens) = tokens {
                     let mut ch = authz
                         .challenge(ChallengeType::Http01)
                         .ok_or("the CA offers no http-01 challenge for this name")?;
@@ -188,7 +207,14 @@ impl AcmeIssuer {
         }
         .await;
         for t in published {
-            tokens.remove(&t);
+            if let Some(tokens) = tokens {
+                tokens.remove(&t);
+            }
+        }
+        for d in alpn_names {
+            if let Some(store) = alpn {
+                store.set_alpn_challenge(&d, None);
+            }
         }
         if let Some(dns) = dns01 {
             for (name, value) in &records {
@@ -201,6 +227,29 @@ impl AcmeIssuer {
         let (cert, chain) = split_chain(&pem);
         Ok(Issued { cert, chain, key })
     }
+}
+
+/// How control of the names is proven.
+pub enum Solver<'a> {
+    Http01(&'a Http01Tokens),
+    Dns01(&'a dyn Dns01Publisher),
+    TlsAlpn01(&'a CertStore),
+}
+
+/// The self-signed certificate TLS-ALPN-01 answers with: the name, and the critical
+/// acmeIdentifier extension holding the SHA-256 of the key authorization (RFC 8737).
+fn alpn_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
 /// The first PEM block (the leaf) and the rest (intermediates).

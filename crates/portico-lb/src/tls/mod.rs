@@ -12,7 +12,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::config::TlsPolicy;
-pub use resolver::{CertStore, ListenerResolver, ServedCert};
+pub use resolver::{CertStore, ListenerResolver, ServedCert, ACME_TLS_ALPN};
 
 /// Why a certificate could not be loaded; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +136,11 @@ pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        resolver::ACME_TLS_ALPN.to_vec(),
+    ];
     config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
     match rustls::crypto::ring::Ticketer::new() {
         Ok(t) => config.ticketer = t,

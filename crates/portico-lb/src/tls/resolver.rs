@@ -34,10 +34,15 @@ impl ServedCert {
     }
 }
 
-/// All served certificates by name, swapped atomically as a whole map.
+/// The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// All served certificates by name, swapped atomically as a whole map; and the TLS-ALPN-01
+/// challenge certificates in flight, by domain.
 #[derive(Debug, Default)]
 pub struct CertStore {
     certs: ArcSwap<HashMap<String, Arc<ServedCert>>>,
+    alpn_challenges: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertStore {
@@ -59,6 +64,19 @@ impl CertStore {
         self.certs.rcu(|old| {
             let mut map = HashMap::clone(old);
             map.remove(name);
+            map
+        });
+    }
+
+    /// Answers TLS-ALPN-01 for `domain` with `cert` until removed.
+    pub fn set_alpn_challenge(&self, domain: &str, cert: Option<Arc<CertifiedKey>>) {
+        let domain = domain.to_ascii_lowercase();
+        self.alpn_challenges.rcu(|old| {
+            let mut map = HashMap::clone(old);
+            match &cert {
+                Some(c) => map.insert(domain.clone(), c.clone()),
+                None => map.remove(&domain),
+            };
             map
         });
     }
@@ -108,6 +126,14 @@ impl ListenerResolver {
 
 impl ResolvesServerCert for ListenerResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // Only the challenge certificate answers acme-tls/1, never a served one.
+            let sni = hello.server_name()?.to_ascii_lowercase();
+            return self.store.alpn_challenges.load().get(&sni).cloned();
+        }
         self.choose(hello.server_name())
     }
 }
