@@ -132,7 +132,7 @@ fn the_example_config_is_valid() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok (2 listeners, 2 target groups, 1 certificates, 1 zones)"),
+        out.contains("ok (2 listeners, 2 target groups, 2 certificates, 1 zones)"),
         "{out}"
     );
 }
