@@ -170,7 +170,10 @@ impl CertManager {
                 }
                 Err(e) => {
                     failures += 1;
-                    rec.status = "FAILED".into();
+                    let expired = current
+                        .as_ref()
+                        .is_some_and(|c| c.not_after <= SystemTime::now());
+                    rec.status = if expired { "EXPIRED" } else { "FAILED" }.into();
                     rec.last_error = Some(e.clone());
                     let _ = self.storage.save_record(&rec);
                     let backoff = Duration::from_secs(5u64.saturating_mul(1 << failures.min(10)))

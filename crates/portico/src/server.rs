@@ -440,6 +440,11 @@ impl Server {
             let requests = config
                 .cert_requests()
                 .map_err(|issues| source.locate(&issues))?;
+            // Everything is validated before anything is applied: zones on a dry run in memory.
+            HostedZones::new(None)
+                .load(&config.dns(), &source.base_dir())
+                .await
+                .map_err(|issues| source.locate(&issues))?;
             self.lb
                 .apply(&config.lb(), &source.base_dir(), &requested_names(&config))
                 .await
