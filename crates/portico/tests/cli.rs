@@ -454,8 +454,11 @@ struct AcmeEnv {
     ca: TestCa,
     mgmt: u16,
     https: u16,
+    acme: u16,
     config: std::path::PathBuf,
-    _pebble: Proc,
+    pebble: Option<Proc>,
+    pebble_args: Vec<String>,
+    pebble_env: Vec<(String, String)>,
     _backend: Backend,
 }
 
@@ -500,18 +503,17 @@ async fn acme_env_for(
     let dns_addr = format!("127.0.0.1:{dns}");
     let mut env = vec![("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_AUTHZREUSE", "0")];
     env.extend_from_slice(pebble_env);
-    let pebble = Proc::spawn_program(
-        "pebble",
-        &[
-            "-config",
-            d.join("pebble.json").to_str().unwrap(),
-            "-dnsserver",
-            &dns_addr,
-            "-strict=false",
-        ],
-        &env,
-    );
-    wait_listening(acme).await;
+    let pebble_args: Vec<String> = vec![
+        "-config".into(),
+        d.join("pebble.json").to_str().unwrap().into(),
+        "-dnsserver".into(),
+        dns_addr.clone(),
+        "-strict=false".into(),
+    ];
+    let pebble_env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let b = Backend::start("app").await;
     let config = d.join("portico.toml");
     std::fs::write(
@@ -559,18 +561,38 @@ default_action = {{ forward = "app" }}
         ),
     )
     .unwrap();
-    AcmeEnv {
+    let mut env = AcmeEnv {
         dir,
         ca,
         mgmt,
         https,
+        acme,
         config,
-        _pebble: pebble,
+        pebble: None,
+        pebble_args,
+        pebble_env,
         _backend: b,
-    }
+    };
+    env.start_pebble().await;
+    env
 }
 
 impl AcmeEnv {
+    async fn start_pebble(&mut self) {
+        let args: Vec<&str> = self.pebble_args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .pebble_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.pebble = Some(Proc::spawn_program("pebble", &args, &env));
+        wait_listening(self.acme).await;
+    }
+
+    fn stop_pebble(&mut self) {
+        self.pebble = None;
+    }
+
     fn live(&self) -> std::path::PathBuf {
         self.dir.path().join("state/certificates/live")
     }
@@ -952,4 +974,35 @@ async fn acme_tls_alpn01_on_the_https_listener() {
     assert!(tls_connect(env.https(), "app.example.test", acme_only)
         .await
         .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_unreachable_then_back_fails_cleanly_and_recovers() {
+    let mut env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    env.stop_pebble();
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    portico.wait_output("certificate request failed").await;
+    // Nothing half-written: no lineage until a certificate exists; the failure is recorded.
+    assert!(!env.live().join("app").exists());
+    let (code, out) = run(&["certs", "list", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("app ") && l.contains("FAILED")),
+        "{out}"
+    );
+    assert!(out.contains("last error:"), "{out}");
+    // The CA comes back: the retry (exponential backoff from 10 s) succeeds by itself.
+    env.start_pebble().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !env.live().join("app/fullchain.pem").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not issued after the CA came back:\n{}",
+            portico.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
 }
