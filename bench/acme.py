@@ -86,6 +86,14 @@ level = "warn"
 [acme]
 directory = "https://localhost:{ACME}/dir"
 ca_roots = ["{d}/ca.pem"]
+http_port = {HTTP}
+# The name's zone, so that the self-check before ordering resolves it as Pebble does.
+[[zone]]
+name = "example.test"
+[[zone.record]]
+name = "app"
+type = "A"
+values = ["127.0.0.1"]
 [[certificate]]
 name = "app"
 domains = ["{DOMAIN}"]

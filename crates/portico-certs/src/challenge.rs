@@ -42,3 +42,8 @@ impl Http01Responder for Http01Tokens {
         self.0.read().ok()?.get(token).cloned()
     }
 }
+
+/// Resolves a name the way a CA will (the binary: Portico's hosted zones first, else the system).
+pub trait NameLookup: Send + Sync {
+    fn addrs<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<std::net::IpAddr>, String>>;
+}

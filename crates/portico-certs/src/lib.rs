@@ -5,6 +5,7 @@
 pub mod challenge;
 pub mod issuer;
 pub mod manager;
+pub mod self_check;
 pub mod storage;
 
 pub use manager::{AcmeSettings, CertManager, CertRequest, Challenge, IssuerKind};

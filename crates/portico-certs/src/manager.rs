@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use portico_lb::tls::{served_cert_from_pem, CertStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::challenge::{Dns01Publisher, Http01Tokens};
+use crate::challenge::{Dns01Publisher, Http01Tokens, NameLookup};
 use crate::issuer::acme::{AcmeIssuer, Solver};
 use crate::issuer::internal::InternalCa;
 use crate::storage::Storage;
@@ -47,6 +47,10 @@ pub struct AcmeSettings {
     pub directory: String,
     pub email: Option<String>,
     pub ca_root: Option<PathBuf>,
+    /// The port the CA connects to for HTTP-01 (80; another only for test CAs like Pebble).
+    pub http_port: u16,
+    /// Check that HTTP-01 can pass before ordering.
+    pub self_check: bool,
 }
 
 pub struct CertManager {
@@ -55,6 +59,8 @@ pub struct CertManager {
     tokens: Http01Tokens,
     internal: InternalCa,
     acme: Mutex<Option<Arc<AcmeIssuer>>>,
+    acme_settings: Mutex<Option<AcmeSettings>>,
+    lookup: Mutex<Option<Arc<dyn NameLookup>>>,
     state_dir: PathBuf,
     tasks: Mutex<CancellationToken>,
     dns01: Mutex<Option<Arc<dyn Dns01Publisher>>>,
@@ -68,6 +74,8 @@ impl CertManager {
             tokens: Http01Tokens::default(),
             internal: InternalCa::new(state_dir),
             acme: Mutex::new(None),
+            acme_settings: Mutex::new(None),
+            lookup: Mutex::new(None),
             state_dir: state_dir.to_path_buf(),
             tasks: Mutex::new(CancellationToken::new()),
             dns01: Mutex::new(None),
@@ -77,6 +85,11 @@ impl CertManager {
     /// The HTTP-01 tokens the load balancer must answer.
     pub fn tokens(&self) -> Http01Tokens {
         self.tokens.clone()
+    }
+
+    /// How names are resolved for the self-check before ordering.
+    pub fn set_lookup(&self, lookup: Arc<dyn NameLookup>) {
+        *lock(&self.lookup) = Some(lookup);
     }
 
     /// Where DNS-01 TXT records are written (Portico's hosted zones).
@@ -94,6 +107,7 @@ impl CertManager {
 
     /// Starts managing exactly `requests` (replacing what was managed before).
     pub fn manage(self: &Arc<Self>, acme: Option<AcmeSettings>, requests: Vec<CertRequest>) {
+        *lock(&self.acme_settings) = acme.clone();
         *lock(&self.acme) = acme.map(|a| {
             Arc::new(AcmeIssuer::new(
                 &self.state_dir,
@@ -221,6 +235,19 @@ impl CertManager {
                 let acme = lock(&self.acme)
                     .clone()
                     .ok_or("issuer = \"acme\" needs an [acme] section")?;
+                let settings = lock(&self.acme_settings).clone().unwrap_or_default();
+                let lookup = lock(&self.lookup).clone();
+                if let (Challenge::Http01, true, Some(lookup)) =
+                    (req.challenge, settings.self_check, lookup)
+                {
+                    crate::self_check::http01(
+                        &req.domains,
+                        lookup.as_ref(),
+                        &self.tokens,
+                        settings.http_port,
+                    )
+                    .await?;
+                }
                 match req.challenge {
                     Challenge::Http01 => {
                         acme.issue(&req.domains, Solver::Http01(&self.tokens))

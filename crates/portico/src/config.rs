@@ -212,6 +212,8 @@ impl PorticoConfig {
             directory: a.directory.clone(),
             email: a.email.clone(),
             ca_root: a.ca_roots.first().map(|r| base_dir.join(r)),
+            http_port: a.http_port,
+            self_check: a.self_check,
         })
     }
 }
@@ -227,6 +229,22 @@ pub struct AcmeConfig {
     /// Extra roots trusted for the ACME server's own HTTPS (Pebble, a private CA).
     #[serde(default)]
     pub ca_roots: Vec<String>,
+    /// The port the CA connects to for HTTP-01: 80 for every public CA; set it only for a test CA
+    /// such as Pebble (its `httpPort`).
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    /// Before ordering, check that HTTP-01 can pass (resolve each name, fetch a probe token
+    /// through every address).
+    #[serde(default = "default_true")]
+    pub self_check: bool,
+}
+
+fn default_http_port() -> u16 {
+    80
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_directory() -> String {

@@ -321,6 +321,47 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
     }
 }
 
+/// Names resolve as a CA would see them: from Portico's own hosted zones when a zone holds the
+/// name, else through the system resolver.
+struct ZonesLookup {
+    zones: Arc<HostedZones>,
+    listeners: Arc<LbListeners>,
+}
+
+impl portico_certs::challenge::NameLookup for ZonesLookup {
+    fn addrs<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> portico_certs::challenge::BoxFuture<'a, Result<Vec<std::net::IpAddr>, String>> {
+        Box::pin(async move {
+            let mut fqdn =
+                hickory_proto::rr::Name::from_ascii(name).map_err(|e| format!("{name}: {e}"))?;
+            fqdn.set_fqdn(true);
+            let catalog = self.zones.catalog();
+            if catalog.find(&fqdn).is_some() {
+                let mut out = Vec::new();
+                for t in [
+                    hickory_proto::rr::RecordType::A,
+                    hickory_proto::rr::RecordType::AAAA,
+                ] {
+                    let a =
+                        portico_dns::answer::lookup(&catalog, &fqdn, t, self.listeners.as_ref());
+                    out.extend(a.answers.iter().filter_map(|r| match &r.data {
+                        hickory_proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                        hickory_proto::rr::RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                        _ => None,
+                    }));
+                }
+                return Ok(out);
+            }
+            let found = tokio::net::lookup_host((name, 80))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(found.map(|a| a.ip()).collect())
+        })
+    }
+}
+
 /// ALIAS records that name a listener answer with the addresses it is bound to.
 struct LbListeners(Arc<LoadBalancer>);
 
@@ -389,6 +430,10 @@ impl Server {
         let requests = config
             .cert_requests()
             .map_err(|issues| source.locate(&issues))?;
+        certs.set_lookup(Arc::new(ZonesLookup {
+            zones: zones.clone(),
+            listeners: Arc::new(LbListeners(lb.clone())),
+        }));
         certs.set_dns01(Arc::new(ZonesDns01 {
             zones: zones.clone(),
             servers: dns.as_ref().map(|d| d.addrs.clone()).unwrap_or_default(),

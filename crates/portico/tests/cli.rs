@@ -524,6 +524,7 @@ async fn acme_env_for(
 directory = "https://localhost:{acme}/dir"
 email = "ops@example.test"
 ca_roots = ["ca.pem"]
+http_port = {http}
 [dns]
 listen = ["{dns_addr}"]
 [[zone]]
@@ -532,6 +533,10 @@ name = "example.test"
 name = "app"
 type = "A"
 values = ["127.0.0.1"]
+[[zone.record]]
+name = "elsewhere"
+type = "A"
+values = ["127.0.0.2"]
 [[certificate]]
 name = "app"
 domains = {domains}
@@ -1005,4 +1010,33 @@ async fn ca_unreachable_then_back_fails_cleanly_and_recovers() {
     }
     let client = env.pebble_client().await;
     env.wait_served(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_check_fails_fast_naming_the_record_that_points_elsewhere() {
+    let env = acme_env_for(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "",
+        r#"["elsewhere.example.test"]"#,
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    portico.wait_output("certificate request failed").await;
+    let (code, out) = run(&["certs", "list", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("app ") && l.contains("FAILED")),
+        "{out}"
+    );
+    assert!(
+        out.contains("self-check: elsewhere.example.test has the A record 127.0.0.2"),
+        "the reason names the record: {out}"
+    );
+    assert!(
+        !portico.output().contains("ACME account created"),
+        "no order placed: {}",
+        portico.output()
+    );
 }
