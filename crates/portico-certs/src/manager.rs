@@ -51,6 +51,8 @@ pub struct AcmeSettings {
     pub http_port: u16,
     /// Check that HTTP-01 can pass before ordering.
     pub self_check: bool,
+    /// External Account Binding: key id and HMAC key, for CAs that require it.
+    pub eab: Option<(String, Vec<u8>)>,
 }
 
 pub struct CertManager {
@@ -114,6 +116,7 @@ impl CertManager {
                 &a.directory,
                 a.email,
                 a.ca_root,
+                a.eab,
             ))
         });
         let token = CancellationToken::new();

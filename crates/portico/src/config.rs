@@ -99,7 +99,22 @@ impl PorticoConfig {
 
     /// Checks that belong to no single part yet.
     pub fn own_issues(&self) -> Vec<ConfigIssue> {
-        self.cert_requests().err().unwrap_or_default()
+        let mut issues = self.cert_requests().err().unwrap_or_default();
+        if let Some(a) = &self.acme {
+            let at = |k: &str| vec![PathSeg::Key("acme".into()), PathSeg::Key(k.into())];
+            match (&a.eab_kid, &a.eab_hmac_key) {
+                (Some(_), None) | (None, Some(_)) => issues.push(ConfigIssue::new(
+                    at("eab_kid"),
+                    "External Account Binding needs both eab_kid and eab_hmac_key",
+                )),
+                (Some(_), Some(k)) if decode_b64url(k).is_none() => issues.push(
+                    ConfigIssue::new(at("eab_hmac_key"), "eab_hmac_key is not base64url")
+                        .hint("paste the key exactly as the CA gave it"),
+                ),
+                _ => {}
+            }
+        }
+        issues
     }
 
     /// The `[[certificate]]`s to obtain and renew (those with `domains`), validated.
@@ -214,6 +229,10 @@ impl PorticoConfig {
             ca_root: a.ca_roots.first().map(|r| base_dir.join(r)),
             http_port: a.http_port,
             self_check: a.self_check,
+            eab: a
+                .eab_kid
+                .clone()
+                .zip(a.eab_hmac_key.as_deref().and_then(decode_b64url)),
         })
     }
 }
@@ -237,6 +256,19 @@ pub struct AcmeConfig {
     /// through every address).
     #[serde(default = "default_true")]
     pub self_check: bool,
+    /// External Account Binding, for CAs that require it (the key id and the base64url HMAC
+    /// key the CA gave).
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
+}
+
+/// base64url (with or without padding), as CAs hand out EAB keys.
+fn decode_b64url(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let t = s.trim().trim_end_matches('=');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(t)
+        .ok()
 }
 
 fn default_http_port() -> u16 {

@@ -478,6 +478,16 @@ async fn acme_env_for(
     cert_extra: &str,
     domains: &str,
 ) -> AcmeEnv {
+    acme_env_full(pebble_extra, pebble_env, cert_extra, domains, "").await
+}
+
+async fn acme_env_full(
+    pebble_extra: &str,
+    pebble_env: &[(&str, &str)],
+    cert_extra: &str,
+    domains: &str,
+    acme_extra: &str,
+) -> AcmeEnv {
     let dir = TempDir::new("acme");
     let d = dir.path().to_path_buf();
     let ca = TestCa::new();
@@ -494,8 +504,8 @@ async fn acme_env_for(
         d.join("pebble.json"),
         format!(
             r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme}", "managementListenAddress": "127.0.0.1:{mgmt}",
-              "certificate": "{d}/pebble.crt", "privateKey": "{d}/pebble.key", {pebble_extra}
-              "httpPort": {http}, "tlsPort": {https}, "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+              "certificate": "{d}/pebble.crt", "privateKey": "{d}/pebble.key",
+              "httpPort": {http}, "tlsPort": {https}, "ocspResponderURL": "", "externalAccountBindingRequired": false {pebble_extra}}}}}"#,
             d = d.display()
         ),
     )
@@ -525,6 +535,7 @@ directory = "https://localhost:{acme}/dir"
 email = "ops@example.test"
 ca_roots = ["ca.pem"]
 http_port = {http}
+{acme_extra}
 [dns]
 listen = ["{dns_addr}"]
 [[zone]]
@@ -768,7 +779,7 @@ async fn short_lived_certificates_renew_under_load_with_hooks_and_bad_nonces() {
     let _ = std::fs::remove_file(&hook_log);
     // 20-second certificates (renewed at half), and Pebble rejecting 20 % of nonces.
     let env = acme_env(
-        r#""certificateValidityPeriod": 20,"#,
+        r#", "certificateValidityPeriod": 20"#,
         &[("PEBBLE_WFE_NONCEREJECT", "20")],
         &format!(
             "deploy_hook = 'echo \"$RENEWED_LINEAGE|$RENEWED_DOMAINS\" >> {}'",
@@ -1038,5 +1049,51 @@ async fn self_check_fails_fast_naming_the_record_that_points_elsewhere() {
         !portico.output().contains("ACME account created"),
         "no order placed: {}",
         portico.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_with_a_ca_that_requires_it() {
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let env = acme_env_full(
+        &format!(r#", "externalAccountBindingRequired": true, "externalAccountMACKeys": {{"kid-1": "{key}"}}"#),
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "",
+        r#"["app.example.test"]"#,
+        &format!("eab_kid = \"kid-1\"\neab_hmac_key = \"{key}\""),
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !env.live().join("app/fullchain.pem").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not issued with EAB:\n{}",
+            portico.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without the binding the CA's problem document is what the user sees.
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("eab_kid = \"kid-1\"\n", "")
+        .replace(&format!("eab_hmac_key = \"{key}\""), "");
+    let other = TempDir::new("noeab");
+    let config = other.path().join("portico.toml");
+    let state = env.dir.path().join("state").display().to_string();
+    let moved = text
+        .replace(&state, &other.path().join("state").display().to_string())
+        .replace(
+            "ca.pem",
+            &env.dir.path().join("ca.pem").display().to_string(),
+        );
+    std::fs::write(&config, moved).unwrap();
+    drop(portico);
+    let p2 = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    p2.wait_output("certificate request failed").await;
+    let (_, out) = run(&["certs", "list", "-c", config.to_str().unwrap()]);
+    assert!(
+        out.contains("externalAccountRequired"),
+        "the CA's problem type is shown: {out}"
     );
 }

@@ -22,6 +22,7 @@ use crate::storage::Issued;
 pub struct AcmeIssuer {
     directory: String,
     email: Option<String>,
+    eab: Option<(String, Vec<u8>)>,
     ca_root: Option<PathBuf>,
     accounts: PathBuf,
     account: tokio::sync::Mutex<Option<Account>>,
@@ -42,6 +43,7 @@ impl AcmeIssuer {
         directory: &str,
         email: Option<String>,
         ca_root: Option<PathBuf>,
+        eab: Option<(String, Vec<u8>)>,
     ) -> Self {
         let url = directory_url(directory);
         let host = url
@@ -53,6 +55,7 @@ impl AcmeIssuer {
         AcmeIssuer {
             directory: url,
             email,
+            eab,
             ca_root,
             accounts: state_dir.join("acme").join("accounts").join(host),
             account: tokio::sync::Mutex::new(None),
@@ -80,7 +83,7 @@ impl AcmeIssuer {
                 self.builder()?
                     .from_credentials(creds)
                     .await
-                    .map_err(|e| format!("ACME account: {e}"))?
+                    .map_err(|e| format!("ACME account: {}", describe(&e)))?
             }
             Err(_) => {
                 let contact = self
@@ -89,6 +92,10 @@ impl AcmeIssuer {
                     .map(|e| format!("mailto:{e}"))
                     .collect::<Vec<_>>();
                 let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let eab = self
+                    .eab
+                    .as_ref()
+                    .map(|(kid, key)| instant_acme::ExternalAccountKey::new(kid.clone(), key));
                 let (account, creds) = self
                     .builder()?
                     .create(
@@ -98,11 +105,15 @@ impl AcmeIssuer {
                             only_return_existing: false,
                         },
                         self.directory.clone(),
-                        None,
+                        eab.as_ref(),
                     )
                     .await
                     .map_err(|e| {
-                        format!("cannot create an ACME account at {}: {e}", self.directory)
+                        format!(
+                            "cannot create an ACME account at {}: {}",
+                            self.directory,
+                            describe(&e)
+                        )
                     })?;
                 std::fs::create_dir_all(&self.accounts).map_err(|e| e.to_string())?;
                 let json = serde_json::to_string_pretty(&creds).map_err(|e| e.to_string())?;
@@ -129,13 +140,13 @@ impl AcmeIssuer {
         let mut order = account
             .new_order(&NewOrder::new(&ids))
             .await
-            .map_err(|e| format!("new order: {e}"))?;
+            .map_err(|e| format!("new order: {}", describe(&e)))?;
         let mut published = Vec::new();
         let mut records: Vec<(String, String)> = Vec::new();
         let result = async {
             let mut authzs = order.authorizations();
             while let Some(a) = authzs.next().await {
-                let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
+                let mut authz = a.map_err(|e| format!("authorization: {}", describe(&e)))?;
                 if authz.status == AuthorizationStatus::Valid {
                     continue;
                 }
@@ -152,7 +163,7 @@ impl AcmeIssuer {
                     alpn_names.push(domain);
                     ch.set_ready()
                         .await
-                        .map_err(|e| format!("challenge: {e}"))?;
+                        .map_err(|e| format!("challenge: {}", describe(&e)))?;
                 } else if let Some(dns) = dns01 {
                     let mut ch = authz
                         .challenge(ChallengeType::Dns01)
@@ -168,7 +179,7 @@ impl AcmeIssuer {
                     records.push((name, value));
                     ch.set_ready()
                         .await
-                        .map_err(|e| format!("challenge: {e}"))?;
+                        .map_err(|e| format!("challenge: {}", describe(&e)))?;
                 } else if let Some(tokens) = tokens {
                     let mut ch = authz
                         .challenge(ChallengeType::Http01)
@@ -178,14 +189,14 @@ impl AcmeIssuer {
                     published.push(token);
                     ch.set_ready()
                         .await
-                        .map_err(|e| format!("challenge: {e}"))?;
+                        .map_err(|e| format!("challenge: {}", describe(&e)))?;
                 }
             }
             let retry = RetryPolicy::new().timeout(Duration::from_secs(120));
             let status = order
                 .poll_ready(&retry)
                 .await
-                .map_err(|e| format!("validation: {e}"))?;
+                .map_err(|e| format!("validation: {}", describe(&e)))?;
             if status != OrderStatus::Ready {
                 let detail = order
                     .state()
@@ -198,11 +209,11 @@ impl AcmeIssuer {
             let key = order
                 .finalize()
                 .await
-                .map_err(|e| format!("finalize: {e}"))?;
+                .map_err(|e| format!("finalize: {}", describe(&e)))?;
             let pem = order
                 .poll_certificate(&retry)
                 .await
-                .map_err(|e| format!("certificate: {e}"))?;
+                .map_err(|e| format!("certificate: {}", describe(&e)))?;
             Ok((pem, key))
         }
         .await;
@@ -227,6 +238,36 @@ impl AcmeIssuer {
         let (cert, chain) = split_chain(&pem);
         Ok(Issued { cert, chain, key })
     }
+}
+
+/// An ACME error as the CA reported it: the problem type, its detail, and each subproblem with
+/// its identifier (RFC 8555 §6.7), so that `portico certs list` shows what the CA said.
+pub fn describe(e: &instant_acme::Error) -> String {
+    match e {
+        instant_acme::Error::Api(p) => problem(p),
+        other => other.to_string(),
+    }
+}
+
+fn problem(p: &instant_acme::Problem) -> String {
+    let mut out = format!(
+        "{} ({})",
+        p.detail.as_deref().unwrap_or("no detail"),
+        p.r#type.as_deref().unwrap_or("no type")
+    );
+    for sub in &p.subproblems {
+        let id = match &sub.identifier {
+            Some(Identifier::Dns(d)) => d.clone(),
+            Some(other) => format!("{other:?}"),
+            None => "-".into(),
+        };
+        out.push_str(&format!(
+            "; {id}: {} ({})",
+            sub.detail.as_deref().unwrap_or("no detail"),
+            sub.r#type.as_deref().unwrap_or("no type")
+        ));
+    }
+    out
 }
 
 /// How control of the names is proven.
