@@ -11,22 +11,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn listener_config(target: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[[target_group]]
-name = "g"
-targets = ["{target}"]
-[[listener]]
-name = "l"
-bind = "127.0.0.1:0"
-protocol = "http"
-default_action = {{ forward = "g" }}
-{extra}
-"#
-    )
-}
-
 /// Reads until the peer closes; returns what arrived. Fails the test after `deadline`.
 async fn read_until_closed(s: &mut TcpStream, deadline: Duration) -> String {
     let mut buf = Vec::new();
@@ -40,7 +24,7 @@ async fn read_until_closed(s: &mut TcpStream, deadline: Duration) -> String {
 async fn websocket_echo_through_the_proxy() {
     let dir = TempDir::new("ws");
     let b = Backend::start("b").await;
-    let lb = start_lb(&listener_config(b.addr, ""), dir.path()).await;
+    let lb = start_lb(&one_group(b.addr, ""), dir.path()).await;
     let stream = TcpStream::connect(addr(&lb, "l")).await.unwrap();
     let (mut ws, res) = tokio_tungstenite::client_async("ws://example.com/ws", stream)
         .await
@@ -108,11 +92,7 @@ default_action = {{ forward = "g" }}
 async fn slowloris_is_cut_off_by_the_header_timeout() {
     let dir = TempDir::new("slowloris");
     let b = Backend::start("b").await;
-    let lb = start_lb(
-        &listener_config(b.addr, "header_timeout = \"500ms\""),
-        dir.path(),
-    )
-    .await;
+    let lb = start_lb(&one_group(b.addr, "header_timeout = \"500ms\""), dir.path()).await;
     let mut s = TcpStream::connect(addr(&lb, "l")).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // Trickle a header line now and then, never finishing the head.
@@ -137,11 +117,7 @@ async fn slowloris_is_cut_off_by_the_header_timeout() {
 async fn idle_connections_are_closed() {
     let dir = TempDir::new("idle");
     let b = Backend::start("b").await;
-    let lb = start_lb(
-        &listener_config(b.addr, "idle_timeout = \"300ms\""),
-        dir.path(),
-    )
-    .await;
+    let lb = start_lb(&one_group(b.addr, "idle_timeout = \"300ms\""), dir.path()).await;
     let mut s = TcpStream::connect(addr(&lb, "l")).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -154,7 +130,7 @@ async fn idle_connections_are_closed() {
 async fn connection_limit_closes_the_extra_connection() {
     let dir = TempDir::new("limit");
     let b = Backend::start("b").await;
-    let lb = start_lb(&listener_config(b.addr, "max_connections = 2"), dir.path()).await;
+    let lb = start_lb(&one_group(b.addr, "max_connections = 2"), dir.path()).await;
     let l = addr(&lb, "l");
     let mut held = Vec::new();
     for _ in 0..2 {

@@ -152,23 +152,7 @@ action = {{ fixed_response = {{ status = 200, body = "loopback" }} }}
 async fn forwarded_headers_hop_by_hop_and_host() {
     let dir = TempDir::new("headers");
     let b = Backend::start("b").await;
-    let lb = start_lb(
-        &format!(
-            r#"
-[[target_group]]
-name = "g"
-targets = ["{}"]
-[[listener]]
-name = "l"
-bind = "127.0.0.1:0"
-protocol = "http"
-default_action = {{ forward = "g" }}
-"#,
-            b.addr
-        ),
-        dir.path(),
-    )
-    .await;
+    let lb = start_lb(&one_group(b.addr, ""), dir.path()).await;
     let a = addr(&lb, "l");
     let mut req = request("GET", "app.example.com:8080", "/p?q=1");
     let h = req.headers_mut();

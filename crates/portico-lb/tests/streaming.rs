@@ -17,23 +17,7 @@ const TOTAL: u64 = 100 * 1024 * 1024;
 async fn hundred_megabytes_stream_both_ways_in_bounded_memory() {
     let dir = TempDir::new("stream");
     let b = Backend::start("b").await;
-    let lb = start_lb(
-        &format!(
-            r#"
-[[target_group]]
-name = "g"
-targets = ["{}"]
-[[listener]]
-name = "l"
-bind = "127.0.0.1:0"
-protocol = "http"
-default_action = {{ forward = "g" }}
-"#,
-            b.addr
-        ),
-        dir.path(),
-    )
-    .await;
+    let lb = start_lb(&one_group(b.addr, ""), dir.path()).await;
     let l = addr(&lb, "l");
     // Warm up so that buffers and pools exist before the baseline.
     assert_eq!(

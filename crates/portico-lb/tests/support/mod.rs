@@ -438,6 +438,24 @@ pub async fn send_tls(
     Ok(read_reply(res).await)
 }
 
+/// One target group "g" with `target`, behind one HTTP listener "l" on a free port; `extra`
+/// is appended to the listener's table.
+pub fn one_group(target: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[[target_group]]
+name = "g"
+targets = ["{target}"]
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+protocol = "http"
+default_action = {{ forward = "g" }}
+{extra}
+"#
+    )
+}
+
 /// A load balancer serving `toml` (the listener/target_group/certificate sections).
 pub async fn start_lb(toml_text: &str, base_dir: &Path) -> Arc<LoadBalancer> {
     let lb = LoadBalancer::new(CertStore::new());
