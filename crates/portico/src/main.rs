@@ -88,6 +88,12 @@ enum CertsCommand {
         #[arg(short, long, default_value = "portico.toml")]
         config: PathBuf,
     },
+    /// One certificate: status, names, expiry, files, the last error as the CA reported it.
+    Show {
+        name: String,
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
     /// Where the internal CA's root is and how to trust it.
     Trust {
         #[arg(short, long, default_value = "portico.toml")]
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
         Command::Doctor { .. } => not_yet("doctor", "the user journeys (issue 5)"),
         Command::Certs { command } => match command {
             CertsCommand::List { config } => server::certs_list(&config),
+            CertsCommand::Show { name, config } => server::certs_show(&config, &name),
             CertsCommand::Trust { config } => server::certs_trust(&config),
         },
         Command::Zones { command } => match command {

@@ -133,6 +133,31 @@ pub fn certs_list(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn certs_show(path: &Path, name: &str) -> anyhow::Result<()> {
+    let (_, config) = load(path)?;
+    let storage = portico_certs::storage::Storage::new(&config.state_dir);
+    let r = storage.record(name).with_context(|| {
+        format!("no certificate {name:?} has been requested yet (see `portico certs list`)")
+    })?;
+    println!("name:        {}", r.name);
+    println!("status:      {}", r.status);
+    println!("issuer:      {}", r.issuer);
+    println!("domains:     {}", r.domains.join(", "));
+    println!("not after:   {}", r.not_after.as_deref().unwrap_or("-"));
+    println!("renew after: {}", r.renew_after.as_deref().unwrap_or("-"));
+    println!("version:     {}", r.version);
+    let live = storage.live(name);
+    for f in ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"] {
+        if live.join(f).exists() {
+            println!("file:        {}", live.join(f).display());
+        }
+    }
+    if let Some(e) = &r.last_error {
+        println!("last error:  {e}");
+    }
+    Ok(())
+}
+
 pub fn certs_trust(path: &Path) -> anyhow::Result<()> {
     let (_, config) = load(path)?;
     let root = portico_certs::issuer::internal::InternalCa::new(&config.state_dir).root_path();

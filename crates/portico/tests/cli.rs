@@ -753,6 +753,15 @@ async fn acme_http01_against_pebble_and_internal_issuer() {
     let (code, out) = run(&["certs", "trust", "-c", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("state/ca/root.pem"), "{out}");
+    let (code, out) = run(&["certs", "show", "app", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("status:      ISSUED") && out.contains("live/app/fullchain.pem"),
+        "{out}"
+    );
+    let (code, out) = run(&["certs", "show", "nope", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no certificate \"nope\""), "{out}");
 
     // Restart: the stored certificate is served at once and not ordered again.
     portico.signal(libc::SIGTERM);
