@@ -32,12 +32,14 @@ pub enum Challenge {
 }
 
 /// A `[[certificate]]` with `domains`: what to obtain and keep renewed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct CertRequest {
     pub name: String,
     pub domains: Vec<String>,
     pub issuer: IssuerKind,
     pub challenge: Challenge,
+    /// For dns-01: a publisher of its own (RFC 2136 to another server) instead of the default.
+    pub dns_publisher: Option<Arc<dyn Dns01Publisher>>,
     pub deploy_hook: Option<String>,
 }
 
@@ -261,9 +263,12 @@ impl CertManager {
                             .await?
                     }
                     Challenge::Dns01 => {
-                        let dns = lock(&self.dns01)
-                            .clone()
-                            .ok_or("dns-01 needs Portico's hosted zones")?;
+                        let dns = match &req.dns_publisher {
+                            Some(p) => p.clone(),
+                            None => lock(&self.dns01)
+                                .clone()
+                                .ok_or("dns-01 needs Portico's hosted zones")?,
+                        };
                         acme.issue(&req.domains, Solver::Dns01(dns.as_ref()))
                             .await?
                     }

@@ -37,6 +37,10 @@ pub struct CertificateConfig {
     /// Run after each issuance or renewal with `RENEWED_LINEAGE` and `RENEWED_DOMAINS` set, as
     /// certbot's `--deploy-hook` is (through `sh -c`).
     pub deploy_hook: Option<String>,
+    /// dns-01 through RFC 2136 to another DNS server (`ip:port`), signed with `dns_key` (a
+    /// `[[tsig_key]]`), as certbot's rfc2136 plugin does; Portico's own zones when absent.
+    pub dns_server: Option<String>,
+    pub dns_key: Option<String>,
 }
 
 /// `[[target_group]]`.

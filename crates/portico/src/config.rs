@@ -168,6 +168,34 @@ impl PorticoConfig {
                 }
                 match challenge {
                     "http-01" | "tls-alpn-01" => {}
+                    "dns-01" if c.dns_server.is_some() => {
+                        let server_ok = c
+                            .dns_server
+                            .as_deref()
+                            .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok());
+                        if !server_ok {
+                            issues.push(
+                                ConfigIssue::new(at("dns_server"), "dns_server is not ip:port")
+                                    .hint("e.g. \"192.0.2.53:53\""),
+                            );
+                            continue;
+                        }
+                        let key_ok = c.dns_key.as_ref().is_some_and(|k| {
+                            self.tsig_key
+                                .iter()
+                                .any(|t| t.name.trim_end_matches('.') == k.trim_end_matches('.'))
+                        });
+                        if !key_ok {
+                            issues.push(
+                                ConfigIssue::new(
+                                    at("dns_key"),
+                                    "dns-01 through RFC 2136 needs dns_key naming a [[tsig_key]]",
+                                )
+                                .hint("add a [[tsig_key]] with the server's key"),
+                            );
+                            continue;
+                        }
+                    }
                     "dns-01" => {
                         let zones: Vec<String> = self
                             .zone
@@ -207,6 +235,7 @@ impl PorticoConfig {
                 name: c.name.clone(),
                 domains: c.domains.clone(),
                 issuer,
+                dns_publisher: None,
                 challenge: match challenge {
                     "dns-01" => Challenge::Dns01,
                     "tls-alpn-01" => Challenge::TlsAlpn01,

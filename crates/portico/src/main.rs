@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod rfc2136;
 mod server;
 
 use std::path::PathBuf;

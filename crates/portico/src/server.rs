@@ -49,6 +49,33 @@ fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> {
     Ok((source, config))
 }
 
+/// Certificates whose dns-01 goes to another server through RFC 2136 get their publisher.
+fn with_publishers(
+    config: &PorticoConfig,
+    zones: &HostedZones,
+    requests: Result<Vec<portico_certs::CertRequest>, Vec<portico_lb::ConfigIssue>>,
+) -> Result<Vec<portico_certs::CertRequest>, Vec<portico_lb::ConfigIssue>> {
+    let mut requests = requests?;
+    for r in &mut requests {
+        let Some(c) = config.certificate.iter().find(|c| c.name == r.name) else {
+            continue;
+        };
+        let (Some(server), Some(key)) = (&c.dns_server, &c.dns_key) else {
+            continue;
+        };
+        let signer = hickory_proto::rr::Name::from_ascii(key)
+            .ok()
+            .and_then(|mut n| {
+                n.set_fqdn(true);
+                zones.key(&n)
+            });
+        if let (Ok(server), Some(key)) = (server.parse(), signer) {
+            r.dns_publisher = Some(Arc::new(crate::rfc2136::Rfc2136 { server, key }));
+        }
+    }
+    Ok(requests)
+}
+
 /// Names of the certificates the certificate manager publishes (listeners may name them).
 fn requested_names(config: &PorticoConfig) -> HashSet<String> {
     config
@@ -452,8 +479,7 @@ impl Server {
             }
             None => None,
         };
-        let requests = config
-            .cert_requests()
+        let requests = with_publishers(&config, &zones, config.cert_requests())
             .map_err(|issues| source.locate(&issues))?;
         certs.set_lookup(Arc::new(ZonesLookup {
             zones: zones.clone(),
@@ -507,8 +533,7 @@ impl Server {
         let result = async {
             let source = Source::read(&self.source_path)?;
             let config = source.parse()?;
-            let requests = config
-                .cert_requests()
+            let requests = with_publishers(&config, &self.zones, config.cert_requests())
                 .map_err(|issues| source.locate(&issues))?;
             // Everything is validated before anything is applied: zones on a dry run in memory.
             HostedZones::new(None)

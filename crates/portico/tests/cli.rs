@@ -1106,3 +1106,161 @@ async fn external_account_binding_with_a_ca_that_requires_it() {
         "the CA's problem type is shown: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_dns01_through_rfc2136_to_a_bind_primary() {
+    let dir = TempDir::new("rfc2136");
+    let d = dir.path();
+    let secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
+    let (bind_port, acme, mgmt, http, https) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    // BIND: the primary for example.test, accepting updates signed with the key.
+    std::fs::write(
+        d.join("example.test.db"),
+        "$TTL 60\n@ SOA ns1.example.test. hostmaster.example.test. 1 60 60 600 60\n@ NS ns1.example.test.\nns1 A 127.0.0.1\napp A 127.0.0.1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("named.conf"),
+        format!(
+            r#"key "certbot" {{ algorithm hmac-sha256; secret "{secret}"; }};
+options {{ directory "{d}"; pid-file "{d}/named.pid"; listen-on port {bind_port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }}; recursion no; dnssec-validation no; notify no; allow-query {{ any; }}; }};
+zone "example.test" {{ type primary; file "{d}/example.test.db"; allow-update {{ key "certbot"; }}; }};
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let named = if std::path::Path::new("/usr/sbin/named").exists() {
+        "/usr/sbin/named"
+    } else {
+        "named"
+    };
+    let _bind = Proc::spawn_program(
+        named,
+        &[
+            "-g",
+            "-c",
+            d.join("named.conf").to_str().unwrap(),
+            "-n",
+            "1",
+        ],
+        &[],
+    );
+    wait_listening(bind_port).await;
+    // Pebble resolves through BIND.
+    let ca = TestCa::new();
+    ca.issue(d, "pebble", &["localhost", "127.0.0.1"]);
+    std::fs::write(d.join("ca.pem"), pem_of(&ca.der)).unwrap();
+    std::fs::write(
+        d.join("pebble.json"),
+        format!(
+            r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme}", "managementListenAddress": "127.0.0.1:{mgmt}",
+              "certificate": "{d}/pebble.crt", "privateKey": "{d}/pebble.key", "httpPort": {http}, "tlsPort": {https},
+              "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let bind_addr = format!("127.0.0.1:{bind_port}");
+    let _pebble = Proc::spawn_program(
+        "pebble",
+        &[
+            "-config",
+            d.join("pebble.json").to_str().unwrap(),
+            "-dnsserver",
+            &bind_addr,
+            "-strict=false",
+        ],
+        &[
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+            ("PEBBLE_AUTHZREUSE", "0"),
+        ],
+    );
+    wait_listening(acme).await;
+    let config = d.join("portico.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+[acme]
+directory = "https://localhost:{acme}/dir"
+ca_roots = ["ca.pem"]
+[[tsig_key]]
+name = "certbot"
+secret = "{secret}"
+[[certificate]]
+name = "wild"
+domains = ["*.example.test"]
+challenge = "dns-01"
+dns_server = "{bind_addr}"
+dns_key = "certbot"
+[[listener]]
+name = "https"
+bind = "127.0.0.1:{https}"
+protocol = "https"
+certificates = ["wild"]
+default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
+"#,
+            state = d.join("state").display()
+        ),
+    )
+    .unwrap();
+    let portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !d
+        .join("state/certificates/live/wild/fullchain.pem")
+        .exists()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not issued through RFC 2136:\n{}",
+            portico.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        portico
+            .output()
+            .contains("dns-01: TXT record added by RFC 2136 and served"),
+        "{}",
+        portico.output()
+    );
+    // The TXT record was removed from BIND afterwards.
+    let dig = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &bind_port.to_string(),
+            "+short",
+            "_acme-challenge.example.test",
+            "TXT",
+        ])
+        .output()
+        .unwrap();
+    let mut left = String::from_utf8_lossy(&dig.stdout).trim().to_string();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !left.is_empty() && std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &bind_port.to_string(),
+                "+short",
+                "_acme-challenge.example.test",
+                "TXT",
+            ])
+            .output()
+            .unwrap();
+        left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    assert!(left.is_empty(), "challenge record left behind: {left}");
+}
