@@ -78,6 +78,24 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
             "{e:#}\n  hint: choose other ports with --http-port, --https-port and --dns-port"
         )
     })?;
+    say("   Requesting a certificate for demo.test, app.demo.test and localhost from Portico's internal CA,");
+    say("   through the certificate manager like any other certificate (stored in certbot's layout).");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.lb.certs().get("demo").is_none() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the demo certificate was not issued within 20 s: see `portico certs list -c {}`",
+                config_path.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    say(&format!(
+        "   Issued and serving: {}",
+        state_dir
+            .join("certificates/live/demo/fullchain.pem")
+            .display()
+    ));
     say("4. The target group checks /health on both targets every 2 s; requests alternate between them.");
     say(&format!(
         "5. Hosted zone demo.test on 127.0.0.1:{} (UDP and TCP): app.demo.test A 127.0.0.1, and an ALIAS at the apex answering with the HTTPS listener's address.",
@@ -102,6 +120,9 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         ca_path.display(),
         args.https_port
     );
+    println!("  dig @127.0.0.1 -p {} app.demo.test", args.dns_port);
+    println!("  dig @127.0.0.1 -p {} demo.test A", args.dns_port);
+    println!("  portico certs list -c {}", config_path.display());
     println!();
     println!(
         "Edit {} and run `kill -HUP {}` to reload it. Ctrl-C stops the demo.",

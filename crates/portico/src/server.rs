@@ -533,6 +533,10 @@ impl Server {
         let result = async {
             let source = Source::read(&self.source_path)?;
             let config = source.parse()?;
+            let issues = config.own_issues();
+            if !issues.is_empty() {
+                return Err(source.locate(&issues));
+            }
             let requests = with_publishers(&config, &self.zones, config.cert_requests())
                 .map_err(|issues| source.locate(&issues))?;
             // Everything is validated before anything is applied: zones on a dry run in memory.

@@ -322,6 +322,11 @@ async fn demo_serves_https_in_front_of_its_targets() {
         dir.path().to_str().unwrap(),
     ]);
     p.wait_output("Try:").await;
+    assert!(
+        p.output().contains("Issued and serving:"),
+        "the validation step is shown: {}",
+        p.output()
+    );
     let r = get(
         format!("127.0.0.1:{http}").parse().unwrap(),
         "localhost",
