@@ -30,8 +30,8 @@ default_action = {{ forward = "g" }}
 const CHECK: &str = r#"
 [target_group.health_check]
 path = "/health"
-interval = "200ms"
-timeout = "150ms"
+interval = "300ms"
+timeout = "250ms"
 healthy_threshold = 2
 unhealthy_threshold = 2
 "#;
@@ -52,7 +52,7 @@ async fn stopped_target_leaves_rotation_and_returns() {
 
     // A failing health status takes a target out within interval × threshold (plus slack).
     a.health.store(500, Ordering::Relaxed);
-    eventually("a unhealthy by status", Duration::from_secs(5), || async {
+    eventually("a unhealthy by status", Duration::from_secs(15), || async {
         !healthy(&lb, a.addr).await
     })
     .await;
@@ -62,7 +62,7 @@ async fn stopped_target_leaves_rotation_and_returns() {
         assert_eq!(get(l, "x", "/").await.backend(), "b");
     }
     a.health.store(200, Ordering::Relaxed);
-    eventually("a healthy again", Duration::from_secs(5), || async {
+    eventually("a healthy again", Duration::from_secs(15), || async {
         healthy(&lb, a.addr).await
     })
     .await;
@@ -72,7 +72,7 @@ async fn stopped_target_leaves_rotation_and_returns() {
     b.stop();
     eventually(
         "b unhealthy when stopped",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || async { !healthy(&lb, b_addr).await },
     )
     .await;
@@ -80,7 +80,7 @@ async fn stopped_target_leaves_rotation_and_returns() {
         assert_eq!(get(l, "x", "/").await.backend(), "a");
     }
     let b2 = Backend::start_on("b", b_addr).await;
-    eventually("b back in rotation", Duration::from_secs(5), || async {
+    eventually("b back in rotation", Duration::from_secs(15), || async {
         healthy(&lb, b2.addr).await
     })
     .await;
@@ -99,7 +99,7 @@ async fn all_unhealthy_fails_open() {
     a.health.store(503, Ordering::Relaxed);
     b.health.store(503, Ordering::Relaxed);
     let lb = start_lb(&config(&[a.addr, b.addr], CHECK), dir.path()).await;
-    eventually("both unhealthy", Duration::from_secs(5), || async {
+    eventually("both unhealthy", Duration::from_secs(15), || async {
         lb.target_health("g").iter().all(|t| !t.healthy)
     })
     .await;
