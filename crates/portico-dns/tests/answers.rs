@@ -259,3 +259,52 @@ async fn malformed_and_unsupported_requests() {
 fn status_of(out: &str) -> String {
     status(out)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_rate_limiting_slips_and_drops_beyond_the_budget() {
+    let dir = TempDir::new("rrl");
+    std::fs::write(dir.path().join("example.test.zone"), FILE).unwrap();
+    let opts = portico_dns::server::Options {
+        rate_limit: Some(5),
+        ..Default::default()
+    };
+    let dns = serve_on(ZONE, dir.path(), "127.0.0.1:0".parse().unwrap(), opts).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut query = vec![0x00, 0x01, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    query.extend_from_slice(b"\x03app\x07example\x04test\x00\x00\x01\x00\x01");
+    for i in 0..40u16 {
+        query[..2].copy_from_slice(&i.to_be_bytes());
+        sock.send_to(&query, dns.addr).await.unwrap();
+    }
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = [0u8; 1500];
+    while let Ok(Ok((n, _))) = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        sock.recv_from(&mut buf),
+    )
+    .await
+    {
+        if buf[2] & 0x02 != 0 {
+            truncated += 1;
+            assert_eq!(
+                u16::from_be_bytes([buf[6], buf[7]]),
+                0,
+                "a slipped answer carries no records"
+            );
+        } else {
+            full += 1;
+        }
+        let _ = n;
+    }
+    assert_eq!(full, 5, "the budget is answered in full");
+    assert!(
+        truncated > 0,
+        "some answers slip (TC) so real clients retry over TCP"
+    );
+    assert!(full + truncated < 40, "the rest are dropped");
+    // Over TCP nothing is limited.
+    assert_eq!(
+        status(&dig(dns.addr, "app.example.test A +tcp").await),
+        "NOERROR"
+    );
+}
