@@ -442,6 +442,19 @@ fn zones_list_and_export_read_the_state_without_writing() {
     assert!(out.contains("no hosted zone"), "{out}");
 }
 
+/// Waits for a file the server writes (an issued certificate), failing with the server's output.
+async fn wait_file(path: &std::path::Path, deadline: Duration, what: &str, server: &Proc) {
+    let end = std::time::Instant::now() + deadline;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < end,
+            "{what}:\n{}",
+            server.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until something accepts TCP connections on `port`.
 async fn wait_listening(port: u16) {
     eventually("port open", Duration::from_secs(20), || async move {
@@ -935,15 +948,13 @@ async fn acme_dns01_with_a_wildcard_through_portico_zones() {
     .await;
     let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
     let live = env.live();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !live.join("app/fullchain.pem").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not issued in 90 s:\n{}",
-            portico.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_file(
+        &live.join("app/fullchain.pem"),
+        Duration::from_secs(90),
+        "not issued in 90 s",
+        &portico,
+    )
+    .await;
     let client = env.pebble_client().await;
     env.wait_served(&client).await;
     // The wildcard covers any name in the zone.
@@ -984,15 +995,13 @@ async fn acme_tls_alpn01_on_the_https_listener() {
     .await;
     let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
     let live = env.live();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !live.join("app/fullchain.pem").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not issued in 90 s:\n{}",
-            portico.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_file(
+        &live.join("app/fullchain.pem"),
+        Duration::from_secs(90),
+        "not issued in 90 s",
+        &portico,
+    )
+    .await;
     let client = env.pebble_client().await;
     env.wait_served(&client).await;
     // Without a challenge in flight, acme-tls/1 gets no certificate at all.
@@ -1024,15 +1033,13 @@ async fn ca_unreachable_then_back_fails_cleanly_and_recovers() {
     assert!(out.contains("last error:"), "{out}");
     // The CA comes back: the retry (exponential backoff from 10 s) succeeds by itself.
     env.start_pebble().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !env.live().join("app/fullchain.pem").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not issued after the CA came back:\n{}",
-            portico.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_file(
+        &env.live().join("app/fullchain.pem"),
+        Duration::from_secs(60),
+        "not issued after the CA came back",
+        &portico,
+    )
+    .await;
     let client = env.pebble_client().await;
     env.wait_served(&client).await;
 }
@@ -1078,15 +1085,13 @@ async fn external_account_binding_with_a_ca_that_requires_it() {
     )
     .await;
     let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !env.live().join("app/fullchain.pem").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not issued with EAB:\n{}",
-            portico.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_file(
+        &env.live().join("app/fullchain.pem"),
+        Duration::from_secs(60),
+        "not issued with EAB",
+        &portico,
+    )
+    .await;
     // Without the binding the CA's problem document is what the user sees.
     let text = std::fs::read_to_string(&env.config)
         .unwrap()
@@ -1219,18 +1224,13 @@ default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
     )
     .unwrap();
     let portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !d
-        .join("state/certificates/live/wild/fullchain.pem")
-        .exists()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not issued through RFC 2136:\n{}",
-            portico.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_file(
+        &d.join("state/certificates/live/wild/fullchain.pem"),
+        Duration::from_secs(90),
+        "not issued through RFC 2136",
+        &portico,
+    )
+    .await;
     assert!(
         portico
             .output()
