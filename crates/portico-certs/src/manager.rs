@@ -57,6 +57,9 @@ pub struct AcmeSettings {
     pub eab: Option<(String, Vec<u8>)>,
 }
 
+/// The longest an order (self-check, challenges, validation, finalize, download) may take.
+const ORDER_DEADLINE: Duration = Duration::from_secs(600);
+
 pub struct CertManager {
     storage: Storage,
     store: Arc<CertStore>,
@@ -168,7 +171,15 @@ impl CertManager {
             .into();
             let _ = self.storage.save_record(&rec);
             tracing::info!(certificate = %req.name, domains = ?req.domains, issuer = issuer_name(req.issuer), status = %rec.status, "obtaining certificate");
-            match self.obtain(&req).await {
+            // Every step has its own timeout, but the ACME client's HTTP requests do not: bound
+            // the whole order so that a CA that hangs cannot stall renewals for ever.
+            let attempt = tokio::time::timeout(ORDER_DEADLINE, self.obtain(&req)).await;
+            let attempt = attempt.unwrap_or_else(|_| {
+                Err(format!(
+                    "the order did not finish within {ORDER_DEADLINE:?}"
+                ))
+            });
+            match attempt {
                 Ok(()) => {
                     failures = 0;
                     let c = self.current(&req);
