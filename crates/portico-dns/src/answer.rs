@@ -141,14 +141,14 @@ fn answer_node(
     if qtype == RecordType::ANY {
         // RFC 8482: one RRset is a complete answer to ANY.
         if let Some(set) = node.sets.first() {
-            push_set(owner, set.rtype, set.ttl, &set.rdatas, &mut out.answers);
+            push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
         } else if node.alias.is_some() {
             alias(zone, node, owner, RecordType::A, listeners, out);
         }
         return None;
     }
     if let Some(set) = node.get(qtype) {
-        push_set(owner, set.rtype, set.ttl, &set.rdatas, &mut out.answers);
+        push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
         additional_for(zone, &set.rdatas, out);
         return None;
     }
@@ -157,13 +157,7 @@ fn answer_node(
         return None;
     }
     if let Some(set) = node.get(RecordType::CNAME) {
-        push_set(
-            owner,
-            RecordType::CNAME,
-            set.ttl,
-            &set.rdatas,
-            &mut out.answers,
-        );
+        push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
         if let Some(RData::CNAME(target)) = set.rdatas.first() {
             return Some(target.0.clone());
         }
@@ -210,7 +204,7 @@ fn alias(
     }
 }
 
-fn push_set(owner: &Name, _rtype: RecordType, ttl: u32, rdatas: &[RData], out: &mut Vec<Record>) {
+fn push_set(owner: &Name, ttl: u32, rdatas: &[RData], out: &mut Vec<Record>) {
     out.extend(
         rdatas
             .iter()
@@ -235,7 +229,7 @@ fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
     if let Some(node) = zone.nodes.get(&target.to_lowercase()) {
         for t in [RecordType::A, RecordType::AAAA] {
             if let Some(set) = node.get(t) {
-                push_set(target, t, set.ttl, &set.rdatas, out);
+                push_set(target, set.ttl, &set.rdatas, out);
             }
         }
     }
@@ -257,13 +251,7 @@ fn referral(zone: &Zone, cut: &Name, out: &mut Answer) {
     out.authoritative = false;
     out.rcode = ResponseCode::NoError;
     if let Some(set) = zone.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
-        push_set(
-            cut,
-            RecordType::NS,
-            set.ttl,
-            &set.rdatas,
-            &mut out.authority,
-        );
+        push_set(cut, set.ttl, &set.rdatas, &mut out.authority);
         for r in &set.rdatas {
             if let RData::NS(ns) = r {
                 glue(zone, &ns.0, &mut out.additional);

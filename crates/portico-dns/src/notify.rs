@@ -103,7 +103,8 @@ pub async fn exchange(
     (res.id == id).then_some(res)
 }
 
-fn rand_id() -> u16 {
+/// A DNS message id that is hard to guess (RFC 5452).
+pub fn rand_id() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(

@@ -107,6 +107,15 @@ pub struct HostedZones {
 impl HostedZones {
     /// Zones persisted under `<state_dir>/zones/` (in memory only when `None`).
     pub fn new(state_dir: Option<PathBuf>) -> Arc<Self> {
+        Self::with(state_dir, false)
+    }
+
+    /// Zones as the state directory and the config say, without writing anything.
+    pub fn read_only(state_dir: PathBuf) -> Arc<Self> {
+        Self::with(Some(state_dir), true)
+    }
+
+    fn with(state_dir: Option<PathBuf>, read_only: bool) -> Arc<Self> {
         Arc::new(HostedZones {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             settings: ArcSwap::from_pointee(HashMap::new()),
@@ -115,19 +124,9 @@ impl HostedZones {
             applied: Mutex::default(),
             changes: Mutex::default(),
             state_dir,
-            read_only: false,
+            read_only,
             writer: tokio::sync::Mutex::new(()),
         })
-    }
-
-    /// Zones as the state directory and the config say, without writing anything.
-    pub fn read_only(state_dir: PathBuf) -> Arc<Self> {
-        let mut z = HostedZones::new(None);
-        if let Some(z) = Arc::get_mut(&mut z) {
-            z.state_dir = Some(state_dir);
-            z.read_only = true;
-        }
-        z
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {

@@ -9,7 +9,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
 use portico_certs::challenge::{BoxFuture, Dns01Publisher};
-use portico_dns::notify::exchange;
+use portico_dns::notify::{exchange, rand_id};
 
 pub struct Rfc2136 {
     pub server: SocketAddr,
@@ -127,11 +127,4 @@ impl Dns01Publisher for Rfc2136 {
     fn remove<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move { self.update(name, value, false).await.map(|_| ()) })
     }
-}
-
-fn rand_id() -> u16 {
-    (SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        >> 7) as u16
 }

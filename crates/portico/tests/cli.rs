@@ -652,6 +652,22 @@ impl AcmeEnv {
         format!("127.0.0.1:{}", self.https).parse().unwrap()
     }
 
+    /// Starts `portico serve`, waits until the "app" certificate is issued and served; returns
+    /// the server and a client trusting Pebble's root.
+    async fn serve_until_issued(&self) -> (Proc, Arc<rustls::ClientConfig>) {
+        let portico = Proc::spawn(&["serve", "-c", self.config.to_str().unwrap()]);
+        wait_file(
+            &self.live().join("app/fullchain.pem"),
+            Duration::from_secs(90),
+            "not issued in 90 s",
+            &portico,
+        )
+        .await;
+        let client = self.pebble_client().await;
+        self.wait_served(&client).await;
+        (portico, client)
+    }
+
     async fn wait_served(&self, client: &Arc<rustls::ClientConfig>) {
         let a = self.https();
         eventually(
@@ -946,17 +962,7 @@ async fn acme_dns01_with_a_wildcard_through_portico_zones() {
         r#"["app.example.test", "*.example.test"]"#,
     )
     .await;
-    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
-    let live = env.live();
-    wait_file(
-        &live.join("app/fullchain.pem"),
-        Duration::from_secs(90),
-        "not issued in 90 s",
-        &portico,
-    )
-    .await;
-    let client = env.pebble_client().await;
-    env.wait_served(&client).await;
+    let (portico, client) = env.serve_until_issued().await;
     // The wildcard covers any name in the zone.
     let a = env.https();
     let r = send_tls(
@@ -993,17 +999,7 @@ async fn acme_tls_alpn01_on_the_https_listener() {
         r#"challenge = "tls-alpn-01""#,
     )
     .await;
-    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
-    let live = env.live();
-    wait_file(
-        &live.join("app/fullchain.pem"),
-        Duration::from_secs(90),
-        "not issued in 90 s",
-        &portico,
-    )
-    .await;
-    let client = env.pebble_client().await;
-    env.wait_served(&client).await;
+    let (_portico, client) = env.serve_until_issued().await;
     // Without a challenge in flight, acme-tls/1 gets no certificate at all.
     let acme_only = {
         let mut c = (*client).clone();
