@@ -143,6 +143,8 @@ impl CertManager {
 
     async fn run(&self, req: CertRequest) {
         let mut failures = 0u32;
+        // RFC 9773 `replaces`, unless the CA said the certificate is already replaced.
+        let mut name_replaced = true;
         loop {
             let current = self.current(&req);
             if let Some(c) = &current {
@@ -150,13 +152,15 @@ impl CertManager {
                 if let Err(e) = self.publish(&req.name) {
                     tracing::warn!(certificate = %req.name, error = %e, "stored certificate cannot be served");
                 }
-                if c.covers && SystemTime::now() < c.renew_at {
-                    let wait = c
-                        .renew_at
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default();
-                    tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
-                    continue;
+                if c.covers {
+                    let (renew_at, ask_again) = self.renew_time(&req, c).await;
+                    if SystemTime::now() < renew_at {
+                        let wait = renew_at
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        tokio::time::sleep(wait.min(ask_again)).await;
+                        continue;
+                    }
                 }
             }
             let mut rec = self.storage.record(&req.name).unwrap_or_default();
@@ -173,7 +177,11 @@ impl CertManager {
             tracing::info!(certificate = %req.name, domains = ?req.domains, issuer = issuer_name(req.issuer), status = %rec.status, "obtaining certificate");
             // Every step has its own timeout, but the ACME client's HTTP requests do not: bound
             // the whole order so that a CA that hangs cannot stall renewals for ever.
-            let attempt = tokio::time::timeout(ORDER_DEADLINE, self.obtain(&req)).await;
+            let replaces = current
+                .as_ref()
+                .filter(|_| name_replaced)
+                .map(|c| c.leaf.as_slice());
+            let attempt = tokio::time::timeout(ORDER_DEADLINE, self.obtain(&req, replaces)).await;
             let attempt = attempt.unwrap_or_else(|_| {
                 Err(format!(
                     "the order did not finish within {ORDER_DEADLINE:?}"
@@ -186,6 +194,9 @@ impl CertManager {
                     rec = self.storage.record(&req.name).unwrap_or(rec);
                     rec.status = "ISSUED".into();
                     rec.last_error = None;
+                    rec.next_attempt = None;
+                    rec.renewal_window = None;
+                    name_replaced = true;
                     if let Some(c) = c {
                         rec.not_after =
                             Some(humantime::format_rfc3339_seconds(c.not_after).to_string());
@@ -205,11 +216,19 @@ impl CertManager {
                         .is_some_and(|c| c.not_after <= SystemTime::now());
                     rec.status = if expired { "EXPIRED" } else { "FAILED" }.into();
                     rec.last_error = Some(e.clone());
+                    if e.contains("urn:ietf:params:acme:error:alreadyReplaced")
+                        || e.contains("replaces field mismatch")
+                    {
+                        name_replaced = false;
+                    }
+                    let retry_after = lock(&self.acme).as_ref().and_then(|a| a.take_retry_after());
+                    let wait = retry_wait(failures, &e, retry_after, SystemTime::now());
+                    rec.next_attempt = Some(
+                        humantime::format_rfc3339_seconds(SystemTime::now() + wait).to_string(),
+                    );
                     let _ = self.storage.save_record(&rec);
-                    let backoff = Duration::from_secs(5u64.saturating_mul(1 << failures.min(10)))
-                        .min(Duration::from_secs(3600));
-                    tracing::warn!(certificate = %req.name, error = %e, retry_in = ?backoff, "certificate request failed");
-                    tokio::time::sleep(backoff).await;
+                    tracing::warn!(certificate = %req.name, error = %e, retry_in = ?wait, ca_retry_after = retry_after.is_some(), "certificate request failed");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -244,7 +263,49 @@ impl CertManager {
         }
     }
 
-    async fn obtain(&self, req: &CertRequest) -> Result<(), String> {
+    /// When to renew `c`: inside the CA's renewal window when it offers one (RFC 9773: at a
+    /// point spread per name across the window), else at the lifetime rule; and the longest to
+    /// sleep before asking again.
+    async fn renew_time(&self, req: &CertRequest, c: &Current) -> (SystemTime, Duration) {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let acme = match req.issuer {
+            IssuerKind::Acme => lock(&self.acme).clone(),
+            IssuerKind::Internal => None,
+        };
+        let Some(acme) = acme else {
+            return (c.renew_at, HOUR);
+        };
+        match acme.renewal_window(&c.leaf).await {
+            Ok(Some(w)) => {
+                let span = w.end.duration_since(w.start).unwrap_or_default();
+                let at = w.start + span.mul_f64(spread(&req.name));
+                let mut rec = self.storage.record(&req.name).unwrap_or_default();
+                let window = format!(
+                    "{} .. {}",
+                    humantime::format_rfc3339_seconds(w.start),
+                    humantime::format_rfc3339_seconds(w.end)
+                );
+                let renew_after = humantime::format_rfc3339_seconds(at).to_string();
+                if rec.renewal_window.as_deref() != Some(window.as_str())
+                    || rec.renew_after.as_deref() != Some(renew_after.as_str())
+                {
+                    tracing::info!(certificate = %req.name, %window, renew_after, explanation = ?w.explanation, "renewal window from the CA (ARI)");
+                    rec.renewal_window = Some(window);
+                    rec.renew_after = Some(renew_after);
+                    let _ = self.storage.save_record(&rec);
+                }
+                let ask = w.ask_again.clamp(Duration::from_secs(60), 6 * HOUR);
+                (at, ask)
+            }
+            Ok(None) => (c.renew_at, HOUR),
+            Err(e) => {
+                tracing::warn!(certificate = %req.name, error = %e, "cannot fetch the renewal window; using the lifetime rule");
+                (c.renew_at, HOUR)
+            }
+        }
+    }
+
+    async fn obtain(&self, req: &CertRequest, replaces: Option<&[u8]>) -> Result<(), String> {
         let issued = match req.issuer {
             IssuerKind::Internal => self.internal.issue(&req.domains)?,
             IssuerKind::Acme => {
@@ -266,11 +327,11 @@ impl CertManager {
                 }
                 match req.challenge {
                     Challenge::Http01 => {
-                        acme.issue(&req.domains, Solver::Http01(&self.tokens))
+                        acme.issue(&req.domains, Solver::Http01(&self.tokens), replaces)
                             .await?
                     }
                     Challenge::TlsAlpn01 => {
-                        acme.issue(&req.domains, Solver::TlsAlpn01(&self.store))
+                        acme.issue(&req.domains, Solver::TlsAlpn01(&self.store), replaces)
                             .await?
                     }
                     Challenge::Dns01 => {
@@ -280,7 +341,7 @@ impl CertManager {
                                 .clone()
                                 .ok_or("dns-01 needs Portico's hosted zones")?,
                         };
-                        acme.issue(&req.domains, Solver::Dns01(dns.as_ref()))
+                        acme.issue(&req.domains, Solver::Dns01(dns.as_ref()), replaces)
                             .await?
                     }
                 }
@@ -331,6 +392,7 @@ impl CertManager {
             d.parse::<std::net::IpAddr>().is_ok() || names.contains(&d.to_ascii_lowercase())
         });
         Some(Current {
+            leaf: der.clone(),
             not_after: na,
             renew_at: renew_at(nb, na, &req.name),
             covers,
@@ -339,9 +401,43 @@ impl CertManager {
 }
 
 struct Current {
+    leaf: Vec<u8>,
     not_after: SystemTime,
     renew_at: SystemTime,
     covers: bool,
+}
+
+/// How long to wait after a failed attempt: exponential backoff from 10 s to an hour, never
+/// before the CA's `Retry-After` (honoured up to a week), and at least 15 minutes after a
+/// rate-limit error that names no time.
+pub fn retry_wait(
+    failures: u32,
+    error: &str,
+    retry_after: Option<SystemTime>,
+    now: SystemTime,
+) -> Duration {
+    let mut wait = Duration::from_secs(5u64.saturating_mul(1 << failures.min(10)))
+        .min(Duration::from_secs(3600));
+    match retry_after {
+        Some(at) => {
+            let asked = at.duration_since(now).unwrap_or_default();
+            wait = wait.max(asked.min(Duration::from_secs(7 * 86_400)));
+        }
+        None if error.contains("urn:ietf:params:acme:error:rateLimited") => {
+            wait = wait.max(Duration::from_secs(900));
+        }
+        None => {}
+    }
+    wait
+}
+
+/// A stable fraction in [0, 1) per certificate name, to spread renewals.
+fn spread(name: &str) -> f64 {
+    (name
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+        % 1000) as f64
+        / 1000.0
 }
 
 /// When to renew: a third of the lifetime left, half for lifetimes under ten days, a little
@@ -353,13 +449,7 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime, name: &str) -> Sy
     } else {
         life / 3
     };
-    let jitter = life.mul_f64(
-        (name
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
-            % 1000) as f64
-            / 50_000.0,
-    );
+    let jitter = life.mul_f64(spread(name) / 50.0);
     not_after - left - jitter
 }
 
@@ -389,6 +479,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_waits_honour_retry_after_and_rate_limits() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(retry_wait(1, "x", None, now), Duration::from_secs(10));
+        assert_eq!(retry_wait(20, "x", None, now), Duration::from_secs(3600));
+        let later = now + Duration::from_secs(120);
+        assert_eq!(
+            retry_wait(1, "x", Some(later), now),
+            Duration::from_secs(120)
+        );
+        // A Retry-After shorter than the backoff does not shorten it.
+        assert_eq!(
+            retry_wait(3, "x", Some(now + Duration::from_secs(1)), now),
+            Duration::from_secs(40)
+        );
+        let limited = "too many (urn:ietf:params:acme:error:rateLimited)";
+        assert_eq!(retry_wait(1, limited, None, now), Duration::from_secs(900));
+        let far = now + Duration::from_secs(30 * 86_400);
+        assert_eq!(
+            retry_wait(1, limited, Some(far), now),
+            Duration::from_secs(7 * 86_400)
+        );
+    }
 
     #[test]
     fn renewal_windows() {

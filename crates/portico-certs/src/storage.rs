@@ -25,6 +25,12 @@ pub struct Record {
     pub renew_after: Option<String>,
     pub version: u32,
     pub last_error: Option<String>,
+    /// The CA's suggested renewal window (RFC 9773), when it offers one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_window: Option<String>,
+    /// Not before this time: the CA's `Retry-After` or the backoff after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<String>,
 }
 
 #[derive(Debug, Clone)]

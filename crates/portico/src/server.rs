@@ -156,6 +156,9 @@ pub fn certs_list(path: &Path) -> anyhow::Result<()> {
         if let Some(e) = &r.last_error {
             println!("  last error: {e}");
         }
+        if let Some(t) = &r.next_attempt {
+            println!("  next try:   {t}");
+        }
     }
     Ok(())
 }
@@ -172,6 +175,9 @@ pub fn certs_show(path: &Path, name: &str) -> anyhow::Result<()> {
     println!("domains:     {}", r.domains.join(", "));
     println!("not after:   {}", r.not_after.as_deref().unwrap_or("-"));
     println!("renew after: {}", r.renew_after.as_deref().unwrap_or("-"));
+    if let Some(w) = &r.renewal_window {
+        println!("CA window:   {w} (ACME Renewal Information)");
+    }
     println!("version:     {}", r.version);
     let live = storage.live(name);
     for f in ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"] {
@@ -181,6 +187,9 @@ pub fn certs_show(path: &Path, name: &str) -> anyhow::Result<()> {
     }
     if let Some(e) = &r.last_error {
         println!("last error:  {e}");
+    }
+    if let Some(t) = &r.next_attempt {
+        println!("next try:    {t}");
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 #[path = "../../portico-lb/tests/support/mod.rs"]
 mod support;
 
+mod fault_proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -1264,4 +1266,135 @@ default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
         left = String::from_utf8_lossy(&out.stdout).trim().to_string();
     }
     assert!(left.is_empty(), "challenge record left behind: {left}");
+}
+
+/// RFC 9773 §4.1 identifier of a PEM certificate, computed independently with `openssl`.
+fn ari_id_with_openssl(pem: &Path) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-serial",
+            "-ext",
+            "authorityKeyIdentifier",
+            "-in",
+        ])
+        .arg(pem)
+        .output()
+        .expect("openssl runs (Debian: apt-get install openssl)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = |h: &str| -> Vec<u8> {
+        let h: String = h.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut serial = hex(text
+        .lines()
+        .find_map(|l| l.strip_prefix("serial="))
+        .unwrap());
+    if serial[0] & 0x80 != 0 {
+        serial.insert(0, 0); // DER INTEGER is signed
+    }
+    let aki = hex(text
+        .lines()
+        .skip_while(|l| !l.contains("Authority Key Identifier"))
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_start_matches("keyid:"));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{}.{}", b64.encode(aki), b64.encode(serial))
+}
+
+/// Through the fault-injecting proxy (a test double: Pebble has neither ARI nor rate limits):
+/// a rate-limited new order is retried no sooner than the CA's Retry-After, longer than the
+/// backoff alone; the issued certificate is renewed at once when the CA's renewal window has
+/// begun, the new order names it in `replaces`; the next window is the one shown and used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ari_window_and_rate_limit_retry_after_through_a_fault_injecting_proxy() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let d = env.dir.path();
+    let proxy = fault_proxy::FaultProxy::start(
+        &d.join("pebble.crt"),
+        &d.join("pebble.key"),
+        format!("127.0.0.1:{}", env.acme).parse().unwrap(),
+        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
+    )
+    .await;
+    {
+        let mut s = proxy.state();
+        s.rate_limited_orders = 1;
+        s.retry_after_secs = 15;
+    }
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let direct = format!("https://localhost:{}/dir", env.acme);
+    assert!(text.contains(&direct));
+    std::fs::write(
+        &env.config,
+        text.replace(&direct, &format!("https://localhost:{}/dir", proxy.port)),
+    )
+    .unwrap();
+
+    let (portico, _client) = env.serve_until_issued().await;
+    {
+        let s = proxy.state();
+        assert!(s.orders.len() >= 2, "{} orders", s.orders.len());
+        let gap = s.orders[1].0 - s.orders[0].0;
+        assert!(
+            gap >= Duration::from_millis(14_500),
+            "retried {gap:?} after a 429 with Retry-After: 15 (the backoff alone is 10 s)"
+        );
+    }
+    // The proxy says the first certificate's window has begun: renewed, naming it in `replaces`.
+    let archive = d.join("state/certificates/archive/app");
+    wait_file(
+        &archive.join("cert2.pem"),
+        Duration::from_secs(60),
+        "not renewed inside the CA's renewal window",
+        &portico,
+    )
+    .await;
+    let first = ari_id_with_openssl(&archive.join("cert1.pem"));
+    {
+        let s = proxy.state();
+        assert_eq!(s.ari_queries.first(), Some(&first), "{:?}", s.ari_queries);
+        assert_eq!(
+            s.orders.last().unwrap().1.as_deref(),
+            Some(first.as_str()),
+            "the renewal's new order names the replaced certificate"
+        );
+    }
+    // The second certificate's window (20–21 days ahead) is what `certs show` reports and uses.
+    let second = ari_id_with_openssl(&archive.join("cert2.pem"));
+    let config = env.config.clone();
+    eventually(
+        "the new window is recorded",
+        Duration::from_secs(20),
+        || {
+            let config = config.clone();
+            async move {
+                let (_, out) = run(&["certs", "show", "app", "-c", config.to_str().unwrap()]);
+                out.contains("CA window:") && out.contains("ISSUED")
+            }
+        },
+    )
+    .await;
+    assert!(proxy.state().ari_queries.contains(&second));
+    let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    let renew_after = out
+        .lines()
+        .find_map(|l| l.strip_prefix("renew after:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let at = humantime::parse_rfc3339(&renew_after).unwrap();
+    let ahead = at.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        ahead > Duration::from_secs(19 * 86_400) && ahead < Duration::from_secs(22 * 86_400),
+        "renew after {renew_after} is not inside the CA's window:\n{out}"
+    );
+    assert_eq!(proxy.state().orders.len(), 3, "no further order");
 }

@@ -3,7 +3,8 @@
 //! under `acme/accounts/<host>/` (0600); HTTP-01 answered by the load balancer's HTTP listeners.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
@@ -21,6 +22,7 @@ use crate::storage::Issued;
 
 pub struct AcmeIssuer {
     directory: String,
+    retry_after: Arc<Mutex<Option<SystemTime>>>,
     email: Option<String>,
     eab: Option<(String, Vec<u8>)>,
     ca_root: Option<PathBuf>,
@@ -54,6 +56,7 @@ impl AcmeIssuer {
             .replace(':', "_");
         AcmeIssuer {
             directory: url,
+            retry_after: Arc::default(),
             email,
             eab,
             ca_root,
@@ -63,10 +66,60 @@ impl AcmeIssuer {
     }
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
-        match &self.ca_root {
-            Some(root) => Account::builder_with_root(root)
-                .map_err(|e| format!("ACME client with root {}: {e}", root.display())),
-            None => Account::builder().map_err(|e| e.to_string()),
+        let tls = match &self.ca_root {
+            Some(root) => {
+                use rustls_pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for der in rustls_pki_types::CertificateDer::pem_file_iter(root)
+                    .map_err(|e| format!("ACME client with root {}: {e}", root.display()))?
+                {
+                    let der =
+                        der.map_err(|e| format!("ACME client with root {}: {e}", root.display()))?;
+                    roots
+                        .add(der)
+                        .map_err(|e| format!("ACME client with root {}: {e}", root.display()))?;
+                }
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots)
+                        .with_no_client_auth(),
+                )
+            }
+            None => hyper_rustls::HttpsConnectorBuilder::new()
+                .try_with_platform_verifier()
+                .map_err(|e| format!("ACME client: {e}"))?,
+        };
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(tls.https_only().enable_http1().enable_http2().build());
+        Ok(Account::builder_with_http(Box::new(RetryAfterClient {
+            inner: client,
+            retry_after: self.retry_after.clone(),
+        })))
+    }
+
+    /// The `Retry-After` of the CA's last error response (rate limits, 503), once.
+    pub fn take_retry_after(&self) -> Option<SystemTime> {
+        self.retry_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The CA's suggested renewal window for `leaf` (RFC 9773), and when to ask again; `None`
+    /// when the CA does not offer ACME Renewal Information.
+    pub async fn renewal_window(&self, leaf: &[u8]) -> Result<Option<RenewalWindow>, String> {
+        let id = certificate_id(leaf)?;
+        let account = self.account().await?;
+        match account.renewal_info(&id).await {
+            Ok((info, ask_again)) => Ok(Some(RenewalWindow {
+                start: info.suggested_window.start.into(),
+                end: info.suggested_window.end.into(),
+                ask_again,
+                explanation: info.explanation_url,
+            })),
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(format!("renewal information: {}", describe(&e))),
         }
     }
 
@@ -127,8 +180,14 @@ impl AcmeIssuer {
         Ok(account)
     }
 
-    /// Orders a certificate for `domains`, proving control with the given solver.
-    pub async fn issue(&self, domains: &[String], solver: Solver<'_>) -> Result<Issued, String> {
+    /// Orders a certificate for `domains`, proving control with the given solver; `replaces`
+    /// names the certificate being renewed (RFC 9773 §5) when the CA offers renewal information.
+    pub async fn issue(
+        &self,
+        domains: &[String],
+        solver: Solver<'_>,
+        replaces: Option<&[u8]>,
+    ) -> Result<Issued, String> {
         let (tokens, dns01, alpn) = match solver {
             Solver::Http01(t) => (Some(t), None, None),
             Solver::Dns01(d) => (None, Some(d), None),
@@ -137,10 +196,18 @@ impl AcmeIssuer {
         let mut alpn_names: Vec<String> = Vec::new();
         let account = self.account().await?;
         let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&ids))
-            .await
-            .map_err(|e| format!("new order: {}", describe(&e)))?;
+        let replaced = replaces.map(certificate_id).transpose()?;
+        let ordered = match replaced {
+            Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
+                // The CA has no renewal information: a plain order.
+                Err(instant_acme::Error::Unsupported(_)) => {
+                    account.new_order(&NewOrder::new(&ids)).await
+                }
+                other => other,
+            },
+            None => account.new_order(&NewOrder::new(&ids)).await,
+        };
+        let mut order = ordered.map_err(|e| format!("new order: {}", describe(&e)))?;
         let mut published = Vec::new();
         let mut records: Vec<(String, String)> = Vec::new();
         let result = async {
@@ -305,4 +372,97 @@ fn split_chain(pem: &str) -> (String, String) {
         }
         None => (pem.to_string(), String::new()),
     }
+}
+
+/// A suggested renewal window (RFC 9773 §4.2).
+#[derive(Debug, Clone)]
+pub struct RenewalWindow {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// The CA's `Retry-After`: when to fetch the window again.
+    pub ask_again: Duration,
+    pub explanation: Option<String>,
+}
+
+/// RFC 9773 §4.1: base64url(authority key identifier) "." base64url(serial), from the leaf.
+fn certificate_id(leaf: &[u8]) -> Result<instant_acme::CertificateIdentifier<'static>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("the stored certificate does not parse: {e}"))?;
+    let aki = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .ok_or("the stored certificate has no authority key identifier")?;
+    Ok(instant_acme::CertificateIdentifier::new(
+        rustls_pki_types::Der::from(aki),
+        rustls_pki_types::Der::from(cert.tbs_certificate.raw_serial().to_vec()),
+    )
+    .into_owned())
+}
+
+/// The ACME client's HTTP client, which keeps the `Retry-After` of error responses: instant-acme
+/// turns a 429 or 503 into a problem document and drops the header, and the manager must not ask
+/// again before the CA said it may.
+struct RetryAfterClient {
+    inner: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        instant_acme::BodyWrapper<bytes::Bytes>,
+    >,
+    retry_after: Arc<Mutex<Option<SystemTime>>>,
+}
+
+impl instant_acme::HttpClient for RetryAfterClient {
+    fn request(
+        &self,
+        req: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                > + Send,
+        >,
+    > {
+        let fut = instant_acme::HttpClient::request(&self.inner, req);
+        let slot = self.retry_after.clone();
+        Box::pin(async move {
+            let rsp = fut.await?;
+            if rsp.parts.status.as_u16() >= 400 {
+                if let Some(at) = rsp
+                    .parts
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after)
+                {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+                }
+            }
+            Ok(rsp)
+        })
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(v: &str) -> Option<SystemTime> {
+    let v = v.trim();
+    match v.parse::<u64>() {
+        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs.min(30 * 86_400))),
+        Err(_) => httpdate_parse(v),
+    }
+}
+
+fn httpdate_parse(v: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(v).ok().or_else(|| {
+        // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
+        let fmt = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        time::PrimitiveDateTime::parse(v, &fmt)
+            .ok()
+            .map(|t| t.assume_utc().into())
+    })
 }
