@@ -66,8 +66,8 @@ pub struct ZoneConfig {
     /// TSIG keys allowed to change the zone with RFC 2136 UPDATE.
     #[serde(default)]
     pub update_keys: Vec<String>,
-    /// Nameserver names for the apex NS (and SOA MNAME) when the zone has none; default
-    /// `ns1.<zone>` and `ns2.<zone>`.
+    /// Nameserver names (fully qualified) for the apex NS (and SOA MNAME) when the zone has
+    /// none; default `ns1.<zone>` and `ns2.<zone>`.
     #[serde(default)]
     pub nameservers: Vec<String>,
     #[serde(default, rename = "record")]

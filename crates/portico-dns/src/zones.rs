@@ -867,11 +867,24 @@ fn build_zone(
             (None, None) => {}
         }
     }
-    let nameservers: Vec<Name> = zc
-        .nameservers
-        .iter()
-        .filter_map(|n| owner_any(n, origin).ok())
-        .collect();
+    // Nameserver names are fully qualified, as Route 53 and registrars list them ("ns1.example.net"
+    // means exactly that, with or without the final dot).
+    let mut nameservers: Vec<Name> = Vec::new();
+    for (j, n) in zc.nameservers.iter().enumerate() {
+        match Name::from_ascii(n.trim()) {
+            Ok(mut name) if !n.trim().is_empty() => {
+                name.set_fqdn(true);
+                nameservers.push(name.to_lowercase());
+            }
+            _ => issues.push(
+                ConfigIssue::new(
+                    path!["zone", i, "nameservers", j],
+                    format!("{n:?} is not a nameserver name"),
+                )
+                .hint("write a host name such as \"ns1.example.com\""),
+            ),
+        }
+    }
     default_apex(&mut zone, &nameservers);
     if let Err(e) = zone.validate() {
         issues.push(ConfigIssue::new(path!["zone", i], e.to_string()));

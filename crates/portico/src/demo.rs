@@ -101,6 +101,22 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         "5. Hosted zone demo.test on 127.0.0.1:{} (UDP and TCP): app.demo.test A 127.0.0.1, and an ALIAS at the apex answering with the HTTPS listener's address.",
         args.dns_port
     ));
+    say("6. The doctor checks app.demo.test the way a CA would (DNS, every nameserver, CAA, HTTP-01 on");
+    say("   port 80's stand-in, the HTTPS certificate); the same as `portico doctor` on a real name:");
+    let mut opts = portico_doctor::Options::new("app.demo.test");
+    opts.resolver = Some(SocketAddr::from(([127, 0, 0, 1], args.dns_port)));
+    opts.ns_port = args.dns_port;
+    opts.ports = portico_doctor::web::Ports {
+        http: args.http_port,
+        https: args.https_port,
+    };
+    opts.roots = Some(ca_path.clone());
+    opts.ca = portico_doctor::CaKind::Private;
+    opts.hosted_zones = vec!["demo.test".into()];
+    let report = portico_doctor::run(&opts).await;
+    for line in report.text().lines() {
+        println!("   {line}");
+    }
     println!();
     println!("Try:");
     println!("  curl -i http://localhost:{}/", args.http_port);
@@ -123,6 +139,14 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     println!("  dig @127.0.0.1 -p {} app.demo.test", args.dns_port);
     println!("  dig @127.0.0.1 -p {} demo.test A", args.dns_port);
     println!("  portico certs list -c {}", config_path.display());
+    println!(
+        "  portico doctor app.demo.test --private-ca --resolver 127.0.0.1:{d} --dns-port {d} --http-port {} --https-port {} --ca-roots {} -c {}",
+        args.http_port,
+        args.https_port,
+        ca_path.display(),
+        config_path.display(),
+        d = args.dns_port
+    );
     println!();
     println!(
         "Edit {} and run `kill -HUP {}` to reload it. Ctrl-C stops the demo.",
@@ -150,6 +174,13 @@ listen = ["127.0.0.1:{dns}"]
 
 [[zone]]
 name = "demo.test"
+nameservers = ["ns1.demo.test"]
+
+[[zone.record]]
+name = "ns1"
+type = "A"
+ttl = 60
+values = ["127.0.0.1"]
 
 [[zone.record]]
 name = "app"

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod doctor;
 mod rfc2136;
 mod server;
 
@@ -52,14 +53,9 @@ enum Command {
         #[arg(long)]
         to: String,
     },
-    /// Why DOMAIN can or cannot get and serve a certificate (not in this build yet).
-    Doctor {
-        domain: String,
-        #[arg(long)]
-        resolver: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Why DOMAIN can or cannot get and serve a certificate: the checks a CA makes, explained.
+    /// Exits 1 when a finding is FATAL or ERROR.
+    Doctor(doctor::DoctorArgs),
     /// Certificates: their status, and the internal CA's root.
     Certs {
         #[command(subcommand)]
@@ -125,7 +121,11 @@ fn main() -> ExitCode {
         Command::Reload { config } => server::reload(&config),
         Command::Demo(args) => demo::run(args),
         Command::Proxy { .. } => not_yet("proxy", "the user journeys (issue 5)"),
-        Command::Doctor { .. } => not_yet("doctor", "the user journeys (issue 5)"),
+        Command::Doctor(args) => match doctor::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Certs { command } => match command {
             CertsCommand::List { config } => server::certs_list(&config),
             CertsCommand::Show { name, config } => server::certs_show(&config, &name),
