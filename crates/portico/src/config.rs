@@ -113,6 +113,12 @@ impl PorticoConfig {
                 ),
                 _ => {}
             }
+            if a.resolver.is_some() && a.resolver_addr().is_none() {
+                issues.push(
+                    ConfigIssue::new(at("resolver"), "resolver is not an address")
+                        .hint("write an IP address, optionally with a port: \"127.0.0.1:53\""),
+                );
+            }
         }
         issues
     }
@@ -289,6 +295,20 @@ pub struct AcmeConfig {
     /// key the CA gave).
     pub eab_kid: Option<String>,
     pub eab_hmac_key: Option<String>,
+    /// The DNS resolver the self-check asks for names outside Portico's hosted zones
+    /// ("192.0.2.53" or "192.0.2.53:5353"); default: the system's.
+    pub resolver: Option<String>,
+}
+
+impl AcmeConfig {
+    pub fn resolver_addr(&self) -> Option<std::net::SocketAddr> {
+        let r = self.resolver.as_deref()?.trim();
+        r.parse().ok().or_else(|| {
+            r.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+    }
 }
 
 /// base64url (with or without padding), as CAs hand out EAB keys.

@@ -3,6 +3,7 @@
 mod config;
 mod demo;
 mod doctor;
+mod proxy;
 mod rfc2136;
 mod server;
 
@@ -46,13 +47,9 @@ enum Command {
     },
     /// The whole recipe on loopback with embedded defaults; runs until Ctrl-C.
     Demo(demo::DemoArgs),
-    /// nginx + certbot in one command: HTTPS in front of ADDR for DOMAIN (not in this build yet).
-    Proxy {
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        to: String,
-    },
+    /// nginx + certbot in one command: HTTPS for DOMAIN in front of ADDR, with a certificate
+    /// obtained and renewed, HTTP redirected, the target health-checked.
+    Proxy(proxy::ProxyArgs),
     /// Why DOMAIN can or cannot get and serve a certificate: the checks a CA makes, explained.
     /// Exits 1 when a finding is FATAL or ERROR.
     Doctor(doctor::DoctorArgs),
@@ -120,7 +117,7 @@ fn main() -> ExitCode {
         Command::Check { config } => server::check(&config),
         Command::Reload { config } => server::reload(&config),
         Command::Demo(args) => demo::run(args),
-        Command::Proxy { .. } => not_yet("proxy", "the user journeys (issue 5)"),
+        Command::Proxy(args) => proxy::run(args),
         Command::Doctor(args) => match doctor::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

@@ -387,6 +387,8 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
 struct ZonesLookup {
     zones: Arc<HostedZones>,
     listeners: Arc<LbListeners>,
+    /// `[acme] resolver`: asked for names outside the hosted zones instead of the system's.
+    resolver: Option<std::net::SocketAddr>,
 }
 
 impl portico_certs::challenge::NameLookup for ZonesLookup {
@@ -412,6 +414,17 @@ impl portico_certs::challenge::NameLookup for ZonesLookup {
                         hickory_proto::rr::RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
                         _ => None,
                     }));
+                }
+                return Ok(out);
+            }
+            if let Some(resolver) = self.resolver {
+                let mut out = Vec::new();
+                for t in [
+                    hickory_proto::rr::RecordType::A,
+                    hickory_proto::rr::RecordType::AAAA,
+                ] {
+                    let r = portico_doctor::dns::resolve(resolver, &fqdn, t).await?;
+                    out.extend(r.ips());
                 }
                 return Ok(out);
             }
@@ -493,6 +506,7 @@ impl Server {
         certs.set_lookup(Arc::new(ZonesLookup {
             zones: zones.clone(),
             listeners: Arc::new(LbListeners(lb.clone())),
+            resolver: config.acme.as_ref().and_then(|a| a.resolver_addr()),
         }));
         certs.set_dns01(Arc::new(ZonesDns01 {
             zones: zones.clone(),
