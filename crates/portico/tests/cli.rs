@@ -398,6 +398,38 @@ async fn demo_serves_https_in_front_of_its_targets() {
         .expect("dig (apt-get install bind9-dnsutils)");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.0.0.1");
 
+    // curl as the demo tells users to run it.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(dir.path().join("ca/root.pem"))
+        .arg("--resolve")
+        .arg(format!("app.demo.test:{https}:127.0.0.1"))
+        .arg(format!("https://app.demo.test:{https}/"))
+        .output()
+        .expect("curl (apt-get install curl)");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("via Portico"),
+        "{body}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The DNS port in use: named, with the flag to change it.
+    let (code, out) = run(&[
+        "demo",
+        "--http-port",
+        &free_port().to_string(),
+        "--https-port",
+        &free_port().to_string(),
+        "--dns-port",
+        &dns.to_string(),
+        "--state-dir",
+        dir.path().join("third").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{dns}")), "{out}");
+    assert!(out.contains("--dns-port"), "{out}");
+
     // A second demo on the same ports fails clearly, naming the port.
     let (code, out) = run(&[
         "demo",
@@ -1459,7 +1491,9 @@ async fn doctor_reports_each_finding_from_a_case_built_for_it() {
         www CNAME app\n\
         blocked A 127.0.0.1\nblocked CAA 0 issue \"other-ca.example\"\n\
         strict CAA 0 issue \"other-ca.example\"\napp.strict A 127.0.0.1\n\
-        critical A 127.0.0.1\ncritical CAA 128 tbs \"unknown\"\n";
+        critical A 127.0.0.1\ncritical CAA 128 tbs \"unknown\"\n\
+        dual A 127.0.0.1\ndual AAAA ::1\n\
+        delegated A 127.0.0.1\n_acme-challenge.delegated CNAME delegated.example.net.\n";
     std::fs::write(d.join("example.com.zone"), com).unwrap();
     let net = |serial: u32, lagging: bool| {
         format!(
@@ -1653,6 +1687,21 @@ default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
     assert!(
         rows.iter()
             .any(|r| r.1 == "BadRedirect" && r.2.contains("port 1234")),
+        "{rows:#?}"
+    );
+
+    // IPv6: the AAAA record's address does not answer on port 80 (only IPv4 listens).
+    let (code, rows) = doctor("dual.example.com", &common, &private);
+    assert_eq!(code, 1);
+    assert!(has(&rows, "ERROR", "AAAANotWorking"), "{rows:#?}");
+    assert!(has(&rows, "OK", "AHTTP01"), "{rows:#?}");
+
+    // DNS-01 through an `_acme-challenge` CNAME into a hosted zone.
+    let (_, rows) = doctor("delegated.example.com", &common, &private);
+    assert!(
+        rows.iter().any(|r| r.1 == "DNS01Ready"
+            && r.2.contains("CNAME to delegated.example.net")
+            && r.2.contains("hosted zone example.net")),
         "{rows:#?}"
     );
 
