@@ -217,10 +217,13 @@ impl PorticoConfig {
                                 .iter()
                                 .any(|z| d == *z || d.ends_with(&format!(".{z}")))
                         });
-                        if let Some(d) = outside {
+                        // A name outside the hosted zones is fine when its `_acme-challenge`
+                        // CNAME points into one (checked when ordering); with no zone at all
+                        // there is nowhere to write the record.
+                        if let (Some(d), true) = (outside, zones.is_empty()) {
                             issues.push(
-                                ConfigIssue::new(at("challenge"), format!("dns-01 for {d} needs its zone hosted here: no [[zone]] contains it"))
-                                    .hint("add the zone, or use challenge = \"http-01\" (dns-01 through RFC 2136 to another server is not in this build)"),
+                                ConfigIssue::new(at("challenge"), format!("dns-01 for {d} needs a hosted zone: no [[zone]] is configured"))
+                                    .hint("add the zone (or one that `_acme-challenge.<name>` is a CNAME into), set dns_server and dns_key (RFC 2136), or use challenge = \"http-01\""),
                             );
                             continue;
                         }

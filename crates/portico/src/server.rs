@@ -282,6 +282,8 @@ pub struct Server {
 struct ZonesDns01 {
     zones: Arc<HostedZones>,
     servers: Vec<std::net::SocketAddr>,
+    /// `[acme] resolver`: where `_acme-challenge` CNAMEs outside the hosted zones are looked up.
+    resolver: Option<std::net::SocketAddr>,
 }
 
 impl ZonesDns01 {
@@ -291,14 +293,63 @@ impl ZonesDns01 {
         Ok((fqdn.to_lowercase(), fqdn))
     }
 
+    /// Where the TXT record for `n` goes: `n` itself when a hosted zone holds it, else the end
+    /// of its CNAME chain inside a hosted zone — what ACM's validation CNAME achieves: the
+    /// domain's zone stays at the registrar, `_acme-challenge.<name>` points into Portico.
+    async fn delegated(&self, n: &str) -> Result<hickory_proto::rr::Name, String> {
+        use hickory_proto::rr::{RData, RecordType};
+        let (mut cur, _) = Self::name(n)?;
+        for _ in 0..8 {
+            let catalog = self.zones.catalog();
+            if let Some(zone) = catalog.find(&cur) {
+                let cname = zone
+                    .node(&cur)
+                    .and_then(|node| node.get(RecordType::CNAME))
+                    .and_then(|set| set.rdatas.first().cloned());
+                match cname {
+                    Some(RData::CNAME(t)) => {
+                        cur = t.0.to_lowercase();
+                        continue;
+                    }
+                    _ => return Ok(cur),
+                }
+            }
+            let resolver = self
+                .resolver
+                .unwrap_or_else(portico_doctor::dns::system_resolver);
+            let r = portico_doctor::dns::resolve(resolver, &cur, RecordType::CNAME)
+                .await
+                .map_err(|e| format!("looking up a CNAME for {cur}: {e}"))?;
+            let target = r.records.iter().find_map(|r| match &r.data {
+                RData::CNAME(t) => Some(t.0.to_lowercase()),
+                _ => None,
+            });
+            match target {
+                Some(t) => {
+                    tracing::info!(from = %cur, to = %t, "dns-01: following the _acme-challenge CNAME");
+                    cur = t;
+                }
+                None => {
+                    return Err(format!(
+                        "{n} is not in a hosted zone and {resolver} knows no CNAME from it into one; \
+                         host the zone in Portico, add `{n} CNAME <a name in a Portico zone>` where the \
+                         domain's DNS is, or use dns_server/dns_key (RFC 2136)"
+                    ))
+                }
+            }
+        }
+        Err(format!("the CNAME chain from {n} is longer than 8"))
+    }
+
     async fn edit(
         &self,
-        n: &str,
+        lower: &hickory_proto::rr::Name,
         value: &str,
         add: bool,
     ) -> Result<portico_dns::zones::ChangeInfo, String> {
         use hickory_proto::rr::{rdata::TXT, RData, RecordType};
-        let (lower, _) = Self::name(n)?;
+        let n = lower.to_string();
+        let lower = lower.clone();
         let zone = self
             .zones
             .catalog()
@@ -330,7 +381,8 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
         value: &'a str,
     ) -> portico_certs::challenge::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let info = self.edit(name, value, true).await?;
+            let lower = self.delegated(name).await?;
+            let info = self.edit(&lower, value, true).await?;
             if !portico_dns::zones::wait_insync(
                 &self.zones,
                 &info.id,
@@ -343,7 +395,6 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
                     info.id
                 ));
             }
-            let (lower, _) = Self::name(name)?;
             for server in &self.servers {
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
                 loop {
@@ -378,7 +429,10 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
         name: &'a str,
         value: &'a str,
     ) -> portico_certs::challenge::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { self.edit(name, value, false).await.map(|_| ()) })
+        Box::pin(async move {
+            let lower = self.delegated(name).await?;
+            self.edit(&lower, value, false).await.map(|_| ())
+        })
     }
 }
 
@@ -511,6 +565,7 @@ impl Server {
         certs.set_dns01(Arc::new(ZonesDns01 {
             zones: zones.clone(),
             servers: dns.as_ref().map(|d| d.addrs.clone()).unwrap_or_default(),
+            resolver: config.acme.as_ref().and_then(|a| a.resolver_addr()),
         }));
         certs.manage(config.acme_settings(&source.base_dir()), requests);
         write_pid_file(&config.state_dir);

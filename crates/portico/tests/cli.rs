@@ -1818,3 +1818,110 @@ async fn proxy_obtains_a_certificate_from_pebble_and_serves_the_target() {
     let (code, out) = run(&["check", "-c", state.join("proxy.toml").to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// dns-01 through an `_acme-challenge` CNAME (what ACM's validation CNAME does): the domain's zone
+/// stays at another DNS server (BIND here, also the recursive resolver Pebble asks), which holds
+/// `_acme-challenge.shop.customer.test CNAME shop.acme.example.test.`; Portico finds the CNAME
+/// through `[acme] resolver`, writes the TXT record into its own zone example.test, and Pebble
+/// validates by following the CNAME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_dns01_through_an_acme_challenge_cname_into_a_portico_zone() {
+    let bind_port = free_port();
+    let mut env = acme_env_full(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "challenge = \"dns-01\"",
+        r#"["shop.customer.test"]"#,
+        &format!("resolver = \"127.0.0.1:{bind_port}\""),
+    )
+    .await;
+    let d = env.dir.path().to_path_buf();
+    std::fs::write(
+        d.join("customer.test.db"),
+        "$TTL 60\n@ SOA ns1.customer.test. hostmaster.customer.test. 1 60 60 600 60\n\
+         @ NS ns1.customer.test.\nns1 A 127.0.0.1\nshop A 127.0.0.1\n\
+         _acme-challenge.shop CNAME shop.acme.example.test.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("named.conf"),
+        format!(
+            r#"options {{ directory "{d}"; pid-file "{d}/named.pid"; listen-on port {bind_port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }}; recursion yes; allow-recursion {{ any; }}; dnssec-validation no; notify no;
+  allow-query {{ any; }}; max-ncache-ttl 1; }};
+zone "customer.test" {{ type primary; file "{d}/customer.test.db"; }};
+zone "example.test" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {dns}; }}; }};
+"#,
+            d = d.display(),
+            dns = env.dns
+        ),
+    )
+    .unwrap();
+    let named = if std::path::Path::new("/usr/sbin/named").exists() {
+        "/usr/sbin/named"
+    } else {
+        "named"
+    };
+    let _bind = Proc::spawn_program(
+        named,
+        &[
+            "-g",
+            "-c",
+            d.join("named.conf").to_str().unwrap(),
+            "-n",
+            "1",
+        ],
+        &[],
+    );
+    wait_listening(bind_port).await;
+    // Pebble resolves through BIND.
+    env.stop_pebble();
+    assert_eq!(env.pebble_args[2], "-dnsserver");
+    env.pebble_args[3] = format!("127.0.0.1:{bind_port}");
+    env.start_pebble().await;
+
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    wait_file(
+        &env.live().join("app/fullchain.pem"),
+        Duration::from_secs(90),
+        "not issued through the CNAME",
+        &portico,
+    )
+    .await;
+    assert!(
+        portico
+            .output()
+            .contains("following the _acme-challenge CNAME"),
+        "{}",
+        portico.output()
+    );
+    let client = env.pebble_client().await;
+    let a = env.https();
+    eventually(
+        "HTTPS serves shop.customer.test",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                send_tls(
+                    a,
+                    "shop.customer.test",
+                    client,
+                    request("GET", "shop.customer.test", "/"),
+                )
+                .await
+                .is_ok_and(|r| r.status == 200)
+            }
+        },
+    )
+    .await;
+    // The TXT record was written under the CNAME's target and removed afterwards.
+    let (_, zone) = run(&[
+        "zones",
+        "export",
+        "example.test",
+        "-c",
+        env.config.to_str().unwrap(),
+    ]);
+    assert!(!zone.contains("shop.acme"), "cleaned up:\n{zone}");
+}
