@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::challenge::{Dns01Publisher, Http01Tokens, NameLookup};
 use crate::issuer::acme::{AcmeIssuer, Solver};
 use crate::issuer::internal::InternalCa;
-use crate::storage::Storage;
+use crate::storage::{Issued, RenewRequest, Storage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssuerKind {
@@ -147,12 +147,31 @@ impl CertManager {
         let mut name_replaced = true;
         loop {
             let current = self.current(&req);
+            let asked = self.storage.take_renewal_request(&req.name);
+            if asked == Some(RenewRequest::DryRun) {
+                tracing::info!(certificate = %req.name, "dry run: ordering a certificate that will not be stored");
+                let attempt = tokio::time::timeout(ORDER_DEADLINE, self.issue(&req, None)).await;
+                let now = humantime::format_rfc3339_seconds(SystemTime::now());
+                let outcome = match attempt {
+                    Ok(Ok(_)) => format!("ok at {now}"),
+                    Ok(Err(e)) => format!("failed at {now}: {e}"),
+                    Err(_) => format!("failed at {now}: no certificate within {ORDER_DEADLINE:?}"),
+                };
+                tracing::info!(certificate = %req.name, %outcome, "dry run done");
+                let mut rec = self.storage.record(&req.name).unwrap_or_default();
+                rec.name = req.name.clone();
+                rec.dry_run = Some(outcome);
+                let _ = self.storage.save_record(&rec);
+                continue;
+            }
             if let Some(c) = &current {
                 // Serve what is stored at once, even while a renewal is due.
                 if let Err(e) = self.publish(&req.name) {
                     tracing::warn!(certificate = %req.name, error = %e, "stored certificate cannot be served");
                 }
-                if c.covers {
+                if asked == Some(RenewRequest::Renew) {
+                    tracing::info!(certificate = %req.name, "renewal asked for (portico certs renew)");
+                } else if c.covers {
                     let (renew_at, ask_again) = self.renew_time(&req, c).await;
                     if SystemTime::now() < renew_at {
                         let wait = renew_at
@@ -306,7 +325,20 @@ impl CertManager {
     }
 
     async fn obtain(&self, req: &CertRequest, replaces: Option<&[u8]>) -> Result<(), String> {
-        let issued = match req.issuer {
+        let issued = self.issue(req, replaces).await?;
+        let version = self
+            .storage
+            .store(&req.name, &issued)
+            .map_err(|e| format!("cannot store: {e}"))?;
+        let mut rec = self.storage.record(&req.name).unwrap_or_default();
+        rec.version = version;
+        let _ = self.storage.save_record(&rec);
+        self.publish(&req.name)
+    }
+
+    /// Proves control and gets a certificate from the issuer; stores nothing.
+    async fn issue(&self, req: &CertRequest, replaces: Option<&[u8]>) -> Result<Issued, String> {
+        Ok(match req.issuer {
             IssuerKind::Internal => self.internal.issue(&req.domains)?,
             IssuerKind::Acme => {
                 let acme = lock(&self.acme)
@@ -346,15 +378,7 @@ impl CertManager {
                     }
                 }
             }
-        };
-        let version = self
-            .storage
-            .store(&req.name, &issued)
-            .map_err(|e| format!("cannot store: {e}"))?;
-        let mut rec = self.storage.record(&req.name).unwrap_or_default();
-        rec.version = version;
-        let _ = self.storage.save_record(&rec);
-        self.publish(&req.name)
+        })
     }
 
     fn publish(&self, name: &str) -> Result<(), String> {

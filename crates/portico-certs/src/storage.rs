@@ -31,6 +31,18 @@ pub struct Record {
     /// Not before this time: the CA's `Retry-After` or the backoff after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<String>,
+    /// The outcome of the last `portico certs renew --dry-run` ("ok at …" or the error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<String>,
+}
+
+/// What `portico certs renew` asks the running manager for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewRequest {
+    /// Renew now, whatever the schedule says.
+    Renew,
+    /// Order a certificate and discard it: proves the whole path works, stores nothing.
+    DryRun,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +133,32 @@ impl Storage {
         let chain = std::fs::read(live.join("fullchain.pem")).ok()?;
         let key = std::fs::read(live.join("privkey.pem")).ok()?;
         Some((chain, key))
+    }
+
+    fn trigger(&self, name: &str) -> PathBuf {
+        self.root.join("renewal").join(format!("{name}.renew"))
+    }
+
+    /// Leaves a renewal request for the manager (written by `portico certs renew`).
+    pub fn request_renewal(&self, name: &str, what: RenewRequest) -> std::io::Result<()> {
+        let text = match what {
+            RenewRequest::Renew => "renew\n",
+            RenewRequest::DryRun => "dry-run\n",
+        };
+        std::fs::create_dir_all(self.root.join("renewal"))?;
+        write_atomic(&self.trigger(name), text.as_bytes(), 0o644)
+    }
+
+    /// Takes (reads and removes) a pending renewal request.
+    pub fn take_renewal_request(&self, name: &str) -> Option<RenewRequest> {
+        let path = self.trigger(name);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let _ = std::fs::remove_file(&path);
+        Some(if text.trim() == "dry-run" {
+            RenewRequest::DryRun
+        } else {
+            RenewRequest::Renew
+        })
     }
 
     pub fn record(&self, name: &str) -> Option<Record> {

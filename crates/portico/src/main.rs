@@ -88,6 +88,15 @@ enum CertsCommand {
         #[arg(short, long, default_value = "portico.toml")]
         config: PathBuf,
     },
+    /// Renew now through the running `portico serve` (whatever the schedule says); with
+    /// --dry-run, order a certificate and discard it, storing nothing.
+    Renew {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
     /// Where the internal CA's root is and how to trust it.
     Trust {
         #[arg(short, long, default_value = "portico.toml")]
@@ -127,6 +136,11 @@ fn main() -> ExitCode {
             CertsCommand::List { config } => server::certs_list(&config),
             CertsCommand::Show { name, config } => server::certs_show(&config, &name),
             CertsCommand::Trust { config } => server::certs_trust(&config),
+            CertsCommand::Renew {
+                name,
+                dry_run,
+                config,
+            } => server::certs_renew(&config, &name, dry_run),
         },
         Command::Zones { command } => match command {
             ZonesCommand::List { config } => server::zones_list(&config),

@@ -191,6 +191,9 @@ pub fn certs_show(path: &Path, name: &str) -> anyhow::Result<()> {
     if let Some(t) = &r.next_attempt {
         println!("next try:    {t}");
     }
+    if let Some(d) = &r.dry_run {
+        println!("dry run:     {d}");
+    }
     Ok(())
 }
 
@@ -211,6 +214,93 @@ pub fn certs_trust(path: &Path) -> anyhow::Result<()> {
 
 pub fn reload(path: &Path) -> anyhow::Result<()> {
     let (_, config) = load(path)?;
+    let pid = signal_server(&config)?;
+    println!(
+        "{}: valid; reload signalled to portico serve (pid {pid})",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `portico certs renew NAME [--dry-run]`: asks the running server's certificate manager (the
+/// only writer of certificate files) to renew now, or to order and discard a certificate, then
+/// follows the outcome in the renewal record.
+pub fn certs_renew(path: &Path, name: &str, dry_run: bool) -> anyhow::Result<()> {
+    use portico_certs::storage::{RenewRequest, Storage};
+    let (_, config) = load(path)?;
+    if !requested_names(&config).contains(name) {
+        anyhow::bail!(
+            "{}: no [[certificate]] named {name:?} with domains (imported certificates are renewed by whoever issued them)",
+            path.display()
+        );
+    }
+    let storage = Storage::new(&config.state_dir);
+    let before = storage.record(name).unwrap_or_default();
+    let what = if dry_run {
+        RenewRequest::DryRun
+    } else {
+        RenewRequest::Renew
+    };
+    storage
+        .request_renewal(name, what)
+        .context("cannot leave the renewal request")?;
+    let pid = signal_server(&config).map_err(|e| {
+        let _ = storage.take_renewal_request(name);
+        e.context("renewal runs inside `portico serve` (its listeners answer the challenge): start it, then run this again")
+    })?;
+    println!(
+        "{name}: {} asked of portico serve (pid {pid})",
+        if dry_run {
+            "a dry run (order, validate, discard)"
+        } else {
+            "a renewal"
+        }
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(660);
+    let mut status = before.status.clone();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let Some(r) = storage.record(name) else {
+            continue;
+        };
+        if r.status != status {
+            println!("{name}: {}", r.status);
+            status = r.status.clone();
+        }
+        if dry_run {
+            if let Some(d) = r.dry_run.filter(|d| Some(d) != before.dry_run.as_ref()) {
+                if d.starts_with("ok") {
+                    println!(
+                        "dry run {d}: the CA issued a certificate for {}; nothing was stored",
+                        r.domains.join(", ")
+                    );
+                    return Ok(());
+                }
+                anyhow::bail!("dry run {d}");
+            }
+        } else if r.version > before.version && r.status == "ISSUED" {
+            println!(
+                "renewed: {} version {}, not after {} (serving now)",
+                storage.live(name).join("fullchain.pem").display(),
+                r.version,
+                r.not_after.as_deref().unwrap_or("-")
+            );
+            return Ok(());
+        } else if r.last_error.is_some() && r.last_error != before.last_error {
+            anyhow::bail!(
+                "renewal failed: {}{}",
+                r.last_error.unwrap_or_default(),
+                r.next_attempt
+                    .map(|t| format!(" (the server retries at {t})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    anyhow::bail!("no outcome within 11 minutes: see `portico certs show {name}`")
+}
+
+/// Sends SIGHUP to the `portico serve` of this config (pid file in the state directory).
+fn signal_server(config: &PorticoConfig) -> anyhow::Result<i32> {
     let pid_file = config.state_dir.join(PID_FILE);
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .with_context(|| {
@@ -230,11 +320,7 @@ pub fn reload(path: &Path) -> anyhow::Result<()> {
             std::io::Error::last_os_error()
         );
     }
-    println!(
-        "{}: valid; reload signalled to portico serve (pid {pid})",
-        path.display()
-    );
-    Ok(())
+    Ok(pid)
 }
 
 pub fn serve(path: &Path) -> anyhow::Result<()> {

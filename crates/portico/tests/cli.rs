@@ -1925,3 +1925,56 @@ zone "example.test" {{ type forward; forward only; forwarders {{ 127.0.0.1 port 
     ]);
     assert!(!zone.contains("shop.acme"), "cleaned up:\n{zone}");
 }
+
+/// `portico certs renew` asks the running server's manager: --dry-run orders and discards,
+/// a renewal stores a new version that is served at once; without a server it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_renew_and_dry_run_through_the_running_server() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let (portico, client) = env.serve_until_issued().await;
+    let config = env.config.to_str().unwrap().to_string();
+    let archive = env.dir.path().join("state/certificates/archive/app");
+    let first = served_leaf(env.https(), client.clone()).await.unwrap();
+
+    let c = config.clone();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "--dry-run", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", portico.output());
+    assert!(out.contains("nothing was stored"), "{out}");
+    assert!(
+        !archive.join("cert2.pem").exists(),
+        "a dry run stores nothing"
+    );
+
+    let c = config.clone();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", portico.output());
+    assert!(
+        out.contains("renewed:") && out.contains("version 2"),
+        "{out}"
+    );
+    assert!(archive.join("cert2.pem").exists());
+    let a = env.https();
+    eventually(
+        "the renewed certificate is served",
+        Duration::from_secs(10),
+        || {
+            let (client, first) = (client.clone(), first.clone());
+            async move { served_leaf(a, client).await.is_some_and(|l| l != first) }
+        },
+    )
+    .await;
+
+    drop(portico);
+    let (code, out) = run(&["certs", "renew", "app", "-c", &config]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("start it"), "{out}");
+    let (code, out) = run(&["certs", "renew", "nope", "-c", &config]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no [[certificate]] named \"nope\""), "{out}");
+}
