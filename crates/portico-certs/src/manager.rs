@@ -169,7 +169,20 @@ impl CertManager {
                 if let Err(e) = self.publish(&req.name) {
                     tracing::warn!(certificate = %req.name, error = %e, "stored certificate cannot be served");
                 }
-                if asked == Some(RenewRequest::Renew) {
+                if asked == Some(RenewRequest::Revoke) {
+                    match self.revoke(&req, &c.leaf).await {
+                        Ok(()) => {
+                            tracing::info!(certificate = %req.name, "certificate revoked; replacing it now");
+                        }
+                        Err(e) => {
+                            tracing::warn!(certificate = %req.name, error = %e, "revocation failed; the certificate keeps serving");
+                            let mut rec = self.storage.record(&req.name).unwrap_or_default();
+                            rec.last_error = Some(e);
+                            let _ = self.storage.save_record(&rec);
+                            continue;
+                        }
+                    }
+                } else if asked == Some(RenewRequest::Renew) {
                     tracing::info!(certificate = %req.name, "renewal asked for (portico certs renew)");
                 } else if c.covers {
                     let (renew_at, ask_again) = self.renew_time(&req, c).await;
@@ -334,6 +347,21 @@ impl CertManager {
         rec.version = version;
         let _ = self.storage.save_record(&rec);
         self.publish(&req.name)
+    }
+
+    /// Revokes `leaf` at the CA that issued it (the internal CA keeps no revocation list: its
+    /// certificate is only replaced).
+    async fn revoke(&self, req: &CertRequest, leaf: &[u8]) -> Result<(), String> {
+        let mut rec = self.storage.record(&req.name).unwrap_or_default();
+        if req.issuer == IssuerKind::Acme {
+            let acme = lock(&self.acme)
+                .clone()
+                .ok_or("issuer = \"acme\" needs an [acme] section")?;
+            acme.revoke(leaf).await?;
+        }
+        rec.status = "REVOKED".into();
+        let _ = self.storage.save_record(&rec);
+        Ok(())
     }
 
     /// Proves control and gets a certificate from the issuer; stores nothing.

@@ -43,6 +43,8 @@ pub enum RenewRequest {
     Renew,
     /// Order a certificate and discard it: proves the whole path works, stores nothing.
     DryRun,
+    /// Revoke the current certificate, then replace it at once.
+    Revoke,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +146,7 @@ impl Storage {
         let text = match what {
             RenewRequest::Renew => "renew\n",
             RenewRequest::DryRun => "dry-run\n",
+            RenewRequest::Revoke => "revoke\n",
         };
         std::fs::create_dir_all(self.root.join("renewal"))?;
         write_atomic(&self.trigger(name), text.as_bytes(), 0o644)
@@ -154,10 +157,10 @@ impl Storage {
         let path = self.trigger(name);
         let text = std::fs::read_to_string(&path).ok()?;
         let _ = std::fs::remove_file(&path);
-        Some(if text.trim() == "dry-run" {
-            RenewRequest::DryRun
-        } else {
-            RenewRequest::Renew
+        Some(match text.trim() {
+            "dry-run" => RenewRequest::DryRun,
+            "revoke" => RenewRequest::Revoke,
+            _ => RenewRequest::Renew,
         })
     }
 

@@ -97,6 +97,13 @@ enum CertsCommand {
         #[arg(short, long, default_value = "portico.toml")]
         config: PathBuf,
     },
+    /// Revoke the current certificate at its CA (through the running `portico serve`) and
+    /// replace it at once.
+    Revoke {
+        name: String,
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
     /// Where the internal CA's root is and how to trust it.
     Trust {
         #[arg(short, long, default_value = "portico.toml")]
@@ -140,7 +147,18 @@ fn main() -> ExitCode {
                 name,
                 dry_run,
                 config,
-            } => server::certs_renew(&config, &name, dry_run),
+            } => {
+                use portico_certs::storage::RenewRequest;
+                let what = if dry_run {
+                    RenewRequest::DryRun
+                } else {
+                    RenewRequest::Renew
+                };
+                server::certs_renew(&config, &name, what)
+            }
+            CertsCommand::Revoke { name, config } => {
+                server::certs_renew(&config, &name, portico_certs::storage::RenewRequest::Revoke)
+            }
         },
         Command::Zones { command } => match command {
             ZonesCommand::List { config } => server::zones_list(&config),

@@ -225,8 +225,13 @@ pub fn reload(path: &Path) -> anyhow::Result<()> {
 /// `portico certs renew NAME [--dry-run]`: asks the running server's certificate manager (the
 /// only writer of certificate files) to renew now, or to order and discard a certificate, then
 /// follows the outcome in the renewal record.
-pub fn certs_renew(path: &Path, name: &str, dry_run: bool) -> anyhow::Result<()> {
+pub fn certs_renew(
+    path: &Path,
+    name: &str,
+    what: portico_certs::storage::RenewRequest,
+) -> anyhow::Result<()> {
     use portico_certs::storage::{RenewRequest, Storage};
+    let dry_run = what == RenewRequest::DryRun;
     let (_, config) = load(path)?;
     if !requested_names(&config).contains(name) {
         anyhow::bail!(
@@ -236,11 +241,9 @@ pub fn certs_renew(path: &Path, name: &str, dry_run: bool) -> anyhow::Result<()>
     }
     let storage = Storage::new(&config.state_dir);
     let before = storage.record(name).unwrap_or_default();
-    let what = if dry_run {
-        RenewRequest::DryRun
-    } else {
-        RenewRequest::Renew
-    };
+    if what == RenewRequest::Revoke && before.version == 0 {
+        anyhow::bail!("{name}: no certificate has been issued yet, nothing to revoke");
+    }
     storage
         .request_renewal(name, what)
         .context("cannot leave the renewal request")?;
@@ -250,10 +253,10 @@ pub fn certs_renew(path: &Path, name: &str, dry_run: bool) -> anyhow::Result<()>
     })?;
     println!(
         "{name}: {} asked of portico serve (pid {pid})",
-        if dry_run {
-            "a dry run (order, validate, discard)"
-        } else {
-            "a renewal"
+        match what {
+            RenewRequest::DryRun => "a dry run (order, validate, discard)",
+            RenewRequest::Renew => "a renewal",
+            RenewRequest::Revoke => "revocation and replacement",
         }
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(660);
@@ -280,7 +283,12 @@ pub fn certs_renew(path: &Path, name: &str, dry_run: bool) -> anyhow::Result<()>
             }
         } else if r.version > before.version && r.status == "ISSUED" {
             println!(
-                "renewed: {} version {}, not after {} (serving now)",
+                "{}: {} version {}, not after {} (serving now)",
+                if what == RenewRequest::Revoke {
+                    "revoked and replaced"
+                } else {
+                    "renewed"
+                },
                 storage.live(name).join("fullchain.pem").display(),
                 r.version,
                 r.not_after.as_deref().unwrap_or("-")
@@ -288,7 +296,12 @@ pub fn certs_renew(path: &Path, name: &str, dry_run: bool) -> anyhow::Result<()>
             return Ok(());
         } else if r.last_error.is_some() && r.last_error != before.last_error {
             anyhow::bail!(
-                "renewal failed: {}{}",
+                "{} failed: {}{}",
+                if what == RenewRequest::Revoke {
+                    "revocation"
+                } else {
+                    "renewal"
+                },
                 r.last_error.unwrap_or_default(),
                 r.next_attempt
                     .map(|t| format!(" (the server retries at {t})"))

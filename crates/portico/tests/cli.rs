@@ -1970,6 +1970,46 @@ async fn certs_renew_and_dry_run_through_the_running_server() {
     )
     .await;
 
+    // Revocation at Pebble, then an immediate replacement.
+    let serial2 = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(archive.join("cert2.pem"))
+        .output()
+        .expect("openssl");
+    let serial2 = String::from_utf8_lossy(&serial2.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let c = config.clone();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "revoke", "app", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(
+        code,
+        0,
+        "{out}
+{}",
+        portico.output()
+    );
+    assert!(
+        out.contains("revoked and replaced") && out.contains("version 3"),
+        "{out}"
+    );
+    let status = send_tls(
+        format!("127.0.0.1:{}", env.mgmt).parse().unwrap(),
+        "localhost",
+        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
+        request(
+            "GET",
+            "localhost",
+            &format!("/cert-status-by-serial/{serial2}"),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(status.body.contains("Revoked"), "Pebble: {}", status.body);
+
     drop(portico);
     let (code, out) = run(&["certs", "renew", "app", "-c", &config]);
     assert_eq!(code, 1, "{out}");

@@ -98,6 +98,19 @@ impl AcmeIssuer {
         })))
     }
 
+    /// Revokes `leaf` (RFC 8555 §7.6) with the account that ordered it.
+    pub async fn revoke(&self, leaf: &[u8]) -> Result<(), String> {
+        let account = self.account().await?;
+        let der = rustls_pki_types::CertificateDer::from(leaf.to_vec());
+        account
+            .revoke(&instant_acme::RevocationRequest {
+                certificate: &der,
+                reason: None,
+            })
+            .await
+            .map_err(|e| format!("revocation: {}", describe(&e)))
+    }
+
     /// The `Retry-After` of the CA's last error response (rate limits, 503), once.
     pub fn take_retry_after(&self) -> Option<SystemTime> {
         self.retry_after
