@@ -228,6 +228,7 @@ impl CertManager {
                     rec.last_error = None;
                     rec.next_attempt = None;
                     rec.renewal_window = None;
+                    rec.progress.clear();
                     name_replaced = true;
                     if let Some(c) = c {
                         rec.not_after =
@@ -366,6 +367,15 @@ impl CertManager {
 
     /// Proves control and gets a certificate from the issuer; stores nothing.
     async fn issue(&self, req: &CertRequest, replaces: Option<&[u8]>) -> Result<Issued, String> {
+        let progress = |step: String| {
+            tracing::info!(certificate = %req.name, %step, "order progress");
+            let mut rec = self.storage.record(&req.name).unwrap_or_default();
+            rec.progress.push(step);
+            let _ = self.storage.save_record(&rec);
+        };
+        let mut rec = self.storage.record(&req.name).unwrap_or_default();
+        rec.progress.clear();
+        let _ = self.storage.save_record(&rec);
         Ok(match req.issuer {
             IssuerKind::Internal => self.internal.issue(&req.domains)?,
             IssuerKind::Acme => {
@@ -387,12 +397,22 @@ impl CertManager {
                 }
                 match req.challenge {
                     Challenge::Http01 => {
-                        acme.issue(&req.domains, Solver::Http01(&self.tokens), replaces)
-                            .await?
+                        acme.issue(
+                            &req.domains,
+                            Solver::Http01(&self.tokens),
+                            replaces,
+                            &progress,
+                        )
+                        .await?
                     }
                     Challenge::TlsAlpn01 => {
-                        acme.issue(&req.domains, Solver::TlsAlpn01(&self.store), replaces)
-                            .await?
+                        acme.issue(
+                            &req.domains,
+                            Solver::TlsAlpn01(&self.store),
+                            replaces,
+                            &progress,
+                        )
+                        .await?
                     }
                     Challenge::Dns01 => {
                         let dns = match &req.dns_publisher {
@@ -401,8 +421,13 @@ impl CertManager {
                                 .clone()
                                 .ok_or("dns-01 needs Portico's hosted zones")?,
                         };
-                        acme.issue(&req.domains, Solver::Dns01(dns.as_ref()), replaces)
-                            .await?
+                        acme.issue(
+                            &req.domains,
+                            Solver::Dns01(dns.as_ref()),
+                            replaces,
+                            &progress,
+                        )
+                        .await?
                     }
                 }
             }

@@ -19,7 +19,7 @@ pub struct Record {
     pub name: String,
     pub domains: Vec<String>,
     pub issuer: String,
-    /// `PENDING_VALIDATION`, `ISSUED`, `RENEWING`, `FAILED`, `EXPIRED`.
+    /// `PENDING_VALIDATION`, `ISSUED`, `RENEWING`, `FAILED`, `EXPIRED`, `REVOKED` (until replaced).
     pub status: String,
     pub not_after: Option<String>,
     pub renew_after: Option<String>,
@@ -31,6 +31,9 @@ pub struct Record {
     /// Not before this time: the CA's `Retry-After` or the backoff after a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<String>,
+    /// The steps of the order in progress (order created, record published, validating…).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<String>,
     /// The outcome of the last `portico certs renew --dry-run` ("ok at …" or the error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<String>,

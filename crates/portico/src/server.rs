@@ -261,6 +261,7 @@ pub fn certs_renew(
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(660);
     let mut status = before.status.clone();
+    let mut shown = before.progress.len();
     while std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let Some(r) = storage.record(name) else {
@@ -270,6 +271,13 @@ pub fn certs_renew(
             println!("{name}: {}", r.status);
             status = r.status.clone();
         }
+        if r.progress.len() < shown {
+            shown = 0; // a new order started
+        }
+        for step in &r.progress[shown..] {
+            println!("{name}: {step}");
+        }
+        shown = r.progress.len();
         if dry_run {
             if let Some(d) = r.dry_run.filter(|d| Some(d) != before.dry_run.as_ref()) {
                 if d.starts_with("ok") {

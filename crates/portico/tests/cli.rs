@@ -1958,6 +1958,11 @@ async fn certs_renew_and_dry_run_through_the_running_server() {
         out.contains("renewed:") && out.contains("version 2"),
         "{out}"
     );
+    // Live progress: the order's steps, then the final line.
+    assert!(
+        out.contains("app: order created for app.example.test") && out.contains("app: validating"),
+        "{out}"
+    );
     assert!(archive.join("cert2.pem").exists());
     let a = env.https();
     eventually(

@@ -200,6 +200,7 @@ impl AcmeIssuer {
         domains: &[String],
         solver: Solver<'_>,
         replaces: Option<&[u8]>,
+        progress: Progress<'_>,
     ) -> Result<Issued, String> {
         let (tokens, dns01, alpn) = match solver {
             Solver::Http01(t) => (Some(t), None, None),
@@ -221,6 +222,7 @@ impl AcmeIssuer {
             None => account.new_order(&NewOrder::new(&ids)).await,
         };
         let mut order = ordered.map_err(|e| format!("new order: {}", describe(&e)))?;
+        progress(format!("order created for {}", domains.join(", ")));
         let mut published = Vec::new();
         let mut records: Vec<(String, String)> = Vec::new();
         let result = async {
@@ -254,8 +256,11 @@ impl AcmeIssuer {
                     };
                     let name = format!("_acme-challenge.{base}");
                     let value = ch.key_authorization().dns_value();
-                    tracing::info!(%name, "dns-01: publishing the TXT record");
+                    progress(format!(
+                        "publishing the TXT record {name}, waiting until every nameserver answers it"
+                    ));
                     dns.publish(&name, &value).await?;
+                    progress(format!("{name} is answered by every nameserver"));
                     records.push((name, value));
                     ch.set_ready()
                         .await
@@ -272,6 +277,7 @@ impl AcmeIssuer {
                         .map_err(|e| format!("challenge: {}", describe(&e)))?;
                 }
             }
+            progress("validating: the CA checks each name".into());
             let retry = RetryPolicy::new().timeout(Duration::from_secs(120));
             let status = order
                 .poll_ready(&retry)
@@ -286,6 +292,7 @@ impl AcmeIssuer {
                     .unwrap_or_default();
                 return Err(format!("order is {status:?}, not ready: {detail}"));
             }
+            progress("validated; finalizing the order".into());
             let key = order
                 .finalize()
                 .await
@@ -349,6 +356,9 @@ fn problem(p: &instant_acme::Problem) -> String {
     }
     out
 }
+
+/// Where the steps of an order are reported (the renewal record, for `portico certs renew`).
+pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 
 /// How control of the names is proven.
 pub enum Solver<'a> {
