@@ -194,6 +194,9 @@ pub fn certs_show(path: &Path, name: &str) -> anyhow::Result<()> {
     if let Some(d) = &r.dry_run {
         println!("dry run:     {d}");
     }
+    for step in &r.progress {
+        println!("in progress: {step}");
+    }
     Ok(())
 }
 
