@@ -719,21 +719,21 @@ impl AcmeEnv {
     }
 
     async fn wait_served(&self, client: &Arc<rustls::ClientConfig>) {
+        self.wait_served_for(client, "app.example.test").await;
+    }
+
+    /// Waits until the HTTPS listener answers 200 for `host` with a chain `client` trusts.
+    async fn wait_served_for(&self, client: &Arc<rustls::ClientConfig>, host: &'static str) {
         let a = self.https();
         eventually(
-            "HTTPS serves the issued certificate",
+            &format!("HTTPS serves the issued certificate for {host}"),
             Duration::from_secs(20),
             || {
                 let client = client.clone();
                 async move {
-                    send_tls(
-                        a,
-                        "app.example.test",
-                        client,
-                        request("GET", "app.example.test", "/"),
-                    )
-                    .await
-                    .is_ok_and(|r| r.status == 200)
+                    send_tls(a, host, client, request("GET", host, "/"))
+                        .await
+                        .is_ok_and(|r| r.status == 200)
                 }
             },
         )
@@ -1896,25 +1896,7 @@ zone "example.test" {{ type forward; forward only; forwarders {{ 127.0.0.1 port 
         portico.output()
     );
     let client = env.pebble_client().await;
-    let a = env.https();
-    eventually(
-        "HTTPS serves shop.customer.test",
-        Duration::from_secs(20),
-        || {
-            let client = client.clone();
-            async move {
-                send_tls(
-                    a,
-                    "shop.customer.test",
-                    client,
-                    request("GET", "shop.customer.test", "/"),
-                )
-                .await
-                .is_ok_and(|r| r.status == 200)
-            }
-        },
-    )
-    .await;
+    env.wait_served_for(&client, "shop.customer.test").await;
     // The TXT record was written under the CNAME's target and removed afterwards.
     let (_, zone) = run(&[
         "zones",
