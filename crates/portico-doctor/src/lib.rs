@@ -698,16 +698,14 @@ async fn check_http01(
     ips: &[IpAddr],
     ports: web::Ports,
 ) -> Vec<Finding> {
-    let token: String = (0..32)
-        .map(|_| {
-            let i = rand::random::<u8>() % 62;
-            (match i {
-                0..=25 => b'a' + i,
-                26..=51 => b'A' + i - 26,
-                _ => b'0' + i - 52,
-            }) as char
-        })
-        .collect();
+    let token: String = {
+        use rand::Rng;
+        rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect()
+    };
     let path = format!("/.well-known/acme-challenge/{token}");
     let resolve = move |host: String| -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Option<IpAddr>> + Send>,

@@ -49,10 +49,7 @@ pub async fn fetch_http01(
     ports: Ports,
     resolve: HostResolver<'_>,
 ) -> Fetch {
-    let mut url = format!(
-        "http://{domain}{}{path}",
-        port_suffix("http", ports.http, ports)
-    );
+    let mut url = format!("http://{domain}{}{path}", port_suffix("http", ports.http));
     let mut host = domain.to_string();
     let mut addr = SocketAddr::new(ip, ports.http);
     let mut https = false;
@@ -87,10 +84,7 @@ pub async fn fetch_http01(
         let next = if location.starts_with('/') {
             let scheme = if https { "https" } else { "http" };
             let port = addr.port();
-            format!(
-                "{scheme}://{host}{}{location}",
-                port_suffix(scheme, port, ports)
-            )
+            format!("{scheme}://{host}{}{location}", port_suffix(scheme, port))
         } else {
             location.clone()
         };
@@ -106,14 +100,8 @@ pub async fn fetch_http01(
         let scheme = nu.scheme_str().unwrap_or("");
         let port = nu.port_u16();
         let (ok_port, is_https) = match scheme {
-            "http" => (
-                port.unwrap_or(80) == ports.http || port.is_none() && ports.http == 80,
-                false,
-            ),
-            "https" => (
-                port.unwrap_or(443) == ports.https || port.is_none() && ports.https == 443,
-                true,
-            ),
+            "http" => (port.unwrap_or(80) == ports.http, false),
+            "https" => (port.unwrap_or(443) == ports.https, true),
             other => {
                 return Fetch::BadRedirect {
                     location,
@@ -163,7 +151,7 @@ pub async fn fetch_http01(
     }
 }
 
-fn port_suffix(scheme: &str, port: u16, _ports: Ports) -> String {
+fn port_suffix(scheme: &str, port: u16) -> String {
     match (scheme, port) {
         ("http", 80) | ("https", 443) => String::new(),
         _ => format!(":{port}"),

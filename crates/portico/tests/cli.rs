@@ -1193,23 +1193,7 @@ zone "example.test" {{ type primary; file "{d}/example.test.db"; allow-update {{
         ),
     )
     .unwrap();
-    let named = if std::path::Path::new("/usr/sbin/named").exists() {
-        "/usr/sbin/named"
-    } else {
-        "named"
-    };
-    let _bind = Proc::spawn_program(
-        named,
-        &[
-            "-g",
-            "-c",
-            d.join("named.conf").to_str().unwrap(),
-            "-n",
-            "1",
-        ],
-        &[],
-    );
-    wait_listening(bind_port).await;
+    let _bind = start_bind(&d.join("named.conf"), bind_port).await;
     // Pebble resolves through BIND.
     let ca = TestCa::new();
     ca.issue(d, "pebble", &["localhost", "127.0.0.1"]);
@@ -1857,23 +1841,7 @@ zone "example.test" {{ type forward; forward only; forwarders {{ 127.0.0.1 port 
         ),
     )
     .unwrap();
-    let named = if std::path::Path::new("/usr/sbin/named").exists() {
-        "/usr/sbin/named"
-    } else {
-        "named"
-    };
-    let _bind = Proc::spawn_program(
-        named,
-        &[
-            "-g",
-            "-c",
-            d.join("named.conf").to_str().unwrap(),
-            "-n",
-            "1",
-        ],
-        &[],
-    );
-    wait_listening(bind_port).await;
+    let _bind = start_bind(&d.join("named.conf"), bind_port).await;
     // Pebble resolves through BIND.
     env.stop_pebble();
     assert_eq!(env.pebble_args[2], "-dnsserver");
@@ -2004,4 +1972,16 @@ async fn certs_renew_and_dry_run_through_the_running_server() {
     let (code, out) = run(&["certs", "renew", "nope", "-c", &config]);
     assert_eq!(code, 1);
     assert!(out.contains("no [[certificate]] named \"nope\""), "{out}");
+}
+
+/// BIND (`named`, Debian's bind9) in the foreground with `conf`, listening on `port`.
+async fn start_bind(conf: &Path, port: u16) -> Proc {
+    let named = if Path::new("/usr/sbin/named").exists() {
+        "/usr/sbin/named"
+    } else {
+        "named"
+    };
+    let bind = Proc::spawn_program(named, &["-g", "-c", conf.to_str().unwrap(), "-n", "1"], &[]);
+    wait_listening(port).await;
+    bind
 }
