@@ -71,6 +71,8 @@ pub struct CertManager {
     state_dir: PathBuf,
     tasks: Mutex<CancellationToken>,
     dns01: Mutex<Option<Arc<dyn Dns01Publisher>>>,
+    /// Failed orders per certificate since this process started (for `/metrics`).
+    failures: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl CertManager {
@@ -86,6 +88,7 @@ impl CertManager {
             state_dir: state_dir.to_path_buf(),
             tasks: Mutex::new(CancellationToken::new()),
             dns01: Mutex::new(None),
+            failures: Mutex::default(),
         })
     }
 
@@ -102,6 +105,14 @@ impl CertManager {
     /// Where DNS-01 TXT records are written (Portico's hosted zones).
     pub fn set_dns01(&self, publisher: Arc<dyn Dns01Publisher>) {
         *lock(&self.dns01) = Some(publisher);
+    }
+
+    /// Failed orders and renewals per certificate since this process started.
+    pub fn failure_counts(&self) -> Vec<(String, u64)> {
+        lock(&self.failures)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     pub fn storage(&self) -> &Storage {
@@ -244,6 +255,7 @@ impl CertManager {
                 }
                 Err(e) => {
                     failures += 1;
+                    *lock(&self.failures).entry(req.name.clone()).or_default() += 1;
                     let expired = current
                         .as_ref()
                         .is_some_and(|c| c.not_after <= SystemTime::now());

@@ -70,6 +70,9 @@ fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
     }
     let catalog = ctx.zones.catalog_guard();
     let a = lookup(&catalog, q.name(), q.query_type(), ctx.listeners.as_ref());
+    ctx.zones
+        .metrics
+        .record(catalog.find(q.name()).map(|z| &z.origin), a.rcode);
     let mut res = response(msg);
     res.metadata.authoritative = a.authoritative;
     res.metadata.response_code = a.rcode;

@@ -102,6 +102,8 @@ pub struct HostedZones {
     /// Reads the state directory but never writes it (for CLI look-ups beside a running server).
     read_only: bool,
     writer: tokio::sync::Mutex<()>,
+    /// Queries answered, by zone and rcode (for `/metrics`).
+    pub metrics: crate::metrics::DnsMetrics,
 }
 
 impl HostedZones {
@@ -126,6 +128,7 @@ impl HostedZones {
             state_dir,
             read_only,
             writer: tokio::sync::Mutex::new(()),
+            metrics: Default::default(),
         })
     }
 

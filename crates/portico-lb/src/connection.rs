@@ -37,7 +37,10 @@ pub async fn serve(
     let local = stream.local_addr().unwrap_or(peer);
     let activity = Activity::new();
     let io = IdleIo::new(stream, activity.clone());
+    let metrics = lb.listener_metrics(&listener.name);
+    let _counted = metrics.connection();
     let ctx = Arc::new(ConnCtx {
+        metrics: metrics.clone(),
         listener_name: listener.name.as_str().into(),
         listener: listener.clone(),
         peer,
@@ -51,12 +54,17 @@ pub async fn serve(
             let acceptor = TlsAcceptor::from(config.clone());
             let tls = match tokio::time::timeout(listener.header_timeout, acceptor.accept(io)).await
             {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    metrics.tls_handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    s
+                }
                 Ok(Err(e)) => {
+                    metrics.tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics.tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out");
                     return;
                 }

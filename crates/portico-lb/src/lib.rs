@@ -11,6 +11,7 @@ mod body;
 pub mod config;
 mod connection;
 mod idle;
+pub mod metrics;
 pub mod proxy;
 pub mod rule;
 mod server;

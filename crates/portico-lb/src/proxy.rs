@@ -67,6 +67,7 @@ pub struct ConnCtx {
     pub local: SocketAddr,
     pub activity: Activity,
     pub lb: Arc<crate::LoadBalancer>,
+    pub metrics: Arc<crate::metrics::ListenerMetrics>,
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -138,6 +139,7 @@ pub async fn handle(
             }
         }
     }
+    let mut rule_priority = None;
     let (mut res, extra_headers, target, guard) = if req
         .headers()
         .contains_key(header::CONTENT_LENGTH)
@@ -165,6 +167,7 @@ pub async fn handle(
             client: canonical_ip(ctx.peer.ip()),
         };
         let rule = listener.rules.iter().find(|r| r.matches(&facts));
+        rule_priority = rule.map(|r| r.priority);
         let (action, extra) = match rule {
             Some(r) => (&r.action, &r.response_headers[..]),
             None => (&listener.default_action, &[][..]),
@@ -217,8 +220,13 @@ pub async fn handle(
     for (k, v) in listener.response_headers.iter().chain(extra_headers) {
         res.headers_mut().insert(k.clone(), v.clone());
     }
+    let status = res.status().as_u16();
+    ctx.metrics.record(status, start.elapsed(), rule_priority);
+    if let Some(g) = &guard {
+        g.record(status);
+    }
     if let Some((_, e)) = &mut log {
-        e.status = res.status().as_u16();
+        e.status = status;
         e.target = target;
     }
     Ok(res.map(|b| LoggedBody::new(b, log, guard, start)))

@@ -44,6 +44,10 @@ pub struct LoadBalancer {
     apply_lock: tokio::sync::Mutex<()>,
     workers: Workers,
     http01: arc_swap::ArcSwapOption<Box<dyn Http01Responder>>,
+    /// Targets removed from their group (deregistered) with requests still in flight: no new
+    /// requests reach them; they are reported as draining until the last one finishes.
+    drained_targets: Mutex<Vec<(String, SocketAddr, Arc<crate::target_group::TargetState>)>>,
+    metrics: crate::metrics::LbMetrics,
 }
 
 /// What identifies a listening socket across reloads: its address, and for port 0 (a port the
@@ -75,6 +79,8 @@ pub struct TargetHealth {
     pub healthy: bool,
     pub reason: String,
     pub outstanding: usize,
+    /// Removed from the group, finishing the requests it still has (ALB's `draining`).
+    pub draining: bool,
 }
 
 impl LoadBalancer {
@@ -94,6 +100,8 @@ impl LoadBalancer {
             connections: TaskTracker::new(),
             apply_lock: tokio::sync::Mutex::new(()),
             http01: arc_swap::ArcSwapOption::empty(),
+            drained_targets: Mutex::default(),
+            metrics: Default::default(),
             workers: Workers::start(workers::default_count())
                 .expect("cannot start worker threads (is the process out of threads?)"),
         })
@@ -110,6 +118,16 @@ impl LoadBalancer {
             .load()
             .as_ref()
             .and_then(|r| r.key_authorization(token))
+    }
+
+    /// Counters of one listener (kept by name across reloads).
+    pub fn listener_metrics(&self, listener: &str) -> Arc<crate::metrics::ListenerMetrics> {
+        self.metrics.listener(listener)
+    }
+
+    /// Appends the load balancer's metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.metrics.render(out, &self.registry.all());
     }
 
     pub fn certs(&self) -> &Arc<CertStore> {
@@ -172,7 +190,23 @@ impl LoadBalancer {
         }
 
         let snapshot = Arc::new(built.snapshot);
-        self.snapshot.store(snapshot.clone());
+        let old = self.snapshot.swap(snapshot.clone());
+        {
+            let mut draining = lock(&self.drained_targets);
+            for (name, g) in &old.target_groups {
+                for t in &g.targets {
+                    let kept = snapshot
+                        .target_groups
+                        .get(name)
+                        .is_some_and(|n| n.targets.iter().any(|n| n.addr == t.addr));
+                    if !kept && t.state.outstanding() > 0 {
+                        tracing::info!(event = "target_draining", target_group = %name, target = %t.addr,
+                            in_flight = t.state.outstanding(), "target removed: draining its requests in flight");
+                        draining.push((name.clone(), t.addr, t.state.clone()));
+                    }
+                }
+            }
+        }
 
         let wanted: HashSet<BindKey> = snapshot
             .listeners
@@ -239,10 +273,31 @@ impl LoadBalancer {
                         healthy: t.state.healthy(),
                         reason: t.state.reason(),
                         outstanding: t.state.outstanding(),
+                        draining: false,
                     })
-                    .collect()
+                    .collect::<Vec<_>>()
             })
             .unwrap_or_default()
+            .into_iter()
+            .chain(self.draining(group))
+            .collect()
+    }
+
+    /// Removed targets of `group` still finishing requests (forgotten once they have none).
+    fn draining(&self, group: &str) -> Vec<TargetHealth> {
+        let mut draining = lock(&self.drained_targets);
+        draining.retain(|(_, _, s)| s.outstanding() > 0);
+        draining
+            .iter()
+            .filter(|(g, _, _)| g == group)
+            .map(|(_, addr, s)| TargetHealth {
+                addr: *addr,
+                healthy: s.healthy(),
+                reason: "deregistered: finishing requests in flight".into(),
+                outstanding: s.outstanding(),
+                draining: true,
+            })
+            .collect()
     }
 
     /// Stops accepting, lets requests in flight finish for up to `deadline`, then returns

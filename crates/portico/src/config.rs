@@ -30,6 +30,8 @@ pub struct PorticoConfig {
     )]
     pub shutdown_timeout: Duration,
     pub acme: Option<AcmeConfig>,
+    /// `[admin]`: the admin API, metrics and web console (off when the section is absent).
+    pub admin: Option<AdminConfig>,
     pub dns: Option<portico_dns::config::DnsConfig>,
     #[serde(default)]
     pub tsig_key: Vec<portico_dns::config::TsigKeyConfig>,
@@ -118,6 +120,29 @@ impl PorticoConfig {
                     ConfigIssue::new(at("resolver"), "resolver is not an address")
                         .hint("write an IP address, optionally with a port: \"127.0.0.1:53\""),
                 );
+            }
+        }
+        if let Some(a) = &self.admin {
+            let at = |k: &str| vec![PathSeg::Key("admin".into()), PathSeg::Key(k.into())];
+            match a.listen_addr() {
+                None => issues.push(
+                    ConfigIssue::new(at("listen"), format!("{:?} is not an address:port", a.listen))
+                        .hint("e.g. \"127.0.0.1:9180\""),
+                ),
+                Some(addr) if !addr.ip().is_loopback() && a.cert_file.is_none() => issues.push(
+                    ConfigIssue::new(
+                        at("listen"),
+                        format!("the admin API on {addr} would send its bearer token in clear"),
+                    )
+                    .hint("listen on 127.0.0.1 (and reach it through ssh -L), or set cert_file and key_file for TLS"),
+                ),
+                Some(_) => {}
+            }
+            if a.cert_file.is_some() != a.key_file.is_some() {
+                issues.push(ConfigIssue::new(
+                    at("cert_file"),
+                    "TLS for the admin API needs both cert_file and key_file",
+                ));
             }
         }
         issues
@@ -273,6 +298,28 @@ impl PorticoConfig {
                 .zip(a.eab_hmac_key.as_deref().and_then(decode_b64url)),
         })
     }
+}
+
+/// `[admin]`: where the admin API, `/metrics` and the console listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// TLS for the admin API: required when `listen` is not a loopback address, since the bearer
+    /// token would otherwise cross the network in clear.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+impl AdminConfig {
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9180".into()
 }
 
 /// `[acme]`: the ACME CA that `issuer = "acme"` certificates come from.

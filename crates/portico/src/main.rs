@@ -1,10 +1,12 @@
 //! The `portico` binary: the command line, and the wiring of the parts into one process.
 
+mod admin;
 mod config;
 mod demo;
 mod doctor;
 mod proxy;
 mod rfc2136;
+mod runtime;
 mod server;
 
 use std::path::PathBuf;
@@ -63,15 +65,20 @@ enum Command {
         #[command(subcommand)]
         command: ZonesCommand,
     },
-    /// Records of hosted zones (not in this build yet).
+    /// Records of hosted zones, through the admin API of the running server.
     Records {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        command: admin::client::RecordsCommand,
     },
-    /// Targets of target groups (not in this build yet).
+    /// Targets of target groups with their health; register and deregister (admin API).
     Targets {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        command: admin::client::TargetsCommand,
+    },
+    /// Listeners and their rules (admin API).
+    Listeners {
+        #[command(subcommand)]
+        command: admin::client::ListenersCommand,
     },
 }
 
@@ -103,6 +110,30 @@ enum CertsCommand {
         name: String,
         #[arg(short, long, default_value = "portico.toml")]
         config: PathBuf,
+    },
+    /// Request a certificate from the running server (admin API) and follow it until issued.
+    Request {
+        name: String,
+        /// A name the certificate covers; repeat for several (`*.example.com` needs dns-01).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// `acme` (the [acme] CA) or `internal`.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// `http-01`, `tls-alpn-01` or `dns-01`.
+        #[arg(long)]
+        challenge: Option<String>,
+        /// Return once the request is accepted instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        target: admin::client::Target,
+    },
+    /// Stop managing a certificate requested through the API (its files stay).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: admin::client::Target,
     },
     /// Where the internal CA's root is and how to trust it.
     Trust {
@@ -143,6 +174,15 @@ fn main() -> ExitCode {
             CertsCommand::List { config } => server::certs_list(&config),
             CertsCommand::Show { name, config } => server::certs_show(&config, &name),
             CertsCommand::Trust { config } => server::certs_trust(&config),
+            CertsCommand::Request {
+                name,
+                domains,
+                issuer,
+                challenge,
+                no_wait,
+                target,
+            } => admin::client::certs_request(&name, &domains, issuer, challenge, !no_wait, &target),
+            CertsCommand::Delete { name, target } => admin::client::certs_delete(&name, &target),
             CertsCommand::Renew {
                 name,
                 dry_run,
@@ -164,8 +204,9 @@ fn main() -> ExitCode {
             ZonesCommand::List { config } => server::zones_list(&config),
             ZonesCommand::Export { zone, config } => server::zones_export(&config, &zone),
         },
-        Command::Records { .. } => not_yet("records", "the admin API (issue 6)"),
-        Command::Targets { .. } => not_yet("targets", "the admin API (issue 6)"),
+        Command::Records { command } => admin::client::records(command),
+        Command::Targets { command } => admin::client::targets(command),
+        Command::Listeners { command } => admin::client::listeners(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,8 +215,4 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn not_yet(command: &str, arrives_with: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`portico {command}` is not in this build yet: it arrives with {arrives_with}")
 }

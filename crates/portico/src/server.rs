@@ -378,12 +378,131 @@ pub fn init_tracing(config: &PorticoConfig) {
 
 /// A running Portico: the parts wired together and serving.
 pub struct Server {
-    source_path: PathBuf,
-    config: PorticoConfig,
+    pub core: Arc<Core>,
+    pub lb: Arc<LoadBalancer>,
+    pub dns: Option<DnsServer>,
+    admin: Option<crate::admin::AdminServer>,
+}
+
+/// The parts and what they were last configured with; shared with the admin API.
+pub struct Core {
+    pub source_path: PathBuf,
+    pub state_dir: PathBuf,
     pub lb: Arc<LoadBalancer>,
     pub zones: Arc<HostedZones>,
-    pub dns: Option<DnsServer>,
     pub certs: Arc<CertManager>,
+    /// One apply at a time: reloads and API changes queue here.
+    current: tokio::sync::Mutex<Current>,
+}
+
+/// The config as last applied: the file's text, the API's additions, and the two merged.
+pub struct Current {
+    pub source: Source,
+    pub runtime: crate::runtime::Runtime,
+    pub config: PorticoConfig,
+}
+
+impl Core {
+    /// Validates the config file with the API's additions on the path a reload takes, then
+    /// applies it; on error nothing changes.
+    async fn apply(
+        &self,
+        source: &Source,
+        runtime: &crate::runtime::Runtime,
+    ) -> Result<PorticoConfig, ConfigError> {
+        let file_config = source.parse()?;
+        let config = runtime.merge(source, &self.state_dir)?;
+        let locate = |issues: &[portico_lb::ConfigIssue]| {
+            runtime.locate(source, &file_config, &self.state_dir, issues)
+        };
+        let issues = config.own_issues();
+        if !issues.is_empty() {
+            return Err(locate(&issues));
+        }
+        let requests = with_publishers(&config, &self.zones, config.cert_requests())
+            .map_err(|issues| locate(&issues))?;
+        // Everything is validated before anything is applied: zones on a dry run in memory.
+        HostedZones::new(None)
+            .load(&config.dns(), &source.base_dir())
+            .await
+            .map_err(|issues| locate(&issues))?;
+        self.lb
+            .apply(&config.lb(), &source.base_dir(), &requested_names(&config))
+            .await
+            .map_err(|issues| locate(&issues))?;
+        self.zones
+            .load(&config.dns(), &source.base_dir())
+            .await
+            .map_err(|issues| locate(&issues))?;
+        self.certs
+            .manage(config.acme_settings(&source.base_dir()), requests);
+        Ok(config)
+    }
+
+    /// Reads the config file again and applies it with the API's additions; an invalid file
+    /// changes nothing.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let mut cur = self.current.lock().await;
+        let result = async {
+            let source = Source::read(&self.source_path)?;
+            let config = self.apply(&source, &cur.runtime).await?;
+            Ok::<_, ConfigError>((source, config))
+        }
+        .await;
+        match result {
+            Ok((source, config)) => {
+                cur.source = source;
+                cur.config = config;
+                tracing::info!(event = "reload_applied", config = %self.source_path.display(), "reload applied");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(event = "reload_refused", config = %self.source_path.display(), error = %e, "reload refused; the previous configuration keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// An API change to the run-time additions: validated and applied with the config file as
+    /// last applied, then persisted before it is acknowledged. On error nothing changes.
+    pub async fn change_runtime<T>(
+        &self,
+        edit: impl FnOnce(&mut crate::runtime::Runtime, &PorticoConfig) -> Result<T, crate::admin::ApiError>,
+    ) -> Result<T, crate::admin::ApiError> {
+        let mut cur = self.current.lock().await;
+        let mut runtime = cur.runtime.clone();
+        let out = edit(&mut runtime, &cur.config)?;
+        let source = cur.source.clone();
+        let config = self
+            .apply(&source, &runtime)
+            .await
+            .map_err(crate::admin::ApiError::config)?;
+        if let Err(e) = runtime.save(&self.state_dir) {
+            // Not persisted, so not acknowledged: serve what was there before.
+            let _ = self.apply(&source, &cur.runtime).await;
+            return Err(crate::admin::ApiError::internal(format!(
+                "cannot write {}: {e}",
+                crate::runtime::path(&self.state_dir).display()
+            )));
+        }
+        cur.runtime = runtime;
+        cur.config = config;
+        Ok(out)
+    }
+
+    /// The config as last applied (file plus API additions).
+    pub async fn current<T>(&self, read: impl FnOnce(&Current) -> T) -> T {
+        read(&*self.current.lock().await)
+    }
+
+    /// Asks the certificate manager to act on a renewal request now.
+    pub async fn kick_certs(&self) {
+        let cur = self.current.lock().await;
+        if let Ok(requests) = with_publishers(&cur.config, &self.zones, cur.config.cert_requests()) {
+            self.certs
+                .manage(cur.config.acme_settings(&cur.source.base_dir()), requests);
+        }
+    }
 }
 
 /// DNS-01 through Portico's own hosted zones: the TXT value is added as one change, and the CA
@@ -618,22 +737,28 @@ impl ListenerAddrs for LbListeners {
 }
 
 impl Server {
-    pub async fn start(source: Source, config: PorticoConfig) -> anyhow::Result<Self> {
+    pub async fn start(source: Source, file_config: PorticoConfig) -> anyhow::Result<Self> {
+        let state_dir = file_config.state_dir.clone();
+        let runtime = crate::runtime::Runtime::load(&state_dir)?;
+        let config = runtime.merge(&source, &state_dir)?;
+        let locate = |issues: &[portico_lb::ConfigIssue]| {
+            runtime.locate(&source, &file_config, &state_dir, issues)
+        };
         let issues = config.own_issues();
         if !issues.is_empty() {
-            return Err(source.locate(&issues).into());
+            return Err(locate(&issues).into());
         }
         let lb = LoadBalancer::new(CertStore::new());
         let certs = CertManager::new(&config.state_dir, lb.certs().clone());
         lb.set_http01_responder(Box::new(certs.tokens()));
         lb.apply(&config.lb(), &source.base_dir(), &requested_names(&config))
             .await
-            .map_err(|issues| source.locate(&issues))?;
+            .map_err(|issues| locate(&issues))?;
         let zones = HostedZones::new(Some(config.state_dir.clone()));
         zones
             .load(&config.dns(), &source.base_dir())
             .await
-            .map_err(|issues| source.locate(&issues))?;
+            .map_err(|issues| locate(&issues))?;
         let dns = match &config.dns {
             Some(d) => {
                 let mut listen = Vec::new();
@@ -666,7 +791,7 @@ impl Server {
             None => None,
         };
         let requests = with_publishers(&config, &zones, config.cert_requests())
-            .map_err(|issues| source.locate(&issues))?;
+            .map_err(|issues| locate(&issues))?;
         certs.set_lookup(Arc::new(ZonesLookup {
             zones: zones.clone(),
             listeners: Arc::new(LbListeners(lb.clone())),
@@ -678,82 +803,73 @@ impl Server {
             resolver: config.acme.as_ref().and_then(|a| a.resolver_addr()),
         }));
         certs.manage(config.acme_settings(&source.base_dir()), requests);
-        write_pid_file(&config.state_dir);
-        Ok(Server {
-            source_path: source.path,
-            config,
-            lb,
+        let admin_config = config.admin.clone();
+        let core = Arc::new(Core {
+            source_path: source.path.clone(),
+            state_dir: state_dir.clone(),
+            lb: lb.clone(),
             zones,
-            dns,
             certs,
+            current: tokio::sync::Mutex::new(Current {
+                source,
+                runtime,
+                config,
+            }),
+        });
+        let admin = match admin_config {
+            Some(a) => {
+                let server = crate::admin::AdminServer::start(core.clone(), &a).await?;
+                crate::admin::client::write_url(&state_dir, server.addr, a.cert_file.is_some());
+                Some(server)
+            }
+            None => None,
+        };
+        write_pid_file(&state_dir);
+        Ok(Server {
+            core,
+            lb,
+            dns,
+            admin,
         })
     }
 
+    /// Where the admin API listens, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains and returns.
-    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        tracing::info!(config = %self.source_path.display(), "portico serving");
+        tracing::info!(config = %self.core.source_path.display(), "portico serving");
         loop {
             tokio::select! {
-                _ = hup.recv() => self.reload().await,
+                _ = hup.recv() => { let _ = self.core.reload().await; }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
         }
-        tracing::info!(deadline = ?self.config.shutdown_timeout, "draining: no new connections, finishing requests in flight");
+        let shutdown_timeout = self.core.current(|c| c.config.shutdown_timeout).await;
+        tracing::info!(deadline = ?shutdown_timeout, "draining: no new connections, finishing requests in flight");
         if let Some(d) = &self.dns {
             d.stop();
         }
-        self.certs.stop();
-        let clean = self.lb.shutdown(self.config.shutdown_timeout).await;
+        if let Some(a) = &self.admin {
+            a.stop();
+        }
+        self.core.certs.stop();
+        let clean = self.lb.shutdown(shutdown_timeout).await;
         if !clean {
             tracing::warn!("drain deadline passed with requests still in flight");
         }
-        let _ = std::fs::remove_file(self.config.state_dir.join(PID_FILE));
+        let _ = std::fs::remove_file(self.core.state_dir.join(PID_FILE));
+        if self.admin.is_some() {
+            let _ = std::fs::remove_file(self.core.state_dir.join(crate::admin::client::URL_FILE));
+        }
         tracing::info!("stopped");
         Ok(())
-    }
-
-    /// Reads the config file again and applies it; an invalid file changes nothing.
-    pub async fn reload(&mut self) {
-        let result = async {
-            let source = Source::read(&self.source_path)?;
-            let config = source.parse()?;
-            let issues = config.own_issues();
-            if !issues.is_empty() {
-                return Err(source.locate(&issues));
-            }
-            let requests = with_publishers(&config, &self.zones, config.cert_requests())
-                .map_err(|issues| source.locate(&issues))?;
-            // Everything is validated before anything is applied: zones on a dry run in memory.
-            HostedZones::new(None)
-                .load(&config.dns(), &source.base_dir())
-                .await
-                .map_err(|issues| source.locate(&issues))?;
-            self.lb
-                .apply(&config.lb(), &source.base_dir(), &requested_names(&config))
-                .await
-                .map_err(|issues| source.locate(&issues))?;
-            self.zones
-                .load(&config.dns(), &source.base_dir())
-                .await
-                .map_err(|issues| source.locate(&issues))?;
-            self.certs
-                .manage(config.acme_settings(&source.base_dir()), requests);
-            Ok::<_, ConfigError>(config)
-        }
-        .await;
-        match result {
-            Ok(config) => {
-                self.config = config;
-                tracing::info!(config = %self.source_path.display(), "reload applied");
-            }
-            Err(e) => {
-                tracing::error!(config = %self.source_path.display(), error = %e, "reload refused; the previous configuration keeps serving")
-            }
-        }
     }
 }
 

@@ -134,6 +134,8 @@ pub struct TargetState {
     outstanding: AtomicUsize,
     passive_failures: AtomicU32,
     reason: Mutex<String>,
+    /// Responses this target gave, by status class (for `/metrics`).
+    pub responses: crate::metrics::ByClass,
 }
 
 impl TargetState {
@@ -202,6 +204,13 @@ impl TargetState {
     }
 }
 
+impl OutstandingGuard {
+    /// Counts the target's response by status class.
+    pub fn record(&self, status: u16) {
+        self.0.responses.add(status);
+    }
+}
+
 /// Decrements a target's outstanding count when the request (including its body) is done.
 #[derive(Debug)]
 pub struct OutstandingGuard(Arc<TargetState>);
@@ -232,6 +241,17 @@ impl TargetRegistry {
     pub fn state(&self, group: &str, addr: SocketAddr) -> Arc<TargetState> {
         let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((group.to_string(), addr)).or_default().clone()
+    }
+
+    /// Every target's state, sorted by group and address.
+    pub fn all(&self) -> Vec<(String, SocketAddr, Arc<TargetState>)> {
+        let map = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|((g, a), s)| (g.clone(), *a, s.clone()))
+            .collect();
+        v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        v
     }
 
     /// Forgets targets no snapshot names any more.

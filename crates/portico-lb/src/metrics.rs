@@ -1,0 +1,238 @@
+//! Counters the load balancer keeps for `/metrics`: per listener (requests by status class, a
+//! latency histogram, active connections, TLS handshakes), per rule, per target. Plain atomics
+//! reached through an `Arc` held by each connection, so that a request touches no lock.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram's buckets, as Prometheus clients default to.
+pub const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Requests by status class: index 1..=5 for 1xx..5xx, 0 for anything else.
+#[derive(Debug, Default)]
+pub struct ByClass([AtomicU64; 6]);
+
+impl ByClass {
+    pub fn add(&self, status: u16) {
+        let i = match status / 100 {
+            c @ 1..=5 => c as usize,
+            _ => 0,
+        };
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, class: usize) -> u64 {
+        self.0.get(class).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn render(&self, out: &mut String, metric: &str, labels: &str) {
+        for (i, c) in self.0.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                let class = if i == 0 { "other".to_string() } else { format!("{i}xx") };
+                let _ = writeln!(out, "{metric}{{{labels},class=\"{class}\"}} {n}");
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, metric: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{metric}_sum{{{labels}}} {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{metric}_count{{{labels}}} {count}");
+    }
+}
+
+/// One listener's counters; they survive reloads (kept by name).
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    pub requests: ByClass,
+    pub latency: Histogram,
+    pub active_connections: AtomicI64,
+    pub connections: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
+    /// By rule priority; `None` is the default action.
+    rules: RwLock<HashMap<Option<u32>, Arc<ByClass>>>,
+}
+
+impl ListenerMetrics {
+    /// One request answered: its status, the time to the response head, the rule that took it.
+    pub fn record(&self, status: u16, elapsed: Duration, rule: Option<u32>) {
+        self.requests.add(status);
+        self.latency.observe(elapsed);
+        let found = self
+            .rules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&rule)
+            .cloned();
+        match found {
+            Some(c) => c.add(status),
+            None => self
+                .rules
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(rule)
+                .or_default()
+                .add(status),
+        }
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.active_connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<ListenerMetrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every listener's counters, by name.
+#[derive(Debug, Default)]
+pub struct LbMetrics {
+    listeners: Mutex<HashMap<String, Arc<ListenerMetrics>>>,
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl LbMetrics {
+    pub fn listener(&self, name: &str) -> Arc<ListenerMetrics> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn render(
+        &self,
+        out: &mut String,
+        targets: &[(String, std::net::SocketAddr, Arc<crate::target_group::TargetState>)],
+    ) {
+        let mut ls: Vec<(String, Arc<ListenerMetrics>)> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        ls.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push_str("# HELP portico_http_requests_total Requests answered by each listener, by status class.\n# TYPE portico_http_requests_total counter\n");
+        for (n, m) in &ls {
+            m.requests
+                .render(out, "portico_http_requests_total", &format!("listener=\"{}\"", esc(n)));
+        }
+        out.push_str("# HELP portico_http_rule_requests_total Requests taken by each rule (priority; \"default\" is the default action), by status class.\n# TYPE portico_http_rule_requests_total counter\n");
+        for (n, m) in &ls {
+            let rules = m.rules.read().unwrap_or_else(|e| e.into_inner());
+            let mut keys: Vec<_> = rules.keys().copied().collect();
+            keys.sort();
+            for k in keys {
+                let rule = k.map_or("default".to_string(), |p| p.to_string());
+                rules[&k].render(
+                    out,
+                    "portico_http_rule_requests_total",
+                    &format!("listener=\"{}\",rule=\"{rule}\"", esc(n)),
+                );
+            }
+        }
+        out.push_str("# HELP portico_http_request_duration_seconds Time from a request to its response head.\n# TYPE portico_http_request_duration_seconds histogram\n");
+        for (n, m) in &ls {
+            m.latency.render(
+                out,
+                "portico_http_request_duration_seconds",
+                &format!("listener=\"{}\"", esc(n)),
+            );
+        }
+        for (metric, help, kind, get) in [
+            ("portico_http_active_connections", "Client connections open now.", "gauge",
+                (|m: &ListenerMetrics| m.active_connections.load(Ordering::Relaxed).max(0) as u64) as fn(&ListenerMetrics) -> u64),
+            ("portico_http_connections_total", "Client connections accepted.", "counter",
+                |m: &ListenerMetrics| m.connections.load(Ordering::Relaxed)),
+            ("portico_tls_handshakes_total", "TLS handshakes completed.", "counter",
+                |m: &ListenerMetrics| m.tls_handshakes.load(Ordering::Relaxed)),
+            ("portico_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", "counter",
+                |m: &ListenerMetrics| m.tls_failures.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for (n, m) in &ls {
+                let _ = writeln!(out, "{metric}{{listener=\"{}\"}} {}", esc(n), get(m));
+            }
+        }
+        out.push_str("# HELP portico_target_requests_total Responses from each target, by status class.\n# TYPE portico_target_requests_total counter\n");
+        for (g, addr, s) in targets {
+            s.responses.render(
+                out,
+                "portico_target_requests_total",
+                &format!("target_group=\"{}\",target=\"{addr}\"", esc(g)),
+            );
+        }
+        out.push_str("# HELP portico_target_group_requests_total Responses from each target group, by status class.\n# TYPE portico_target_group_requests_total counter\n");
+        let mut groups: Vec<&str> = targets.iter().map(|(g, _, _)| g.as_str()).collect();
+        groups.dedup();
+        for g in groups {
+            for class in 0..6 {
+                let n: u64 = targets
+                    .iter()
+                    .filter(|(tg, _, _)| tg == g)
+                    .map(|(_, _, s)| s.responses.get(class))
+                    .sum();
+                if n > 0 {
+                    let class = if class == 0 { "other".to_string() } else { format!("{class}xx") };
+                    let _ = writeln!(
+                        out,
+                        "portico_target_group_requests_total{{target_group=\"{}\",class=\"{class}\"}} {n}",
+                        esc(g)
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4), gathered from the parts at scrape
+//! time: the load balancer's counters, the DNS server's, certificate records and target health.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::Ctx;
+
+/// A label value with `\`, `"` and newlines escaped as the format requires.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
+    let mut out = String::with_capacity(8 * 1024);
+    let core = &ctx.core;
+
+    // Load balancer: requests, latency, connections, TLS.
+    core.lb.render_metrics(&mut out);
+
+    // Target health, per node (each node checks its own targets).
+    let groups: Vec<String> = core
+        .current(|c| {
+            c.config
+                .target_group
+                .iter()
+                .map(|g| g.name.clone())
+                .collect()
+        })
+        .await;
+    out.push_str("# HELP portico_target_healthy 1 when the target is healthy, 0 when not.\n# TYPE portico_target_healthy gauge\n");
+    for g in &groups {
+        for t in core.lb.target_health(g) {
+            let _ = writeln!(
+                out,
+                "portico_target_healthy{{target_group=\"{}\",target=\"{}\",state=\"{}\"}} {}",
+                esc(g),
+                t.addr,
+                if t.draining { "draining" } else if t.healthy { "healthy" } else { "unhealthy" },
+                u8::from(t.healthy)
+            );
+        }
+    }
+    out.push_str("# HELP portico_target_requests_in_flight Requests a target is serving now.\n# TYPE portico_target_requests_in_flight gauge\n");
+    for g in &groups {
+        for t in core.lb.target_health(g) {
+            let _ = writeln!(
+                out,
+                "portico_target_requests_in_flight{{target_group=\"{}\",target=\"{}\"}} {}",
+                esc(g),
+                t.addr,
+                t.outstanding
+            );
+        }
+    }
+
+    // DNS.
+    core.zones.metrics.render(&mut out);
+    out.push_str("# HELP portico_dns_zone_serial The SOA serial each hosted zone serves.\n# TYPE portico_dns_zone_serial gauge\n");
+    let catalog = core.zones.catalog();
+    let mut zones: Vec<_> = catalog.zones.values().collect();
+    zones.sort_by_key(|z| z.origin.to_string());
+    for z in zones {
+        let _ = writeln!(
+            out,
+            "portico_dns_zone_serial{{zone=\"{}\"}} {}",
+            esc(&z.origin.to_string()),
+            z.serial()
+        );
+    }
+
+    // Certificates.
+    let records = core.certs.storage().records();
+    out.push_str("# HELP portico_certificate_expiry_timestamp_seconds When the served certificate expires (Unix time).\n# TYPE portico_certificate_expiry_timestamp_seconds gauge\n");
+    for r in &records {
+        let expiry = r
+            .not_after
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        if let Some(e) = expiry {
+            let _ = writeln!(
+                out,
+                "portico_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {}",
+                esc(&r.name),
+                e.as_secs()
+            );
+        }
+    }
+    out.push_str("# HELP portico_certificate_status 1 for the certificate's current status.\n# TYPE portico_certificate_status gauge\n");
+    for r in &records {
+        let _ = writeln!(
+            out,
+            "portico_certificate_status{{certificate=\"{}\",status=\"{}\"}} 1",
+            esc(&r.name),
+            esc(&r.status)
+        );
+    }
+    out.push_str("# HELP portico_certificate_renewal_failures_total Failed orders and renewals since this process started.\n# TYPE portico_certificate_renewal_failures_total counter\n");
+    for (name, n) in core.certs.failure_counts() {
+        let _ = writeln!(
+            out,
+            "portico_certificate_renewal_failures_total{{certificate=\"{}\"}} {n}",
+            esc(&name)
+        );
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}
