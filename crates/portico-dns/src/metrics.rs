@@ -64,10 +64,20 @@ impl DnsMetrics {
     pub fn render(&self, out: &mut String) {
         out.push_str("# HELP portico_dns_queries_total DNS queries answered, by zone and response code.\n# TYPE portico_dns_queries_total counter\n");
         let mut rows: Vec<(String, u16, u64)> = Vec::new();
-        for (z, m) in self.by_zone.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (z, m) in self
+            .by_zone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             rows.extend(m.iter().map(|(c, n)| (z.to_string(), *c, *n)));
         }
-        for (c, n) in self.outside.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (c, n) in self
+            .outside
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             rows.push((String::new(), *c, *n));
         }
         rows.sort();

@@ -55,16 +55,22 @@ pub async fn serve(
             let tls = match tokio::time::timeout(listener.header_timeout, acceptor.accept(io)).await
             {
                 Ok(Ok(s)) => {
-                    metrics.tls_handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics
+                        .tls_handshakes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     s
                 }
                 Ok(Err(e)) => {
-                    metrics.tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics
+                        .tls_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    metrics.tls_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics
+                        .tls_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out");
                     return;
                 }

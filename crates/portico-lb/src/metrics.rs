@@ -34,7 +34,11 @@ impl ByClass {
         for (i, c) in self.0.iter().enumerate() {
             let n = c.load(Ordering::Relaxed);
             if n > 0 {
-                let class = if i == 0 { "other".to_string() } else { format!("{i}xx") };
+                let class = if i == 0 {
+                    "other".to_string()
+                } else {
+                    format!("{i}xx")
+                };
                 let _ = writeln!(out, "{metric}{{{labels},class=\"{class}\"}} {n}");
             }
         }
@@ -154,7 +158,11 @@ impl LbMetrics {
     pub(crate) fn render(
         &self,
         out: &mut String,
-        targets: &[(String, std::net::SocketAddr, Arc<crate::target_group::TargetState>)],
+        targets: &[(
+            String,
+            std::net::SocketAddr,
+            Arc<crate::target_group::TargetState>,
+        )],
     ) {
         let mut ls: Vec<(String, Arc<ListenerMetrics>)> = self
             .listeners
@@ -166,8 +174,11 @@ impl LbMetrics {
         ls.sort_by(|a, b| a.0.cmp(&b.0));
         out.push_str("# HELP portico_http_requests_total Requests answered by each listener, by status class.\n# TYPE portico_http_requests_total counter\n");
         for (n, m) in &ls {
-            m.requests
-                .render(out, "portico_http_requests_total", &format!("listener=\"{}\"", esc(n)));
+            m.requests.render(
+                out,
+                "portico_http_requests_total",
+                &format!("listener=\"{}\"", esc(n)),
+            );
         }
         out.push_str("# HELP portico_http_rule_requests_total Requests taken by each rule (priority; \"default\" is the default action), by status class.\n# TYPE portico_http_rule_requests_total counter\n");
         for (n, m) in &ls {
@@ -192,14 +203,31 @@ impl LbMetrics {
             );
         }
         for (metric, help, kind, get) in [
-            ("portico_http_active_connections", "Client connections open now.", "gauge",
-                (|m: &ListenerMetrics| m.active_connections.load(Ordering::Relaxed).max(0) as u64) as fn(&ListenerMetrics) -> u64),
-            ("portico_http_connections_total", "Client connections accepted.", "counter",
-                |m: &ListenerMetrics| m.connections.load(Ordering::Relaxed)),
-            ("portico_tls_handshakes_total", "TLS handshakes completed.", "counter",
-                |m: &ListenerMetrics| m.tls_handshakes.load(Ordering::Relaxed)),
-            ("portico_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", "counter",
-                |m: &ListenerMetrics| m.tls_failures.load(Ordering::Relaxed)),
+            (
+                "portico_http_active_connections",
+                "Client connections open now.",
+                "gauge",
+                (|m: &ListenerMetrics| m.active_connections.load(Ordering::Relaxed).max(0) as u64)
+                    as fn(&ListenerMetrics) -> u64,
+            ),
+            (
+                "portico_http_connections_total",
+                "Client connections accepted.",
+                "counter",
+                |m: &ListenerMetrics| m.connections.load(Ordering::Relaxed),
+            ),
+            (
+                "portico_tls_handshakes_total",
+                "TLS handshakes completed.",
+                "counter",
+                |m: &ListenerMetrics| m.tls_handshakes.load(Ordering::Relaxed),
+            ),
+            (
+                "portico_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                "counter",
+                |m: &ListenerMetrics| m.tls_failures.load(Ordering::Relaxed),
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
             for (n, m) in &ls {
@@ -225,7 +253,11 @@ impl LbMetrics {
                     .map(|(_, _, s)| s.responses.get(class))
                     .sum();
                 if n > 0 {
-                    let class = if class == 0 { "other".to_string() } else { format!("{class}xx") };
+                    let class = if class == 0 {
+                        "other".to_string()
+                    } else {
+                        format!("{class}xx")
+                    };
                     let _ = writeln!(
                         out,
                         "portico_target_group_requests_total{{target_group=\"{}\",class=\"{class}\"}} {n}",

@@ -169,6 +169,17 @@ impl PorticoConfig {
             if c.domains.is_empty() {
                 continue; // the load balancer reports a certificate with neither
             }
+            if let Some((d, why)) = c
+                .domains
+                .iter()
+                .find_map(|d| domain_problem(d).map(|why| (d, why)))
+            {
+                issues.push(
+                    ConfigIssue::new(at("domains"), format!("{d:?} is not a domain name: {why}"))
+                        .hint("write names like \"example.com\", \"*.example.com\" or an IP address (internal issuer)"),
+                );
+                continue;
+            }
             let issuer = match c.issuer.as_deref().unwrap_or("acme") {
                 "acme" => IssuerKind::Acme,
                 "internal" => IssuerKind::Internal,
@@ -259,7 +270,7 @@ impl PorticoConfig {
                                 at("challenge"),
                                 format!("challenge {other:?} is not in this build yet"),
                             )
-                            .hint("challenge = \"http-01\" or \"dns-01\""),
+                            .hint("challenge = \"http-01\", \"tls-alpn-01\" or \"dns-01\""),
                         );
                         continue;
                     }
@@ -298,6 +309,34 @@ impl PorticoConfig {
                 .zip(a.eab_hmac_key.as_deref().and_then(decode_b64url)),
         })
     }
+}
+
+/// Why `d` cannot be a name on a certificate (None when it can).
+fn domain_problem(d: &str) -> Option<String> {
+    if d.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let name = d.strip_prefix("*.").unwrap_or(d).trim_end_matches('.');
+    if name.is_empty() || name.len() > 253 {
+        return Some("a name has 1 to 253 characters".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Some(format!("label {label:?} must have 1 to 63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Some(format!(
+                "{c:?} is not allowed (letters, digits, '-'; '*.' only at the start)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    None
 }
 
 /// `[admin]`: where the admin API, `/metrics` and the console listen.

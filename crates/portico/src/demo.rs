@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// Port of the authoritative DNS server for the zone demo.test (UDP and TCP).
     #[arg(long, default_value_t = 5353)]
     dns_port: u16,
+    /// Port of the admin API, `/metrics` and the web console (0: any free port).
+    #[arg(long, default_value_t = 9180)]
+    admin_port: u16,
     /// Where the demo keeps its config, CA and certificate.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -75,7 +78,7 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     ));
     let server = Server::start(source, config).await.map_err(|e| {
         anyhow::anyhow!(
-            "{e:#}\n  hint: choose other ports with --http-port, --https-port and --dns-port"
+            "{e:#}\n  hint: choose other ports with --http-port, --https-port, --dns-port and --admin-port"
         )
     })?;
     say("   Requesting a certificate for demo.test, app.demo.test and localhost from Portico's internal CA,");
@@ -140,6 +143,11 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     println!("  dig @127.0.0.1 -p {} demo.test A", args.dns_port);
     println!("  portico certs list -c {}", config_path.display());
     println!(
+        "  portico records upsert --zone demo.test --name api --type A --value 127.0.0.2 -c {}",
+        config_path.display()
+    );
+    println!("  portico targets list -c {}", config_path.display());
+    println!(
         "  portico doctor app.demo.test --private-ca --resolver 127.0.0.1:{d} --dns-port {d} --http-port {} --https-port {} --ca-roots {} -c {}",
         args.http_port,
         args.https_port,
@@ -147,6 +155,13 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         config_path.display(),
         d = args.dns_port
     );
+    if let Some(admin) = server.admin_addr() {
+        println!();
+        println!(
+            "Console: http://{admin}/  (sign in with the token in {}; the API is under /api/v1, metrics at /metrics)",
+            state_dir.join(crate::admin::TOKEN_FILE).display()
+        );
+    }
     println!();
     println!(
         "Edit {} and run `kill -HUP {}` to reload it. Ctrl-C stops the demo.",
@@ -161,13 +176,21 @@ fn say(line: &str) {
 }
 
 fn demo_config(state_dir: &Path, args: &DemoArgs, t1: SocketAddr, t2: SocketAddr) -> String {
-    let (http, https, dns) = (args.http_port, args.https_port, args.dns_port);
+    let (http, https, dns, admin) = (
+        args.http_port,
+        args.https_port,
+        args.dns_port,
+        args.admin_port,
+    );
     format!(
         r#"# Written by `portico demo`. Serve it yourself with: portico serve -c {config}
 state_dir = "{state}"
 
 [log]
 level = "info"
+
+[admin]
+listen = "127.0.0.1:{admin}"
 
 [dns]
 listen = ["127.0.0.1:{dns}"]

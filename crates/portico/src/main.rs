@@ -181,7 +181,9 @@ fn main() -> ExitCode {
                 challenge,
                 no_wait,
                 target,
-            } => admin::client::certs_request(&name, &domains, issuer, challenge, !no_wait, &target),
+            } => {
+                admin::client::certs_request(&name, &domains, issuer, challenge, !no_wait, &target)
+            }
             CertsCommand::Delete { name, target } => admin::client::certs_delete(&name, &target),
             CertsCommand::Renew {
                 name,

@@ -75,9 +75,8 @@ impl Runtime {
         if *self == Runtime::default() {
             return Ok(file_config);
         }
-        let mut doc: toml::Table = toml::from_str(&source.text).map_err(|e| {
-            problem(&source.path, e.message().trim().to_string(), None)
-        })?;
+        let mut doc: toml::Table = toml::from_str(&source.text)
+            .map_err(|e| problem(&source.path, e.message().trim().to_string(), None))?;
         let mut issues = Vec::new();
         for (key, extra, what) in [
             ("certificate", &self.certificate, "portico certs delete"),
@@ -109,9 +108,9 @@ impl Runtime {
                 .get_mut("target_group")
                 .and_then(|v| v.as_array_mut())
                 .and_then(|groups| {
-                    groups.iter_mut().find(|g| {
-                        g.get("name").and_then(|n| n.as_str()) == Some(group.as_str())
-                    })
+                    groups
+                        .iter_mut()
+                        .find(|g| g.get("name").and_then(|n| n.as_str()) == Some(group.as_str()))
                 })
                 .and_then(|g| g.as_table_mut());
             let Some(entry) = entry else {
@@ -151,7 +150,13 @@ impl Runtime {
         }
         toml::Value::Table(doc)
             .try_into::<PorticoConfig>()
-            .map_err(|e| problem(&path(state_dir), format!("admin API change: {}", e.message().trim()), None))
+            .map_err(|e| {
+                problem(
+                    &path(state_dir),
+                    format!("admin API change: {}", e.message().trim()),
+                    None,
+                )
+            })
     }
 
     /// Locates validation issues of a merged config: those of the file's own entries in the

@@ -467,7 +467,10 @@ impl Core {
     /// last applied, then persisted before it is acknowledged. On error nothing changes.
     pub async fn change_runtime<T>(
         &self,
-        edit: impl FnOnce(&mut crate::runtime::Runtime, &PorticoConfig) -> Result<T, crate::admin::ApiError>,
+        edit: impl FnOnce(
+            &mut crate::runtime::Runtime,
+            &PorticoConfig,
+        ) -> Result<T, crate::admin::ApiError>,
     ) -> Result<T, crate::admin::ApiError> {
         let mut cur = self.current.lock().await;
         let mut runtime = cur.runtime.clone();
@@ -498,7 +501,8 @@ impl Core {
     /// Asks the certificate manager to act on a renewal request now.
     pub async fn kick_certs(&self) {
         let cur = self.current.lock().await;
-        if let Ok(requests) = with_publishers(&cur.config, &self.zones, cur.config.cert_requests()) {
+        if let Ok(requests) = with_publishers(&cur.config, &self.zones, cur.config.cert_requests())
+        {
             self.certs
                 .manage(cur.config.acme_settings(&cur.source.base_dir()), requests);
         }

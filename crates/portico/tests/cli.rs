@@ -4,6 +4,7 @@
 #[path = "../../portico-lb/tests/support/mod.rs"]
 mod support;
 
+mod admin;
 mod fault_proxy;
 
 use std::io::{BufRead, BufReader};
@@ -196,10 +197,32 @@ fn check_errors_name_file_line_column_key_and_hint() {
 }
 
 #[test]
-fn commands_still_to_come_say_so_and_usage_errors_exit_2() {
-    let (code, out) = run(&["records", "list"]);
+fn api_commands_without_a_server_say_so_and_usage_errors_exit_2() {
+    let dir = TempDir::new("no-admin");
+    let config = dir.path().join("portico.toml");
+    std::fs::write(&config, "state_dir = \"state\"\n").unwrap();
+    let (code, out) = run(&[
+        "records",
+        "list",
+        "--zone",
+        "example.com",
+        "-c",
+        config.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
-    assert!(out.contains("not in this build yet"), "{out}");
+    assert!(out.contains("no [admin] section"), "{out}");
+    let (code, out) = run(&[
+        "targets",
+        "list",
+        "--admin",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "--token",
+        "t",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("is `portico serve` running?"), "{out}");
+    let (code, _) = run(&["records", "list"]);
+    assert_eq!(code, 2, "--zone is required");
     let (code, _) = run(&["serve", "--no-such-flag"]);
     assert_eq!(code, 2);
     let (code, out) = run(&["proxy", "--to", "127.0.0.1:1"]);
@@ -325,10 +348,22 @@ async fn demo_serves_https_in_front_of_its_targets() {
         &https.to_string(),
         "--dns-port",
         &dns.to_string(),
+        "--admin-port",
+        "0",
         "--state-dir",
         dir.path().to_str().unwrap(),
     ]);
-    p.wait_output("Try:").await;
+    p.wait_output("Console: http://").await;
+    let admin: std::net::SocketAddr = std::fs::read_to_string(dir.path().join("admin.url"))
+        .unwrap()
+        .trim()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let (s, zones) = admin::call(admin, Some(token.trim()), "GET", "/api/v1/zones", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(zones[0]["name"], "demo.test.", "{zones}");
     assert!(
         p.output().contains("Issued and serving:"),
         "the validation step is shown: {}",

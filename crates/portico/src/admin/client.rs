@@ -95,7 +95,10 @@ impl Admin {
         body: Option<Value>,
     ) -> anyhow::Result<String> {
         if self.url.starts_with("https://") {
-            bail!("the CLI talks plain HTTP to a loopback admin API; for {} use curl with the token", self.url);
+            bail!(
+                "the CLI talks plain HTTP to a loopback admin API; for {} use curl with the token",
+                self.url
+            );
         }
         let uri = format!("{}{path}", self.url);
         let rt = crate::server::runtime()?;
@@ -119,7 +122,10 @@ impl Admin {
                 .await
                 .with_context(|| format!("{uri}: no answer within 60 s"))?
                 .with_context(|| {
-                    format!("cannot reach the admin API at {} (is `portico serve` running?)", self.url)
+                    format!(
+                        "cannot reach the admin API at {} (is `portico serve` running?)",
+                        self.url
+                    )
                 })?;
             let status = res.status();
             let body = res

@@ -41,7 +41,13 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
                 "portico_target_healthy{{target_group=\"{}\",target=\"{}\",state=\"{}\"}} {}",
                 esc(g),
                 t.addr,
-                if t.draining { "draining" } else if t.healthy { "healthy" } else { "unhealthy" },
+                if t.draining {
+                    "draining"
+                } else if t.healthy {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                },
                 u8::from(t.healthy)
             );
         }
@@ -110,7 +116,10 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
         );
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()

@@ -267,7 +267,10 @@ fn router(ctx: Ctx) -> Router {
         .route("/api/v1/zones/{zone}/changes", post(zone_change))
         .route("/api/v1/changes/{id}", get(change_get))
         .route("/api/v1/certificates", get(certs_list).post(cert_request))
-        .route("/api/v1/certificates/{name}", get(cert_get).delete(cert_delete))
+        .route(
+            "/api/v1/certificates/{name}",
+            get(cert_get).delete(cert_delete),
+        )
         .route("/api/v1/certificates/{name}/renew", post(cert_renew))
         .route("/api/v1/certificates/{name}/revoke", post(cert_revoke))
         .route("/api/v1/target-groups", get(groups_list))
@@ -307,14 +310,11 @@ async fn authenticate(State(ctx): State<Ctx>, req: Request, next: Next) -> Respo
     match given {
         Some(t) if same(t.as_bytes(), ctx.token.as_bytes()) => next.run(req).await,
         _ => {
-            let mut res = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token",
-            )
-            .hint(format!(
+            let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                .hint(format!(
                 "send `Authorization: Bearer <token>` with the token from <state_dir>/{TOKEN_FILE}"
             ))
-            .into_response();
+                .into_response();
             res.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"portico\""),
@@ -373,8 +373,9 @@ fn zone_of(ctx: &Ctx, zone: &str) -> ApiResult<Arc<portico_dns::zone::Zone>> {
         .get(&name)
         .cloned()
         .ok_or_else(|| {
-            ApiError::not_found(format!("no hosted zone {name}"))
-                .hint("GET /api/v1/zones lists them; zones are declared with [[zone]] in the config")
+            ApiError::not_found(format!("no hosted zone {name}")).hint(
+                "GET /api/v1/zones lists them; zones are declared with [[zone]] in the config",
+            )
         })
 }
 
@@ -395,7 +396,9 @@ async fn zone_get(State(ctx): State<Ctx>, UrlPath(zone): UrlPath<String>) -> Api
                 portico_dns::zone::AliasTarget::Listener(l) => format!("listener:{l}"),
                 portico_dns::zone::AliasTarget::Name(n) => n.to_string(),
             };
-            records.push(json!({"name": name.to_string(), "type": "ALIAS", "ttl": a.ttl, "target": target}));
+            records.push(
+                json!({"name": name.to_string(), "type": "ALIAS", "ttl": a.ttl, "target": target}),
+            );
         }
     }
     Ok(Json(json!({
@@ -405,7 +408,10 @@ async fn zone_get(State(ctx): State<Ctx>, UrlPath(zone): UrlPath<String>) -> Api
     })))
 }
 
-async fn zone_export(State(ctx): State<Ctx>, UrlPath(zone): UrlPath<String>) -> ApiResult<Response> {
+async fn zone_export(
+    State(ctx): State<Ctx>,
+    UrlPath(zone): UrlPath<String>,
+) -> ApiResult<Response> {
     zone_of(&ctx, &zone)?;
     let text = ctx.core.zones.export(&zone).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
@@ -451,7 +457,11 @@ async fn change_get(State(ctx): State<Ctx>, UrlPath(id): UrlPath<String>) -> Api
         .zones
         .change_status(&id)
         .map(|c| Json(serde_json::to_value(c).unwrap_or_default()))
-        .ok_or_else(|| ApiError::not_found(format!("no change {id:?} (ids are kept while the server runs)")))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no change {id:?} (ids are kept while the server runs)"
+            ))
+        })
 }
 
 // ---- certificates ----
@@ -536,7 +546,9 @@ async fn cert_request(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let spec = json_body(body)?;
     if spec.name.trim().is_empty() || spec.domains.is_empty() {
-        return Err(ApiError::bad("a certificate needs a name and at least one domain"));
+        return Err(ApiError::bad(
+            "a certificate needs a name and at least one domain",
+        ));
     }
     let name = spec.name.clone();
     ctx.core
@@ -585,8 +597,10 @@ async fn cert_delete(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> 
                 .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
             if rt.certificate.len() == before {
                 return Err(if current.certificate.iter().any(|c| c.name == name) {
-                    ApiError::conflict(format!("certificate {name:?} is declared in the config file"))
-                        .hint("remove its [[certificate]] from the config file, then reload")
+                    ApiError::conflict(format!(
+                        "certificate {name:?} is declared in the config file"
+                    ))
+                    .hint("remove its [[certificate]] from the config file, then reload")
                 } else {
                     ApiError::not_found(format!("no certificate {name:?}"))
                 });
@@ -705,7 +719,13 @@ fn resolves_to(written: &str, addr: SocketAddr) -> bool {
 async fn groups_list(State(ctx): State<Ctx>) -> Json<Value> {
     let names: Vec<String> = ctx
         .core
-        .current(|c| c.config.target_group.iter().map(|g| g.name.clone()).collect())
+        .current(|c| {
+            c.config
+                .target_group
+                .iter()
+                .map(|g| g.name.clone())
+                .collect()
+        })
         .await;
     let mut out = Vec::new();
     for n in names {
@@ -722,7 +742,10 @@ fn no_group(name: &str) -> ApiError {
 }
 
 async fn group_get(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> ApiResult {
-    group_view(&ctx, &name).await.map(Json).ok_or_else(|| no_group(&name))
+    group_view(&ctx, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| no_group(&name))
 }
 
 #[derive(Deserialize)]
@@ -770,7 +793,10 @@ async fn targets_register(
         })
         .await?;
     tracing::info!(event = "targets_registered", target_group = %name, targets = ?added, "targets registered through the admin API");
-    group_view(&ctx, &name).await.map(Json).ok_or_else(|| no_group(&name))
+    group_view(&ctx, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| no_group(&name))
 }
 
 async fn target_deregister(
@@ -794,8 +820,10 @@ async fn target_deregister(
                     portico_lb::config::TargetConfig::Weighted(w) => w.address == address,
                 });
                 return Err(if in_file {
-                    ApiError::conflict(format!("target {address} of {name:?} is declared in the config file"))
-                        .hint("remove it from the group's targets in the config file, then reload")
+                    ApiError::conflict(format!(
+                        "target {address} of {name:?} is declared in the config file"
+                    ))
+                    .hint("remove it from the group's targets in the config file, then reload")
                 } else {
                     ApiError::not_found(format!("target {address} is not registered in {name:?}"))
                 });
@@ -804,7 +832,10 @@ async fn target_deregister(
         })
         .await?;
     tracing::info!(event = "target_deregistered", target_group = %name, target = %address, "target deregistered through the admin API");
-    group_view(&ctx, &name).await.map(Json).ok_or_else(|| no_group(&name))
+    group_view(&ctx, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| no_group(&name))
 }
 
 // ---- listeners ----
