@@ -248,7 +248,7 @@ impl CertManager {
                             Some(humantime::format_rfc3339_seconds(c.renew_at).to_string());
                     }
                     let _ = self.storage.save_record(&rec);
-                    tracing::info!(certificate = %req.name, not_after = ?rec.not_after, "certificate issued and serving");
+                    tracing::info!(event = if rec.version > 1 { "certificate_renewed" } else { "certificate_issued" }, certificate = %req.name, version = rec.version, not_after = ?rec.not_after, "certificate issued and serving");
                     if let Some(hook) = &req.deploy_hook {
                         self.deploy_hook(&req, hook).await;
                     }
@@ -272,7 +272,7 @@ impl CertManager {
                         humantime::format_rfc3339_seconds(SystemTime::now() + wait).to_string(),
                     );
                     let _ = self.storage.save_record(&rec);
-                    tracing::warn!(certificate = %req.name, error = %e, retry_in = ?wait, ca_retry_after = retry_after.is_some(), "certificate request failed");
+                    tracing::warn!(event = "certificate_failed", certificate = %req.name, error = %e, retry_in = ?wait, ca_retry_after = retry_after.is_some(), "certificate request failed");
                     tokio::time::sleep(wait).await;
                 }
             }

@@ -114,7 +114,7 @@ fn record(
             *passes += 1;
             if !state.healthy() && *passes >= check.healthy_threshold {
                 state.set_healthy(true, "");
-                tracing::info!(target_group = group, %target, "target healthy");
+                tracing::info!(event = "target_healthy", target_group = group, %target, "target healthy");
             }
         }
         Err(reason) => {
@@ -122,7 +122,7 @@ fn record(
             *fails += 1;
             if state.healthy() && *fails >= check.unhealthy_threshold {
                 state.set_healthy(false, &reason);
-                tracing::warn!(target_group = group, %target, %reason, "target unhealthy");
+                tracing::warn!(event = "target_unhealthy", target_group = group, %target, %reason, "target unhealthy");
             }
         }
     }

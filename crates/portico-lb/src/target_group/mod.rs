@@ -187,7 +187,7 @@ impl TargetState {
             .unwrap_or(PASSIVE_FAILURES_WITHOUT_CHECK);
         let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= threshold && self.set_healthy(false, &format!("connection failed: {error}")) {
-            tracing::warn!(target_group = %group.name, target = %addr, failures = n, %error,
+            tracing::warn!(event = "target_unhealthy", target_group = %group.name, target = %addr, failures = n, %error,
                 "target unhealthy (passive: connection failures)");
         }
     }

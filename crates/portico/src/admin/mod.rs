@@ -153,7 +153,10 @@ impl AdminServer {
                 let base = core.current(|c| c.source.base_dir()).await;
                 let served = portico_lb::tls::load_pem_files(&base.join(c), &base.join(k))
                     .context("[admin] cert_file/key_file")?;
-                let mut sc = rustls::ServerConfig::builder()
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .context("TLS for the admin API")?
                     .with_no_client_auth()
                     .with_cert_resolver(Arc::new(OneCert(served.key.clone())));
                 sc.alpn_protocols = vec![b"http/1.1".to_vec()];

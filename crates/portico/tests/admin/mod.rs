@@ -10,6 +10,8 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{json, Value};
 
+mod browser;
+
 use super::support::{eventually, get, send, Backend, TempDir};
 use super::{free_port, run, Proc};
 
@@ -593,7 +595,28 @@ async fn admin_api_every_route_auth_errors_dns_targets_metrics_and_restart() {
     );
     std::fs::write(&env.config, admin_config(env.dir.path(), env.http, env.dns)).unwrap();
 
-    // Deregistration: no new requests reach the target.
+    // Deregistration drains: the request in flight finishes, no new request reaches the target.
+    let slow = tokio::spawn(async move { get(lb, "x", "/slow?ms=3000").await });
+    let (admin, token) = (env.admin, env.token.clone());
+    eventually(
+        "the slow request in flight",
+        Duration::from_secs(10),
+        || {
+            let token = token.clone();
+            async move {
+                let (_, g) = call(
+                    admin,
+                    Some(&token),
+                    "GET",
+                    "/api/v1/target-groups/web",
+                    None,
+                )
+                .await;
+                g["targets"][0]["in_flight"] == 1
+            }
+        },
+    )
+    .await;
     let (s, g) = env
         .call(
             "DELETE",
@@ -602,7 +625,13 @@ async fn admin_api_every_route_auth_errors_dns_targets_metrics_and_restart() {
         )
         .await;
     assert_eq!(s, 200, "{g}");
+    assert_eq!(g["targets"][0]["state"], "draining", "{g}");
+    assert_eq!(g["targets"][0]["in_flight"], 1, "{g}");
     assert_eq!(get(lb, "x", "/").await.status, 503);
+    let finished = slow.await.unwrap();
+    assert_eq!((finished.status, finished.backend().as_str()), (200, "b1"));
+    let (_, g) = env.call("GET", "/api/v1/target-groups/web", None).await;
+    assert_eq!(g["targets"], json!([]), "drained and gone: {g}");
     let (s, g) = env
         .call(
             "POST",
@@ -690,15 +719,16 @@ fn extra_dns(config: &Path) -> u16 {
     text[i..].split('"').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn admin_api_on_a_public_address_without_tls_is_refused() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_on_a_public_address_needs_tls_and_serves_it() {
     let dir = TempDir::new("admin-public");
     let config = dir.path().join("portico.toml");
+    let state = dir.path().join("state");
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{}\"\n[admin]\nlisten = \"0.0.0.0:9180\"\n",
-            dir.path().join("state").display()
+            "state_dir = \"{}\"\n[admin]\nlisten = \"0.0.0.0:0\"\n",
+            state.display()
         ),
     )
     .unwrap();
@@ -708,4 +738,54 @@ fn admin_api_on_a_public_address_without_tls_is_refused() {
         out.contains("admin.listen") && out.contains("in clear") && out.contains(":3:"),
         "{out}"
     );
+
+    // With cert_file and key_file it serves HTTPS.
+    let ca = super::support::TestCa::new();
+    ca.issue(dir.path(), "admin", &["localhost"]);
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[admin]\nlisten = \"0.0.0.0:0\"\ncert_file = \"admin.crt\"\nkey_file = \"admin.key\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let server = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    let url_file = state.join("admin.url");
+    let f = url_file.clone();
+    eventually("the admin API's URL file", Duration::from_secs(30), || {
+        let exists = f.exists();
+        async move { exists }
+    })
+    .await;
+    let url = std::fs::read_to_string(&url_file).unwrap();
+    let port: u16 = url.trim().rsplit(':').next().unwrap().parse().unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    let token = std::fs::read_to_string(state.join("admin.token")).unwrap();
+    let mode = std::fs::metadata(state.join("admin.token")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    let client = ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let req = hyper::Request::builder()
+        .uri("/api/v1/zones")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = super::support::send_tls(addr, "localhost", client.clone(), req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    let req = hyper::Request::builder()
+        .uri("/metrics")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = super::support::send_tls(addr, "localhost", client, req)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
 }
