@@ -84,16 +84,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Each certificate with its status (ISSUED, RENEWING, FAILED …), expiry and last error.
+    /// Each certificate with its status (ISSUED, RENEWING, FAILED …), expiry and last error
+    /// (from the running server's admin API, else from the state directory).
     List {
-        #[arg(short, long, default_value = "portico.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: admin::client::Target,
     },
     /// One certificate: status, names, expiry, files, the last error as the CA reported it.
     Show {
         name: String,
-        #[arg(short, long, default_value = "portico.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: admin::client::Target,
     },
     /// Renew now through the running `portico serve` (whatever the schedule says); with
     /// --dry-run, order a certificate and discard it, storing nothing.
@@ -144,16 +145,17 @@ enum CertsCommand {
 
 #[derive(Subcommand)]
 enum ZonesCommand {
-    /// Each hosted zone with its serial and record count.
+    /// Each hosted zone with its serial and record count (from the running server's admin API,
+    /// else from the state directory and config, read only).
     List {
-        #[arg(short, long, default_value = "portico.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: admin::client::Target,
     },
     /// The zone as a master file (what `file =` reads back).
     Export {
         zone: String,
-        #[arg(short, long, default_value = "portico.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: admin::client::Target,
     },
 }
 
@@ -171,8 +173,8 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Certs { command } => match command {
-            CertsCommand::List { config } => server::certs_list(&config),
-            CertsCommand::Show { name, config } => server::certs_show(&config, &name),
+            CertsCommand::List { target } => server::certs_list(&target),
+            CertsCommand::Show { name, target } => server::certs_show(&target, &name),
             CertsCommand::Trust { config } => server::certs_trust(&config),
             CertsCommand::Request {
                 name,
@@ -203,8 +205,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Zones { command } => match command {
-            ZonesCommand::List { config } => server::zones_list(&config),
-            ZonesCommand::Export { zone, config } => server::zones_export(&config, &zone),
+            ZonesCommand::List { target } => server::zones_list(&target),
+            ZonesCommand::Export { zone, target } => server::zones_export(&target, &zone),
         },
         Command::Records { command } => admin::client::records(command),
         Command::Targets { command } => admin::client::targets(command),

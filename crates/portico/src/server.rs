@@ -110,91 +110,187 @@ fn zones_now(path: &Path) -> anyhow::Result<std::sync::Arc<HostedZones>> {
     Ok(zones)
 }
 
-pub fn zones_list(path: &Path) -> anyhow::Result<()> {
-    let zones = zones_now(path)?;
-    let catalog = zones.catalog();
-    let mut names: Vec<_> = catalog.zones.keys().collect();
-    names.sort();
+/// The running server's admin API when it has one (given with `--admin`, or found through the
+/// config and answering); `None` means: read the state directory instead.
+fn running_api(
+    t: &crate::admin::client::Target,
+) -> anyhow::Result<Option<crate::admin::client::Admin>> {
+    use crate::admin::client::{Admin, URL_FILE};
+    if t.admin.is_some() {
+        return Ok(Some(Admin::find(t)?));
+    }
+    let (_, config) = load(&t.config)?;
+    if config.admin.is_none() || !config.state_dir.join(URL_FILE).exists() {
+        return Ok(None);
+    }
+    let admin = Admin::find(t)?;
+    // A URL file left by a server that died: fall back to the state directory.
+    Ok(admin
+        .call("GET", "/api/v1/zones", None)
+        .is_ok()
+        .then_some(admin))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub fn zones_list(t: &crate::admin::client::Target) -> anyhow::Result<()> {
+    let zones: Vec<serde_json::Value> = match running_api(t)? {
+        Some(admin) => serde_json::from_value(admin.call("GET", "/api/v1/zones", None)?)?,
+        None => {
+            let zones = zones_now(&t.config)?;
+            let catalog = zones.catalog();
+            let mut names: Vec<_> = catalog.zones.keys().collect();
+            names.sort();
+            names
+                .into_iter()
+                .map(|n| {
+                    let z = &catalog.zones[n];
+                    serde_json::json!({"name": n.to_string(), "serial": z.serial(), "records": z.record_count()})
+                })
+                .collect()
+        }
+    };
+    if t.json {
+        print_json(&serde_json::Value::Array(zones));
+        return Ok(());
+    }
     println!("{:<40} {:>12} {:>10}", "ZONE", "SERIAL", "RECORDS");
-    for n in names {
-        let z = &catalog.zones[n];
+    for z in zones {
         println!(
             "{:<40} {:>12} {:>10}",
-            n.to_string(),
-            z.serial(),
-            z.record_count()
+            z["name"].as_str().unwrap_or(""),
+            z["serial"],
+            z["records"]
         );
     }
     Ok(())
 }
 
-pub fn zones_export(path: &Path, zone: &str) -> anyhow::Result<()> {
-    let zones = zones_now(path)?;
-    let text = zones
-        .export(zone)
-        .with_context(|| format!("no hosted zone {zone:?} in {}", path.display()))?;
+pub fn zones_export(t: &crate::admin::client::Target, zone: &str) -> anyhow::Result<()> {
+    let text = match running_api(t)? {
+        Some(admin) => admin.call_text("GET", &format!("/api/v1/zones/{zone}/export"), None)?,
+        None => zones_now(&t.config)?
+            .export(zone)
+            .with_context(|| format!("no hosted zone {zone:?} in {}", t.config.display()))?,
+    };
     print!("{text}");
     Ok(())
 }
 
-pub fn certs_list(path: &Path) -> anyhow::Result<()> {
-    let (_, config) = load(path)?;
+/// Certificate records: from the running server, else from the state directory.
+fn cert_records(
+    t: &crate::admin::client::Target,
+) -> anyhow::Result<(Vec<serde_json::Value>, PathBuf)> {
+    let (_, config) = load(&t.config)?;
     let storage = portico_certs::storage::Storage::new(&config.state_dir);
+    let list = match running_api(t)? {
+        Some(admin) => serde_json::from_value(admin.call("GET", "/api/v1/certificates", None)?)?,
+        None => storage
+            .records()
+            .into_iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect(),
+    };
+    Ok((list, config.state_dir))
+}
+
+fn field(v: &serde_json::Value, k: &str) -> String {
+    match &v[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn certs_list(t: &crate::admin::client::Target) -> anyhow::Result<()> {
+    let (records, _) = cert_records(t)?;
+    if t.json {
+        print_json(&serde_json::Value::Array(records));
+        return Ok(());
+    }
     println!(
         "{:<20} {:<20} {:<9} {:<22} DOMAINS",
         "NAME", "STATUS", "ISSUER", "NOT AFTER"
     );
-    for r in storage.records() {
+    for r in &records {
+        let domains: Vec<String> = r["domains"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         println!(
             "{:<20} {:<20} {:<9} {:<22} {}",
-            r.name,
-            r.status,
-            r.issuer,
-            r.not_after.as_deref().unwrap_or("-"),
-            r.domains.join(",")
+            field(r, "name"),
+            field(r, "status"),
+            field(r, "issuer"),
+            field(r, "not_after"),
+            domains.join(",")
         );
-        if let Some(e) = &r.last_error {
-            println!("  last error: {e}");
+        if r["last_error"].is_string() {
+            println!("  last error: {}", field(r, "last_error"));
         }
-        if let Some(t) = &r.next_attempt {
-            println!("  next try:   {t}");
+        if r["next_attempt"].is_string() {
+            println!("  next try:   {}", field(r, "next_attempt"));
         }
     }
     Ok(())
 }
 
-pub fn certs_show(path: &Path, name: &str) -> anyhow::Result<()> {
-    let (_, config) = load(path)?;
-    let storage = portico_certs::storage::Storage::new(&config.state_dir);
-    let r = storage.record(name).with_context(|| {
-        format!("no certificate {name:?} has been requested yet (see `portico certs list`)")
-    })?;
-    println!("name:        {}", r.name);
-    println!("status:      {}", r.status);
-    println!("issuer:      {}", r.issuer);
-    println!("domains:     {}", r.domains.join(", "));
-    println!("not after:   {}", r.not_after.as_deref().unwrap_or("-"));
-    println!("renew after: {}", r.renew_after.as_deref().unwrap_or("-"));
-    if let Some(w) = &r.renewal_window {
-        println!("CA window:   {w} (ACME Renewal Information)");
+pub fn certs_show(t: &crate::admin::client::Target, name: &str) -> anyhow::Result<()> {
+    let (records, state_dir) = cert_records(t)?;
+    let r = records
+        .into_iter()
+        .find(|r| r["name"] == name)
+        .with_context(|| {
+            format!("no certificate {name:?} has been requested yet (see `portico certs list`)")
+        })?;
+    if t.json {
+        print_json(&r);
+        return Ok(());
     }
-    println!("version:     {}", r.version);
-    let live = storage.live(name);
+    let list = |k: &str| -> Vec<String> {
+        r[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    println!("name:        {name}");
+    println!("status:      {}", field(&r, "status"));
+    println!("issuer:      {}", field(&r, "issuer"));
+    println!("domains:     {}", list("domains").join(", "));
+    println!("not after:   {}", field(&r, "not_after"));
+    println!("renew after: {}", field(&r, "renew_after"));
+    if r["renewal_window"].is_string() {
+        println!(
+            "CA window:   {} (ACME Renewal Information)",
+            field(&r, "renewal_window")
+        );
+    }
+    println!("version:     {}", field(&r, "version"));
+    let live = portico_certs::storage::Storage::new(&state_dir).live(name);
     for f in ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"] {
         if live.join(f).exists() {
             println!("file:        {}", live.join(f).display());
         }
     }
-    if let Some(e) = &r.last_error {
-        println!("last error:  {e}");
+    for (k, label) in [
+        ("last_error", "last error:  "),
+        ("next_attempt", "next try:    "),
+        ("dry_run", "dry run:     "),
+    ] {
+        if r[k].is_string() {
+            println!("{label}{}", field(&r, k));
+        }
     }
-    if let Some(t) = &r.next_attempt {
-        println!("next try:    {t}");
-    }
-    if let Some(d) = &r.dry_run {
-        println!("dry run:     {d}");
-    }
-    for step in &r.progress {
+    for step in list("progress") {
         println!("in progress: {step}");
     }
     Ok(())

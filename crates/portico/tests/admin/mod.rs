@@ -534,6 +534,17 @@ async fn admin_api_every_route_auth_errors_dns_targets_metrics_and_restart() {
         out.contains(&backend.addr.to_string()) && out.contains("healthy"),
         "{out}"
     );
+    // certs and zones read the running server through the API (`source` is the API's field).
+    let (code, out) = run(&["certs", "list", "--json", "-c", cfg]);
+    assert_eq!(code, 0, "{out}");
+    let certs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(certs[0]["source"], "api", "{out}");
+    let (code, out) = run(&["certs", "show", "api-cert", "-c", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("status:      ISSUED"), "{out}");
+    let (code, out) = run(&["zones", "export", "example.test", "-c", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("192.0.2.9"), "{out}");
     let (code, out) = run(&["listeners", "list", "--json", "-c", cfg]);
     assert_eq!(code, 0, "{out}");
     let ls: Value = serde_json::from_str(&out).unwrap();
