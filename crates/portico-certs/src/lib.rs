@@ -4,6 +4,7 @@
 
 pub mod challenge;
 pub mod issuer;
+pub mod keys;
 pub mod manager;
 pub mod self_check;
 pub mod storage;

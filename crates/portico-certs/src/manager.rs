@@ -41,6 +41,8 @@ pub struct CertRequest {
     /// For dns-01: a publisher of its own (RFC 2136 to another server) instead of the default.
     pub dns_publisher: Option<Arc<dyn Dns01Publisher>>,
     pub deploy_hook: Option<String>,
+    /// The certificate's private key: ECDSA P-256 unless the config says RSA.
+    pub key_type: crate::keys::KeyType,
 }
 
 /// `[acme]`.
@@ -389,7 +391,7 @@ impl CertManager {
         rec.progress.clear();
         let _ = self.storage.save_record(&rec);
         Ok(match req.issuer {
-            IssuerKind::Internal => self.internal.issue(&req.domains)?,
+            IssuerKind::Internal => self.internal.issue(&req.domains, req.key_type)?,
             IssuerKind::Acme => {
                 let acme = lock(&self.acme)
                     .clone()
@@ -411,6 +413,7 @@ impl CertManager {
                     Challenge::Http01 => {
                         acme.issue(
                             &req.domains,
+                            req.key_type,
                             Solver::Http01(&self.tokens),
                             replaces,
                             &progress,
@@ -420,6 +423,7 @@ impl CertManager {
                     Challenge::TlsAlpn01 => {
                         acme.issue(
                             &req.domains,
+                            req.key_type,
                             Solver::TlsAlpn01(&self.store),
                             replaces,
                             &progress,
@@ -435,6 +439,7 @@ impl CertManager {
                         };
                         acme.issue(
                             &req.domains,
+                            req.key_type,
                             Solver::Dns01(dns.as_ref()),
                             replaces,
                             &progress,

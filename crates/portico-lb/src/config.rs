@@ -41,6 +41,10 @@ pub struct CertificateConfig {
     /// `[[tsig_key]]`), as certbot's rfc2136 plugin does; Portico's own zones when absent.
     pub dns_server: Option<String>,
     pub dns_key: Option<String>,
+    /// `ecdsa` (P-256, the default) or `rsa`, as certbot's `--key-type`.
+    pub key_type: Option<String>,
+    /// 2048 (default), 3072 or 4096 with `key_type = "rsa"`.
+    pub rsa_key_size: Option<usize>,
 }
 
 /// `[[target_group]]`.

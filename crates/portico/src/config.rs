@@ -191,6 +191,19 @@ impl PorticoConfig {
                     continue;
                 }
             };
+            let key_type = match portico_certs::keys::KeyType::parse(
+                c.key_type.as_deref(),
+                c.rsa_key_size,
+            ) {
+                Ok(k) => k,
+                Err(e) => {
+                    issues.push(
+                            ConfigIssue::new(at("key_type"), e)
+                                .hint("key_type = \"ecdsa\" (default) or \"rsa\" with rsa_key_size = 2048, 3072 or 4096"),
+                        );
+                    continue;
+                }
+            };
             let challenge = c.challenge.as_deref().unwrap_or("http-01");
             let dns01 = challenge == "dns-01";
             if issuer == IssuerKind::Acme {
@@ -287,6 +300,7 @@ impl PorticoConfig {
                     _ => Challenge::Http01,
                 },
                 deploy_hook: c.deploy_hook.clone(),
+                key_type,
             });
         }
         if issues.is_empty() {

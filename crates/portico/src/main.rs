@@ -124,6 +124,12 @@ enum CertsCommand {
         /// `http-01`, `tls-alpn-01` or `dns-01`.
         #[arg(long)]
         challenge: Option<String>,
+        /// `ecdsa` (P-256, default) or `rsa`.
+        #[arg(long)]
+        key_type: Option<String>,
+        /// 2048 (default), 3072 or 4096 with `--key-type rsa`.
+        #[arg(long)]
+        rsa_key_size: Option<u32>,
         /// Return once the request is accepted instead of following it.
         #[arg(long)]
         no_wait: bool,
@@ -181,11 +187,22 @@ fn main() -> ExitCode {
                 domains,
                 issuer,
                 challenge,
+                key_type,
+                rsa_key_size,
                 no_wait,
                 target,
-            } => {
-                admin::client::certs_request(&name, &domains, issuer, challenge, !no_wait, &target)
-            }
+            } => admin::client::certs_request(
+                &name,
+                &domains,
+                admin::client::CertOptions {
+                    issuer,
+                    challenge,
+                    key_type,
+                    rsa_key_size,
+                },
+                !no_wait,
+                &target,
+            ),
             CertsCommand::Delete { name, target } => admin::client::certs_delete(&name, &target),
             CertsCommand::Renew {
                 name,

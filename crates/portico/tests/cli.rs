@@ -792,7 +792,13 @@ async fn served_leaf(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_http01_against_pebble_and_internal_issuer() {
-    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    // RSA through the ACME path (our own CSR, finalize_csr); the internal one stays ECDSA.
+    let env = acme_env(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "key_type = \"rsa\"\nrsa_key_size = 3072",
+    )
+    .await;
     let d = env.dir.path();
     let config = env.config.clone();
     let mut portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
@@ -828,6 +834,26 @@ async fn acme_http01_against_pebble_and_internal_issuer() {
     .await
     .unwrap();
     assert_eq!(served.backend(), "app");
+    // key_type = "rsa": the served leaf carries a 3072-bit RSA key; the private key file is RSA.
+    let leaf = std::fs::read_to_string(live.join("app/cert.pem")).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(leaf.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("openssl is missing: apt-get install openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rsaEncryption") && text.contains("3072 bit"),
+        "{text}"
+    );
+    let internal_leaf = std::fs::read_to_string(live.join("private/cert.pem")).unwrap();
+    assert!(!internal_leaf.is_empty());
 
     // The internal issuer's certificate chains to the internal root.
     let internal = client_trusting(&std::fs::read(d.join("state/ca/root.pem")).unwrap());

@@ -198,6 +198,7 @@ impl AcmeIssuer {
     pub async fn issue(
         &self,
         domains: &[String],
+        key_type: crate::keys::KeyType,
         solver: Solver<'_>,
         replaces: Option<&[u8]>,
         progress: Progress<'_>,
@@ -293,10 +294,20 @@ impl AcmeIssuer {
                 return Err(format!("order is {status:?}, not ready: {detail}"));
             }
             progress("validated; finalizing the order".into());
-            let key = order
-                .finalize()
+            // The key and CSR are made here (not by instant-acme's finalize) so that the key
+            // type is ours to choose: ECDSA P-256 or RSA.
+            let key = key_type.generate()?;
+            let mut params = rcgen::CertificateParams::new(domains.to_vec())
+                .map_err(|e| format!("CSR: {e}"))?;
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            let csr = params
+                .serialize_request(&key)
+                .map_err(|e| format!("CSR: {e}"))?;
+            order
+                .finalize_csr(csr.der())
                 .await
                 .map_err(|e| format!("finalize: {}", describe(&e)))?;
+            let key = key.serialize_pem();
             let pem = order
                 .poll_certificate(&retry)
                 .await

@@ -35,9 +35,13 @@ impl InternalCa {
     }
 
     /// Issues a leaf for `domains` (DNS names or IP addresses), signed by the intermediate.
-    pub fn issue(&self, domains: &[String]) -> Result<Issued, String> {
+    pub fn issue(
+        &self,
+        domains: &[String],
+        key_type: crate::keys::KeyType,
+    ) -> Result<Issued, String> {
         let (_, inter) = self.ensure()?;
-        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let key = key_type.generate()?;
         let mut params = CertificateParams::default();
         params.subject_alt_names = domains
             .iter()

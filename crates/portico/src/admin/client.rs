@@ -426,21 +426,34 @@ pub fn listeners(cmd: ListenersCommand) -> anyhow::Result<()> {
 
 /// `portico certs request NAME --domain …`: asks the running server for a certificate, then
 /// follows it until it is issued or fails.
+/// What `certs request` passes on besides the name and domains.
+pub struct CertOptions {
+    pub issuer: Option<String>,
+    pub challenge: Option<String>,
+    pub key_type: Option<String>,
+    pub rsa_key_size: Option<u32>,
+}
+
 pub fn certs_request(
     name: &str,
     domains: &[String],
-    issuer: Option<String>,
-    challenge: Option<String>,
+    opts: CertOptions,
     wait: bool,
     target: &Target,
 ) -> anyhow::Result<()> {
     let admin = Admin::find(target)?;
     let mut body = serde_json::json!({ "name": name, "domains": domains });
-    if let Some(i) = issuer {
-        body["issuer"] = Value::String(i);
+    for (k, v) in [
+        ("issuer", opts.issuer),
+        ("challenge", opts.challenge),
+        ("key_type", opts.key_type),
+    ] {
+        if let Some(v) = v {
+            body[k] = Value::String(v);
+        }
     }
-    if let Some(c) = challenge {
-        body["challenge"] = Value::String(c);
+    if let Some(bits) = opts.rsa_key_size {
+        body["rsa_key_size"] = bits.into();
     }
     let v = admin.call("POST", "/api/v1/certificates", Some(body))?;
     println!("{name}: requested ({})", s(&v["status"]));

@@ -541,6 +541,8 @@ struct CertSpec {
     issuer: Option<String>,
     challenge: Option<String>,
     deploy_hook: Option<String>,
+    key_type: Option<String>,
+    rsa_key_size: Option<u32>,
 }
 
 async fn cert_request(
@@ -577,6 +579,12 @@ async fn cert_request(
                 if let Some(v) = v {
                     t.insert(k.into(), v.into());
                 }
+            }
+            if let Some(k) = spec.key_type {
+                t.insert("key_type".into(), k.into());
+            }
+            if let Some(bits) = spec.rsa_key_size {
+                t.insert("rsa_key_size".into(), i64::from(bits).into());
             }
             rt.certificate.push(t);
             Ok(())

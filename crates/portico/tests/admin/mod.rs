@@ -534,6 +534,49 @@ async fn admin_api_every_route_auth_errors_dns_targets_metrics_and_restart() {
         out.contains(&backend.addr.to_string()) && out.contains("healthy"),
         "{out}"
     );
+    // certs request follows the order to its end; an RSA key from the internal CA.
+    let (code, out) = run(&[
+        "certs",
+        "request",
+        "cli-cert",
+        "--domain",
+        "cli.example.test",
+        "--issuer",
+        "internal",
+        "--key-type",
+        "rsa",
+        "-c",
+        cfg,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("cli-cert: issued for cli.example.test"),
+        "{out}"
+    );
+    let key = std::fs::read_to_string(
+        env.dir
+            .path()
+            .join("state/certificates/live/cli-cert/privkey.pem"),
+    )
+    .unwrap();
+    assert!(key.contains("BEGIN PRIVATE KEY"), "PKCS#8");
+    let (code, out) = run(&["certs", "delete", "cli-cert", "-c", cfg]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&[
+        "certs",
+        "request",
+        "bad",
+        "--domain",
+        "x.example.test",
+        "--key-type",
+        "rsa",
+        "--rsa-key-size",
+        "1024",
+        "-c",
+        cfg,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("2048, 3072 or 4096"), "{out}");
     // certs and zones read the running server through the API (`source` is the API's field).
     let (code, out) = run(&["certs", "list", "--json", "-c", cfg]);
     assert_eq!(code, 0, "{out}");
