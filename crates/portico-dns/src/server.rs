@@ -44,6 +44,28 @@ pub struct DnsServer {
     stop: CancellationToken,
 }
 
+/// A UDP and a TCP socket on the same address. For port 0 the kernel picks the UDP port, which
+/// TCP may already use: then another port is tried, so a free port is found, not a collision.
+fn bind_pair(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let mut tries = if addr.port() == 0 { 20 } else { 1 };
+    loop {
+        let udp = std::net::UdpSocket::bind(addr).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr}/udp: {e}"))
+        })?;
+        let local = udp.local_addr()?;
+        match std::net::TcpListener::bind(local) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {local}/tcp: {e}"),
+                ))
+            }
+        }
+    }
+}
+
 impl DnsServer {
     /// Binds UDP and TCP on each address (TCP on the port UDP got, for port 0) and serves.
     pub async fn start(
@@ -56,13 +78,8 @@ impl DnsServer {
         let mut addrs = Vec::new();
         let mut bound = Vec::new();
         for addr in listen {
-            let udp = std::net::UdpSocket::bind(addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {addr}/udp: {e}"))
-            })?;
+            let (udp, tcp) = bind_pair(*addr)?;
             let local = udp.local_addr()?;
-            let tcp = std::net::TcpListener::bind(local).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {local}/tcp: {e}"))
-            })?;
             udp.set_nonblocking(true)?;
             tcp.set_nonblocking(true)?;
             bound.push((udp, tcp));

@@ -32,6 +32,8 @@ pub struct PorticoConfig {
     pub acme: Option<AcmeConfig>,
     /// `[admin]`: the admin API, metrics and web console (off when the section is absent).
     pub admin: Option<AdminConfig>,
+    /// `[store]`: cluster mode, state shared through etcd instead of the state directory.
+    pub store: Option<StoreConfig>,
     pub dns: Option<portico_dns::config::DnsConfig>,
     #[serde(default)]
     pub tsig_key: Vec<portico_dns::config::TsigKeyConfig>,
@@ -119,6 +121,40 @@ impl PorticoConfig {
                 issues.push(
                     ConfigIssue::new(at("resolver"), "resolver is not an address")
                         .hint("write an IP address, optionally with a port: \"127.0.0.1:53\""),
+                );
+            }
+        }
+        if let Some(st) = &self.store {
+            let at = |k: &str| vec![PathSeg::Key("store".into()), PathSeg::Key(k.into())];
+            if st.etcd.is_empty() {
+                issues.push(
+                    ConfigIssue::new(at("etcd"), "[store] names no etcd endpoint")
+                        .hint("etcd = [\"http://127.0.0.1:2379\"], or remove [store] to keep state in state_dir"),
+                );
+            }
+            if let Some(bad) = st
+                .etcd
+                .iter()
+                .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+            {
+                issues.push(
+                    ConfigIssue::new(
+                        at("etcd"),
+                        format!("{bad:?} is not an http:// or https:// URL"),
+                    )
+                    .hint("e.g. \"http://10.0.0.5:2379\""),
+                );
+            }
+            if st.cert_file.is_some() != st.key_file.is_some() {
+                issues.push(ConfigIssue::new(
+                    at("cert_file"),
+                    "a client certificate for etcd needs both cert_file and key_file",
+                ));
+            }
+            if !cfg!(feature = "etcd") {
+                issues.push(
+                    ConfigIssue::new(at("etcd"), "this build of portico has no etcd support")
+                        .hint("build with `cargo build --release --features etcd` (needs protoc: apt-get install protobuf-compiler)"),
                 );
             }
         }
@@ -351,6 +387,27 @@ fn domain_problem(d: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// `[store]`: where state lives when several nodes share it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))] // read only by the etcd store
+pub struct StoreConfig {
+    /// etcd endpoints (`http://10.0.0.5:2379`; `https://` with the TLS keys below).
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// Where Portico's keys start in etcd.
+    #[serde(default = "default_store_prefix")]
+    pub prefix: String,
+    /// TLS towards etcd: the CA that signed etcd's certificate, and a client certificate.
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+fn default_store_prefix() -> String {
+    "portico/".into()
 }
 
 /// `[admin]`: where the admin API, `/metrics` and the console listen.

@@ -8,6 +8,7 @@ mod proxy;
 mod rfc2136;
 mod runtime;
 mod server;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,10 +76,27 @@ enum Command {
         #[command(subcommand)]
         command: admin::client::TargetsCommand,
     },
+    /// The state store: copy a state directory into etcd (`[store]`) and back.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Listeners and their rules (admin API).
     Listeners {
         #[command(subcommand)]
         command: admin::client::ListenersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every key (certificates, accounts, the internal CA, zones, API changes) from the state
+    /// directory into etcd (`--to etcd`), or from etcd into the state directory (`--to dir`).
+    Migrate {
+        #[arg(long, value_enum)]
+        to: store::Direction,
+        #[arg(short, long, default_value = "portico.toml")]
+        config: PathBuf,
     },
 }
 
@@ -228,6 +246,9 @@ fn main() -> ExitCode {
         Command::Records { command } => admin::client::records(command),
         Command::Targets { command } => admin::client::targets(command),
         Command::Listeners { command } => admin::client::listeners(command),
+        Command::Store {
+            command: StoreCommand::Migrate { to, config },
+        } => store::migrate(&config, to),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

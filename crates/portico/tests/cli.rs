@@ -5,6 +5,8 @@
 mod support;
 
 mod admin;
+#[cfg(feature = "etcd")]
+mod cluster;
 mod fault_proxy;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,276 @@
+//! etcd (v3 API, through `etcd-client`) as the store of a cluster: the same keys as the state
+//! directory under a prefix (`portico/` by default), the same bytes.
+//!
+//! Locks are a key created only if absent (`create_revision == 0`) and bound to a lease with a
+//! TTL, kept alive while the holder works; a holder that dies loses it when the lease expires.
+//! etcd's lease alone does not guarantee mutual exclusion (a paused holder's lease can expire),
+//! so every write made under a lock goes through [`Lock::put`], a transaction that compares the
+//! lock key's create revision with the one this holder made: a holder that lost the lock cannot
+//! write.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+
+use crate::{check_key, Lock, Store};
+
+/// How long one etcd call may take before the store reports etcd unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// TLS towards etcd: a CA to trust and optionally a client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub cert_pem: Option<Vec<u8>>,
+    pub key_pem: Option<Vec<u8>>,
+}
+
+#[derive(Clone)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    prefix: String,
+    client: Client,
+    /// A runtime of the store's own on a thread of its own: callers on any runtime (or none)
+    /// hand it the call and wait for the answer on a channel.
+    rt: tokio::runtime::Handle,
+}
+
+fn unreachable(endpoints: &[String], e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!("etcd {} unreachable: {e}", endpoints.join(",")),
+    )
+}
+
+impl Etcd {
+    /// Connects (lazily: a node starts even while etcd is down, and serves its local cache).
+    pub fn connect(endpoints: &[String], prefix: &str, tls: Option<EtcdTls>) -> io::Result<Etcd> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("portico-etcd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(rt.handle().clone()));
+                // Serves the store's calls for the life of the process.
+                rt.block_on(std::future::pending::<()>());
+            })?;
+        let rt = rx
+            .recv()
+            .map_err(|_| io::Error::other("the etcd thread did not start"))??;
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        if let Some(t) = tls {
+            let mut o = etcd_client::TlsOptions::new();
+            if let Some(ca) = t.ca_pem {
+                o = o.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let (Some(c), Some(k)) = (t.cert_pem, t.key_pem) {
+                o = o.identity(etcd_client::Identity::from_pem(c, k));
+            }
+            opts = opts.with_tls(o);
+        }
+        let eps = endpoints.to_vec();
+        let client = run(&rt, async move {
+            Client::connect(eps, Some(opts))
+                .await
+                .map_err(io::Error::other)
+        })??;
+        Ok(Etcd {
+            endpoints: endpoints.to_vec(),
+            prefix: prefix.to_string(),
+            client,
+            rt,
+        })
+    }
+
+    fn key(&self, key: &str) -> Vec<u8> {
+        format!("{}{key}", self.prefix).into_bytes()
+    }
+
+    /// Runs one etcd call on the store's runtime, bounded by [`CALL_TIMEOUT`].
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> io::Result<T> {
+        let eps = self.endpoints.clone();
+        run(&self.rt, async move {
+            match tokio::time::timeout(CALL_TIMEOUT, f).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(unreachable(&eps, e)),
+                Err(_) => Err(unreachable(&eps, "no answer within 5 s")),
+            }
+        })?
+    }
+}
+
+/// Runs `f` on `rt` and waits for it on this thread (never inside `rt` itself).
+fn run<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv()
+        .map_err(|_| io::Error::other("the etcd runtime stopped"))
+}
+
+impl Store for Etcd {
+    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        let (mut c, k) = (self.client.clone(), self.key(key));
+        let res = self.call(async move { c.get(k, None).await })?;
+        Ok(res.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    fn put(&self, key: &str, value: &[u8], _mode: u32) -> io::Result<()> {
+        check_key(key)?;
+        let (mut c, k, v) = (self.client.clone(), self.key(key), value.to_vec());
+        self.call(async move { c.put(k, v, None).await })?;
+        Ok(())
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let (mut c, k) = (self.client.clone(), self.key(prefix));
+        let res = self.call(async move {
+            c.get(k, Some(GetOptions::new().with_prefix().with_keys_only()))
+                .await
+        })?;
+        let mut out: Vec<String> = res
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let k = std::str::from_utf8(kv.key()).ok()?;
+                k.strip_prefix(&self.prefix).map(str::to_string)
+            })
+            .filter(|k| !k.starts_with(".locks/"))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        check_key(key)?;
+        let (mut c, k) = (self.client.clone(), self.key(key));
+        self.call(async move { c.delete(k, None).await })?;
+        Ok(())
+    }
+
+    fn try_lock(&self, name: &str, ttl: Duration) -> io::Result<Option<Box<dyn Lock>>> {
+        check_key(name)?;
+        let key = self.key(&format!(".locks/{name}"));
+        let ttl_s = ttl.as_secs().max(2) as i64;
+        let mut c = self.client.clone();
+        let lease = self
+            .call(async move { c.lease_grant(ttl_s, None).await })?
+            .id();
+        let (mut c, k) = (self.client.clone(), key.clone());
+        let holder = format!("{}:{}", hostname(), std::process::id());
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                k.clone(),
+                holder,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(k.clone(), None)]);
+        let res = self.call(async move { c.txn(txn).await })?;
+        if !res.succeeded() {
+            let mut c = self.client.clone();
+            let _ = self.call(async move { c.lease_revoke(lease).await });
+            return Ok(None);
+        }
+        let revision = res.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Some(Box::new(EtcdLock {
+            store: Arc::new(self.clone()),
+            key,
+            lease,
+            revision,
+        })))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "etcd {} (prefix {:?})",
+            self.endpoints.join(","),
+            self.prefix
+        )
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}
+
+struct EtcdLock {
+    store: Arc<Etcd>,
+    key: Vec<u8>,
+    lease: i64,
+    /// The revision at which this holder created the lock key: the fence for its writes.
+    revision: i64,
+}
+
+impl Lock for EtcdLock {
+    fn keep_alive(&self) -> io::Result<()> {
+        let (mut c, lease) = (self.store.client.clone(), self.lease);
+        let ttl = self.store.call(async move {
+            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            Ok(stream.message().await?.map(|m| m.ttl()).unwrap_or(0))
+        })?;
+        if ttl <= 0 {
+            return Err(io::Error::other(
+                "the lock's lease expired: another node may hold it now",
+            ));
+        }
+        Ok(())
+    }
+
+    fn put(&self, key: &str, value: &[u8], _mode: u32) -> io::Result<()> {
+        check_key(key)?;
+        let (mut c, k, v) = (
+            self.store.client.clone(),
+            self.store.key(key),
+            value.to_vec(),
+        );
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.clone(),
+                CompareOp::Equal,
+                self.revision,
+            )])
+            .and_then([TxnOp::put(k, v, None)]);
+        let res = self.store.call(async move { c.txn(txn).await })?;
+        if !res.succeeded() {
+            return Err(io::Error::other(
+                "lost the lock before writing (its lease expired): nothing was written",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EtcdLock {
+    fn drop(&mut self) {
+        let (mut c, lease) = (self.store.client.clone(), self.lease);
+        // Revoking the lease deletes the lock key with it.
+        let _ = self.store.call(async move { c.lease_revoke(lease).await });
+    }
+}
