@@ -20,26 +20,70 @@ pub trait Dns01Publisher: Send + Sync {
 
 use portico_lb::Http01Responder;
 
-#[derive(Debug, Default, Clone)]
-pub struct Http01Tokens(Arc<RwLock<HashMap<String, String>>>);
+/// Pending HTTP-01 key authorizations by token. In cluster mode they are also in the shared
+/// store, so that whichever node the CA reaches can answer.
+#[derive(Default, Clone)]
+pub struct Http01Tokens {
+    local: Arc<RwLock<HashMap<String, String>>>,
+    shared: Arc<RwLock<Option<Arc<dyn portico_store::Store>>>>,
+}
+
+impl std::fmt::Debug for Http01Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http01Tokens").finish_non_exhaustive()
+    }
+}
+
+fn shared_key(token: &str) -> Option<String> {
+    // Tokens are base64url (RFC 8555 §8.1); anything else is never a stored token.
+    token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .then(|| format!("acme/http-01/{token}"))
+        .filter(|_| !token.is_empty() && token.len() <= 128)
+}
 
 impl Http01Tokens {
+    pub fn share(&self, store: Arc<dyn portico_store::Store>) {
+        if let Ok(mut s) = self.shared.write() {
+            *s = Some(store);
+        }
+    }
+
+    fn shared(&self) -> Option<Arc<dyn portico_store::Store>> {
+        self.shared.read().ok()?.clone()
+    }
+
     pub fn insert(&self, token: &str, key_authorization: &str) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.local.write() {
             m.insert(token.to_string(), key_authorization.to_string());
+        }
+        if let (Some(store), Some(key)) = (self.shared(), shared_key(token)) {
+            if let Err(e) = store.put(&key, key_authorization.as_bytes(), 0o644) {
+                tracing::warn!(error = %e, "cannot share the HTTP-01 token: only this node answers it");
+            }
         }
     }
 
     pub fn remove(&self, token: &str) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.local.write() {
             m.remove(token);
+        }
+        if let (Some(store), Some(key)) = (self.shared(), shared_key(token)) {
+            let _ = store.delete(&key);
         }
     }
 }
 
 impl Http01Responder for Http01Tokens {
     fn key_authorization(&self, token: &str) -> Option<String> {
-        self.0.read().ok()?.get(token).cloned()
+        if let Some(k) = self.local.read().ok()?.get(token).cloned() {
+            return Some(k);
+        }
+        // Another node's order: the token is in the shared store.
+        let store = self.shared()?;
+        let value = store.get(&shared_key(token)?).ok()??;
+        String::from_utf8(value).ok()
     }
 }
 

@@ -75,6 +75,24 @@ pub struct CertManager {
     dns01: Mutex<Option<Arc<dyn Dns01Publisher>>>,
     /// Failed orders per certificate since this process started (for `/metrics`).
     failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Cluster mode: the store nodes share (order locks, HTTP-01 tokens, issued certificates).
+    shared: Mutex<Option<Arc<dyn portico_store::Store>>>,
+}
+
+/// How long an order lock lives without being kept alive (a node that dies mid-order loses it
+/// after this); it is renewed every third of it while the order runs.
+const ORDER_LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// A held order lock, kept alive in the background until dropped.
+struct OrderLock {
+    lock: Arc<Mutex<Box<dyn portico_store::Lock>>>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OrderLock {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
 }
 
 impl CertManager {
@@ -91,6 +109,7 @@ impl CertManager {
             tasks: Mutex::new(CancellationToken::new()),
             dns01: Mutex::new(None),
             failures: Mutex::default(),
+            shared: Mutex::new(None),
         })
     }
 
@@ -107,6 +126,76 @@ impl CertManager {
     /// Where DNS-01 TXT records are written (Portico's hosted zones).
     pub fn set_dns01(&self, publisher: Arc<dyn Dns01Publisher>) {
         *lock(&self.dns01) = Some(publisher);
+    }
+
+    /// Cluster mode: one node orders a certificate at a time (a lock in `store`), HTTP-01
+    /// tokens are answered by every node, and an issued certificate is written to `store` under
+    /// the lock (fenced: a node that lost the lock cannot overwrite).
+    pub fn set_shared_store(&self, store: Arc<dyn portico_store::Store>) {
+        self.tokens.share(store.clone());
+        *lock(&self.shared) = Some(store);
+    }
+
+    /// Serves the stored certificate `name` again (another node renewed it into the state).
+    pub fn refresh(&self, name: &str) {
+        if self.storage.load_live(name).is_some() {
+            if let Err(e) = self.publish(name) {
+                tracing::warn!(certificate = %name, error = %e, "stored certificate cannot be served");
+            } else {
+                tracing::info!(certificate = %name, "serving the certificate another node stored");
+            }
+        }
+    }
+
+    /// The order lock for `name`: `Ok(None)` without a shared store, `Err` while another node
+    /// holds it (or the store cannot be reached).
+    fn order_lock(&self, name: &str) -> Result<Option<OrderLock>, String> {
+        let Some(store) = lock(&self.shared).clone() else {
+            return Ok(None);
+        };
+        match store.try_lock(&format!("certificates/order/{name}"), ORDER_LOCK_TTL) {
+            Ok(Some(l)) => {
+                let l = Arc::new(Mutex::new(l));
+                let held = l.clone();
+                let name = name.to_string();
+                let keeper = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(ORDER_LOCK_TTL / 3).await;
+                        if let Err(e) = lock(&held).keep_alive() {
+                            tracing::warn!(certificate = %name, error = %e, "order lock lost");
+                            return;
+                        }
+                    }
+                });
+                Ok(Some(OrderLock { lock: l, keeper }))
+            }
+            Ok(None) => Err("another node is ordering it".into()),
+            Err(e) => Err(format!("the shared store cannot be reached: {e}")),
+        }
+    }
+
+    /// Writes the lineage's files for `name` to the shared store under the order lock.
+    fn share_lineage(&self, held: &OrderLock, name: &str, version: Option<u32>) {
+        let root = self.state_dir.clone();
+        let mut keys = Vec::new();
+        if let Some(n) = version {
+            for kind in ["cert", "chain", "fullchain", "privkey"] {
+                keys.push(format!("certificates/archive/{name}/{kind}{n}.pem"));
+            }
+            for kind in ["cert", "chain", "fullchain", "privkey"] {
+                keys.push(format!("certificates/live/{name}/{kind}.pem"));
+            }
+        }
+        keys.push(format!("certificates/renewal/{name}.toml"));
+        for key in keys {
+            let Ok(bytes) = std::fs::read(root.join(&key)) else {
+                continue;
+            };
+            if let Err(e) = lock(&held.lock).put(&key, &bytes, portico_store::mode_for(&key)) {
+                tracing::error!(certificate = %name, %key, error = %e, "cannot share the certificate");
+                return;
+            }
+        }
     }
 
     /// Failed orders and renewals per certificate since this process started.
@@ -208,6 +297,21 @@ impl CertManager {
                     }
                 }
             }
+            let held = match self.order_lock(&req.name) {
+                Ok(h) => h,
+                Err(why) => {
+                    tracing::debug!(certificate = %req.name, %why, "not ordering now");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if held.is_some() {
+                // Re-check after taking the lock: another node may have just stored a new one.
+                let now = self.current(&req);
+                if now.as_ref().map(|c| &c.leaf) != current.as_ref().map(|c| &c.leaf) {
+                    continue;
+                }
+            }
             let mut rec = self.storage.record(&req.name).unwrap_or_default();
             rec.name = req.name.clone();
             rec.domains = req.domains.clone();
@@ -250,6 +354,10 @@ impl CertManager {
                             Some(humantime::format_rfc3339_seconds(c.renew_at).to_string());
                     }
                     let _ = self.storage.save_record(&rec);
+                    if let Some(h) = &held {
+                        self.share_lineage(h, &req.name, Some(rec.version));
+                    }
+                    drop(held);
                     tracing::info!(event = if rec.version > 1 { "certificate_renewed" } else { "certificate_issued" }, certificate = %req.name, version = rec.version, not_after = ?rec.not_after, "certificate issued and serving");
                     if let Some(hook) = &req.deploy_hook {
                         self.deploy_hook(&req, hook).await;
@@ -274,6 +382,10 @@ impl CertManager {
                         humantime::format_rfc3339_seconds(SystemTime::now() + wait).to_string(),
                     );
                     let _ = self.storage.save_record(&rec);
+                    if let Some(h) = &held {
+                        self.share_lineage(h, &req.name, None);
+                    }
+                    drop(held);
                     tracing::warn!(event = "certificate_failed", certificate = %req.name, error = %e, retry_in = ?wait, ca_retry_after = retry_after.is_some(), "certificate request failed");
                     tokio::time::sleep(wait).await;
                 }

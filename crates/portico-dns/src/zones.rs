@@ -58,6 +58,8 @@ pub enum ChangeError {
     Invalid(String),
     #[error("cannot persist the change: {0}")]
     Storage(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// `CREATE`, `DELETE` or `UPSERT` of one record set, as in a Route 53 change batch.
@@ -102,6 +104,7 @@ pub struct HostedZones {
     /// Reads the state directory but never writes it (for CLI look-ups beside a running server).
     read_only: bool,
     writer: tokio::sync::Mutex<()>,
+    guard: Mutex<Option<Arc<dyn ZoneGuard>>>,
     /// Queries answered, by zone and rcode (for `/metrics`).
     pub metrics: crate::metrics::DnsMetrics,
 }
@@ -129,6 +132,7 @@ impl HostedZones {
             read_only,
             writer: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
+            guard: Mutex::new(None),
         })
     }
 
@@ -249,11 +253,18 @@ impl HostedZones {
                     let next = old.serial().wrapping_add(1).max(1);
                     zone.set_serial(next.max(zone.serial()));
                 }
-                if let Err(e) = self.persist(&zone, stored.as_ref()) {
-                    return Err(vec![ConfigIssue::new(
-                        path!["state_dir"],
-                        format!("cannot store zone {origin}: {e}"),
-                    )]);
+                match self.persist(&zone, stored.as_ref()) {
+                    Ok(()) => {}
+                    Err(PersistError::Conflict(e)) => {
+                        // Another node wrote the zone first: its version arrives through the store.
+                        tracing::warn!(zone = %origin, error = %e, "zone written by another node meanwhile; serving theirs when it arrives");
+                    }
+                    Err(e) => {
+                        return Err(vec![ConfigIssue::new(
+                            path!["state_dir"],
+                            format!("cannot store zone {origin}: {e}"),
+                        )])
+                    }
                 }
             }
             if let Some(done) = fingerprints.remove(&origin) {
@@ -307,8 +318,10 @@ impl HostedZones {
         zone.set_serial(old.serial().wrapping_add(1).max(1));
         zone.validate()
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        self.persist(&zone, Some(old))
-            .map_err(ChangeError::Storage)?;
+        self.persist(&zone, Some(old)).map_err(|e| match e {
+            PersistError::Conflict(m) => ChangeError::Conflict(m),
+            PersistError::Io(m) => ChangeError::Storage(m),
+        })?;
         let serial = zone.serial();
         let mut next = Catalog::clone(&catalog);
         next.zones.insert(origin.clone(), Arc::new(zone));
@@ -435,23 +448,87 @@ impl HostedZones {
         Ok(Some(zone))
     }
 
-    /// Writes the zone file (temp, fsync, rename) and records the difference for IXFR.
-    fn persist(&self, zone: &Zone, old: Option<&Zone>) -> Result<(), String> {
-        let mut journals = lock(&self.journals);
+    /// Writes the zone file (temp, fsync, rename) and records the difference for IXFR. With a
+    /// shared store, the zone is first written there, only if it still holds what this node last
+    /// saw; otherwise the change is a conflict and nothing is written.
+    fn persist(&self, zone: &Zone, old: Option<&Zone>) -> Result<(), PersistError> {
+        let text = zone_file::export(zone);
+        if let Some(dir) = self.write_dir() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| PersistError::Io(format!("cannot create {}: {e}", dir.display())))?;
+            let path = dir.join(format!("{}zone", zone.origin));
+            let guard = lock(&self.guard).clone();
+            if let Some(g) = guard {
+                let before = std::fs::read(&path).ok();
+                g.publish(
+                    &format!("zones/{}zone", zone.origin),
+                    before.as_deref(),
+                    text.as_bytes(),
+                )?;
+            }
+            portico_config::files::write_atomic(&path, text.as_bytes(), 0o644)
+                .map_err(|e| PersistError::Io(format!("cannot write {}: {e}", path.display())))?;
+        }
         if let Some(old) = old {
-            journals
+            lock(&self.journals)
                 .entry(zone.origin.clone())
                 .or_default()
                 .append(JournalEntry::diff(old, zone));
         }
-        if let Some(dir) = self.write_dir() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let path = dir.join(format!("{}zone", zone.origin));
-            portico_config::files::write_atomic(&path, zone_file::export(zone).as_bytes(), 0o644)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        }
         Ok(())
+    }
+
+    /// Shares zone writes through `guard` (cluster mode).
+    pub fn set_guard(&self, guard: Arc<dyn ZoneGuard>) {
+        *lock(&self.guard) = Some(guard);
+    }
+
+    /// Serves the zone as its state file now says, when another node changed it; true when the
+    /// served zone changed.
+    pub async fn reload_stored(&self, origin: &Name) -> Result<bool, String> {
+        let _w = self.writer.lock().await;
+        let Some(fresh) = self.read_state(origin)? else {
+            return Ok(false);
+        };
+        let catalog = self.catalog.load_full();
+        let Some(old) = catalog.zones.get(origin) else {
+            return Ok(false);
+        };
+        if **old == fresh {
+            return Ok(false);
+        }
+        lock(&self.journals)
+            .entry(origin.clone())
+            .or_default()
+            .append(JournalEntry::diff(old, &fresh));
+        tracing::info!(zone = %origin, serial = fresh.serial(), "zone changed on another node: serving it");
+        let mut next = Catalog::clone(&catalog);
+        next.zones.insert(origin.clone(), Arc::new(fresh));
+        self.catalog.store(Arc::new(next));
+        Ok(true)
+    }
+}
+
+/// Where zone writes are shared in cluster mode: `publish` stores `new` under `key` only if the
+/// store still holds `old` (what this node last saw), atomically.
+pub trait ZoneGuard: Send + Sync {
+    fn publish(&self, key: &str, old: Option<&[u8]>, new: &[u8]) -> Result<(), PersistError>;
+}
+
+/// Why a zone could not be written.
+#[derive(Debug, Clone)]
+pub enum PersistError {
+    /// Another node changed the zone first.
+    Conflict(String),
+    /// The shared store or the disk failed.
+    Io(String),
+}
+
+impl std::fmt::Display for PersistError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PersistError::Conflict(m) | PersistError::Io(m) => f.write_str(m),
+        }
     }
 }
 

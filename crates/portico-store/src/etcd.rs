@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 
-use crate::{check_key, Lock, Store};
+use crate::{check_key, Entry, Lock, Store};
 
 /// How long one etcd call may take before the store reports etcd unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -210,6 +210,52 @@ impl Store for Etcd {
             self.endpoints.join(","),
             self.prefix
         )
+    }
+
+    fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        _mode: u32,
+    ) -> io::Result<bool> {
+        check_key(key)?;
+        let k = self.key(key);
+        let cmp = match expected {
+            None => Compare::create_revision(k.clone(), CompareOp::Equal, 0),
+            Some(v) => Compare::value(k.clone(), CompareOp::Equal, v.to_vec()),
+        };
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::put(k, value.to_vec(), None)]);
+        let mut c = self.client.clone();
+        Ok(self.call(async move { c.txn(txn).await })?.succeeded())
+    }
+
+    fn updates_since(&self, prefix: &str, revision: u64) -> io::Result<Option<(u64, Vec<Entry>)>> {
+        let (mut c, k) = (self.client.clone(), self.key(prefix));
+        let res = self.call(async move {
+            c.get(
+                k,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_min_mod_revision(revision as i64 + 1),
+                ),
+            )
+            .await
+        })?;
+        let now = res.header().map(|h| h.revision()).unwrap_or(0).max(0) as u64;
+        let entries = res
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let k = std::str::from_utf8(kv.key()).ok()?;
+                let k = k.strip_prefix(&self.prefix)?;
+                (!k.starts_with(".locks/")).then(|| (k.to_string(), kv.value().to_vec()))
+            })
+            .collect();
+        Ok(Some((now, entries)))
     }
 }
 

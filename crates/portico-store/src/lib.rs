@@ -33,6 +33,24 @@ pub trait Store: Send + Sync {
     fn try_lock(&self, name: &str, ttl: Duration) -> io::Result<Option<Box<dyn Lock>>>;
     /// Human description for logs and errors ("/var/lib/portico", "etcd http://…").
     fn describe(&self) -> String;
+    /// Writes `value` only if the key still holds `expected` (`None`: only if absent), as one
+    /// atomic step; `false` when it did not (someone else changed it first).
+    fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        mode: u32,
+    ) -> io::Result<bool>;
+    /// Keys changed under `prefix` after `revision`, with the store's revision now; `None` when
+    /// the store has no change feed (a state directory has one writer: the process itself).
+    fn updates_since(
+        &self,
+        _prefix: &str,
+        _revision: u64,
+    ) -> io::Result<Option<(u64, Vec<Entry>)>> {
+        Ok(None)
+    }
 }
 
 /// A held lock; released on drop.

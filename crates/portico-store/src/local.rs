@@ -156,6 +156,21 @@ impl Store for LocalDir {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn put_if(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        mode: u32,
+    ) -> io::Result<bool> {
+        // One process writes a state directory, and its writers hold their own locks.
+        if self.get(key)?.as_deref() != expected {
+            return Ok(false);
+        }
+        self.put(key, value, mode)?;
+        Ok(true)
+    }
 }
 
 fn now_ms() -> u64 {

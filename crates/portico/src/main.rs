@@ -1,6 +1,7 @@
 //! The `portico` binary: the command line, and the wiring of the parts into one process.
 
 mod admin;
+mod cluster;
 mod config;
 mod demo;
 mod doctor;

@@ -474,6 +474,8 @@ pub fn init_tracing(config: &PorticoConfig) {
 
 /// A running Portico: the parts wired together and serving.
 pub struct Server {
+    /// Stops following the shared store (cluster mode) at shutdown.
+    following: tokio_util::sync::CancellationToken,
     pub core: Arc<Core>,
     pub lb: Arc<LoadBalancer>,
     pub dns: Option<DnsServer>,
@@ -487,6 +489,8 @@ pub struct Core {
     pub lb: Arc<LoadBalancer>,
     pub zones: Arc<HostedZones>,
     pub certs: Arc<CertManager>,
+    /// Cluster mode: the shared store and this node's cache of it.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// One apply at a time: reloads and API changes queue here.
     current: tokio::sync::Mutex<Current>,
 }
@@ -569,6 +573,15 @@ impl Core {
         ) -> Result<T, crate::admin::ApiError>,
     ) -> Result<T, crate::admin::ApiError> {
         let mut cur = self.current.lock().await;
+        if let Some(c) = self.cluster.as_ref().filter(|c| !c.reachable()) {
+            return Err(crate::admin::ApiError::new(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the shared store ({}) cannot be reached: changes are refused until it answers; this node keeps serving",
+                    c.describe()
+                ),
+            ));
+        }
         let mut runtime = cur.runtime.clone();
         let out = edit(&mut runtime, &cur.config)?;
         let source = cur.source.clone();
@@ -584,9 +597,49 @@ impl Core {
                 crate::runtime::path(&self.state_dir).display()
             )));
         }
+        if let Some(c) = &self.cluster {
+            if let Err(e) = c.push_key(crate::runtime::FILE) {
+                // Not shared, so not acknowledged: back to what was there before.
+                let _ = cur.runtime.save(&self.state_dir);
+                let _ = self.apply(&source, &cur.runtime).await;
+                return Err(crate::admin::ApiError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the shared store ({}) cannot be reached, so the change was not applied: {e}", c.describe()),
+                ));
+            }
+        }
         cur.runtime = runtime;
         cur.config = config;
         Ok(out)
+    }
+
+    /// Applies the API's additions as another node left them in the shared store.
+    pub async fn reload_runtime(&self) {
+        let mut cur = self.current.lock().await;
+        let runtime = match crate::runtime::Runtime::load(&self.state_dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the API's additions another node stored");
+                return;
+            }
+        };
+        if runtime == cur.runtime {
+            return;
+        }
+        let source = cur.source.clone();
+        match self.apply(&source, &runtime).await {
+            Ok(config) => {
+                cur.runtime = runtime;
+                cur.config = config;
+                tracing::info!(
+                    event = "runtime_changed",
+                    "applied API changes made on another node"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "API changes made on another node do not apply here; keeping the previous ones")
+            }
+        }
     }
 
     /// The config as last applied (file plus API additions).
@@ -839,6 +892,21 @@ impl ListenerAddrs for LbListeners {
 impl Server {
     pub async fn start(source: Source, file_config: PorticoConfig) -> anyhow::Result<Self> {
         let state_dir = file_config.state_dir.clone();
+        let issues = file_config.own_issues();
+        if !issues.is_empty() {
+            return Err(source.locate(&issues).into());
+        }
+        let cluster = match crate::store::shared(&file_config, &source.base_dir())? {
+            Some(store) => {
+                let c = crate::cluster::Cluster::new(Arc::from(store), &state_dir);
+                let pulling = c.clone();
+                tokio::task::spawn_blocking(move || pulling.pull_all())
+                    .await
+                    .context("pulling the shared state")?;
+                Some(c)
+            }
+            None => None,
+        };
         let runtime = crate::runtime::Runtime::load(&state_dir)?;
         let config = runtime.merge(&source, &state_dir)?;
         let locate = |issues: &[portico_lb::ConfigIssue]| {
@@ -855,6 +923,10 @@ impl Server {
             .await
             .map_err(|issues| locate(&issues))?;
         let zones = HostedZones::new(Some(config.state_dir.clone()));
+        if let Some(c) = &cluster {
+            zones.set_guard(c.clone());
+            certs.set_shared_store(c.store.clone());
+        }
         zones
             .load(&config.dns(), &source.base_dir())
             .await
@@ -910,6 +982,7 @@ impl Server {
             lb: lb.clone(),
             zones,
             certs,
+            cluster: cluster.clone(),
             current: tokio::sync::Mutex::new(Current {
                 source,
                 runtime,
@@ -924,8 +997,15 @@ impl Server {
             }
             None => None,
         };
+        let following = tokio_util::sync::CancellationToken::new();
+        if let Some(c) = cluster {
+            let noting = c.clone();
+            let _ = tokio::task::spawn_blocking(move || noting.note_local()).await;
+            tokio::spawn(crate::cluster::follow(c, core.clone(), following.clone()));
+        }
         write_pid_file(&state_dir);
         Ok(Server {
+            following,
             core,
             lb,
             dns,
@@ -959,6 +1039,7 @@ impl Server {
         if let Some(a) = &self.admin {
             a.stop();
         }
+        self.following.cancel();
         self.core.certs.stop();
         let clean = self.lb.shutdown(shutdown_timeout).await;
         if !clean {

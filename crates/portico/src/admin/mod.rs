@@ -448,7 +448,10 @@ async fn zone_change(
             ChangeError::NoSuchZone(z) => ApiError::not_found(format!("no hosted zone {z}")),
             ChangeError::Invalid(m) => ApiError::bad(m)
                 .hint("CREATE fails on an existing record set, DELETE needs the exact values; UPSERT sets it whatever was there"),
-            ChangeError::Storage(m) => ApiError::internal(m),
+            ChangeError::Storage(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m)
+                .hint("the change was not applied; retry when the state store answers"),
+            ChangeError::Conflict(m) => ApiError::conflict(m)
+                .hint("read the zone again (GET /api/v1/zones/{zone}) and retry the change"),
         })?;
     tracing::info!(event = "records_changed", zone = %info.zone, change = %info.id, serial = info.serial,
         comment = batch.comment.as_deref().unwrap_or(""), "change batch applied through the admin API");

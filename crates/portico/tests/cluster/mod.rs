@@ -10,52 +10,67 @@ use super::{free_port, run, Proc};
 /// An etcd on loopback with its own data directory, killed when the test ends.
 pub struct EtcdProc {
     pub endpoint: String,
-    _proc: Proc,
-    _dir: TempDir,
+    peer_url: String,
+    proc: Option<Proc>,
+    dir: TempDir,
 }
 
 pub fn start_etcd() -> EtcdProc {
     let dir = TempDir::new("etcd");
     let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let proc = Proc::spawn_program(
-        "etcd",
-        &[
-            "--name",
-            "t",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("t={peer_url}"),
-        ],
-        &[("ETCD_UNSUPPORTED_ARCH", "")],
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = etcdctl(&endpoint, &["endpoint", "health"]);
-        if out.contains("is healthy") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "etcd not healthy after 30 s (apt-get install etcd-server etcd-client): {out}\n{}",
-            proc.output()
+    let mut e = EtcdProc {
+        endpoint: format!("http://127.0.0.1:{client}"),
+        peer_url: format!("http://127.0.0.1:{peer}"),
+        proc: None,
+        dir,
+    };
+    e.start();
+    e
+}
+
+impl EtcdProc {
+    /// Starts etcd (again, on the same ports and data) and waits until it is healthy.
+    pub fn start(&mut self) {
+        let data = self.dir.path().join("data");
+        let proc = Proc::spawn_program(
+            "etcd",
+            &[
+                "--name",
+                "t",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen-client-urls",
+                &self.endpoint,
+                "--advertise-client-urls",
+                &self.endpoint,
+                "--listen-peer-urls",
+                &self.peer_url,
+                "--initial-advertise-peer-urls",
+                &self.peer_url,
+                "--initial-cluster",
+                &format!("t={}", self.peer_url),
+            ],
+            &[],
         );
-        std::thread::sleep(Duration::from_millis(100));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = etcdctl(&self.endpoint, &["endpoint", "health"]);
+            if out.contains("is healthy") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy after 30 s (apt-get install etcd-server etcd-client): {out}\n{}",
+                proc.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.proc = Some(proc);
     }
-    EtcdProc {
-        endpoint,
-        _proc: proc,
-        _dir: dir,
+
+    /// Kills etcd (its data stays).
+    pub fn stop(&mut self) {
+        self.proc = None;
     }
 }
 
@@ -222,4 +237,340 @@ async fn store_migrate_copies_a_state_directory_into_etcd_and_back_unchanged() {
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("unreachable") || out.contains("etcd"), "{out}");
+}
+
+/// One node of a test cluster on 127.0.0.N.
+struct Node {
+    ip: std::net::IpAddr,
+    proc: Option<Proc>,
+    config: std::path::PathBuf,
+    state: std::path::PathBuf,
+    admin: std::net::SocketAddr,
+    token: String,
+}
+
+impl Node {
+    /// Node `n` (1..=3) from the single-node config of `env`: its own loopback address, state
+    /// directory and admin API, the shared store.
+    fn configure(env: &super::AcmeEnv, n: u8, etcd: &str) -> Node {
+        let text = std::fs::read_to_string(&env.config).unwrap();
+        let ip = format!("127.0.0.{n}");
+        let state = env.dir.path().join(format!("node{n}"));
+        let text = text
+            .replace(
+                &format!("state_dir = \"{}\"", env.dir.path().join("state").display()),
+                &format!("state_dir = \"{}\"", state.display()),
+            )
+            .replace(
+                &format!("listen = [\"127.0.0.1:{}\"]", env.dns),
+                &format!("listen = [\"{ip}:{}\"]", env.dns),
+            )
+            .replace(
+                &format!("bind = \"127.0.0.1:{}\"", env.http),
+                &format!("bind = \"{ip}:{}\"", env.http),
+            )
+            .replace(
+                &format!("bind = \"127.0.0.1:{}\"", env.https),
+                &format!("bind = \"{ip}:{}\"", env.https),
+            )
+            // Pebble reaches node 2 for http-01, whichever node orders.
+            .replace(
+                "name = \"app\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]",
+                "name = \"app\"\ntype = \"A\"\nvalues = [\"127.0.0.2\"]",
+            );
+        let config = env.dir.path().join(format!("node{n}.toml"));
+        std::fs::write(
+            &config,
+            format!("{text}\n[admin]\nlisten = \"{ip}:0\"\n[store]\netcd = [\"{etcd}\"]\n"),
+        )
+        .unwrap();
+        Node {
+            ip: ip.parse().unwrap(),
+            proc: None,
+            config,
+            state,
+            admin: "127.0.0.1:1".parse().unwrap(),
+            token: String::new(),
+        }
+    }
+
+    async fn start(&mut self) {
+        let _ = std::fs::remove_file(self.state.join("admin.url"));
+        let mut proc = Proc::spawn(&["serve", "-c", self.config.to_str().unwrap()]);
+        let url_file = self.state.join("admin.url");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !url_file.exists() {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("node {} exited ({status}):\n{}", self.ip, proc.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} not up:\n{}",
+                self.ip,
+                proc.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let url = std::fs::read_to_string(&url_file).unwrap();
+        self.admin = url.trim().trim_start_matches("http://").parse().unwrap();
+        self.token = std::fs::read_to_string(self.state.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        self.proc = Some(proc);
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        super::admin::call(self.admin, Some(&self.token), method, path, body).await
+    }
+
+    fn output(&self) -> String {
+        self.proc.as_ref().map(|p| p.output()).unwrap_or_default()
+    }
+}
+
+fn dig_at(ip: std::net::IpAddr, port: u16, name: &str) -> String {
+    let out = std::process::Command::new("dig")
+        .args([
+            "+short",
+            "+time=1",
+            "+tries=1",
+            &format!("@{ip}"),
+            "-p",
+            &port.to_string(),
+            name,
+            "A",
+        ])
+        .output()
+        .expect("dig is missing: apt-get install bind9-dnsutils");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn wait_dig(nodes: &[Node], port: u16, name: &str, want: &str) {
+    for n in nodes {
+        let ip = n.ip;
+        let (name, want) = (name.to_string(), want.to_string());
+        super::support::eventually(
+            &format!("{name} answers {want} on {ip}"),
+            Duration::from_secs(10),
+            || {
+                let got = dig_at(ip, port, &name);
+                let ok = got == want;
+                async move { ok }
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage() {
+    let mut etcd = start_etcd();
+    let env = super::acme_env_full("", &[], "", "[\"app.example.test\"]", "").await;
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|n| Node::configure(&env, n, &etcd.endpoint))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start().await;
+    }
+
+    // One order, three nodes serving the Pebble-issued certificate.
+    let client = env.pebble_client().await;
+    for n in &nodes {
+        let addr = std::net::SocketAddr::new(n.ip, env.https);
+        let client = client.clone();
+        let out = n.output();
+        super::support::eventually(
+            &format!("{} serves the certificate", n.ip),
+            Duration::from_secs(120),
+            || {
+                let client = client.clone();
+                async move {
+                    super::support::send_tls(
+                        addr,
+                        "app.example.test",
+                        client,
+                        super::support::request("GET", "app.example.test", "/"),
+                    )
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+                }
+            },
+        )
+        .await;
+        let _ = out;
+    }
+    let pebble_log = env.pebble.as_ref().unwrap().output();
+    assert_eq!(
+        pebble_log.matches("Issued certificate serial").count(),
+        1,
+        "Pebble issued more than once:\n{pebble_log}"
+    );
+    for n in &nodes {
+        assert!(n.state.join("certificates/archive/app/cert1.pem").exists());
+        assert!(!n.state.join("certificates/archive/app/cert2.pem").exists());
+    }
+
+    // A record changed through node 1 is answered by nodes 2 and 3.
+    let (s, v) = nodes[0]
+        .call(
+            "POST",
+            "/api/v1/zones/example.test/changes",
+            Some(serde_json::json!({"changes": [{"action": "UPSERT", "name": "shared", "type": "A", "values": ["192.0.2.1"]}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    wait_dig(&nodes, env.dns, "shared.example.test", "192.0.2.1").await;
+
+    // Conflicting change batches on two nodes at once: one wins, the other is told.
+    let change = |v: &str| {
+        Some(
+            serde_json::json!({"changes": [{"action": "UPSERT", "name": "race", "type": "A", "values": [v]}]}),
+        )
+    };
+    let (a, b) = tokio::join!(
+        nodes[0].call(
+            "POST",
+            "/api/v1/zones/example.test/changes",
+            change("192.0.2.10")
+        ),
+        nodes[1].call(
+            "POST",
+            "/api/v1/zones/example.test/changes",
+            change("192.0.2.20")
+        ),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let loser = if a.0 == 409 { &a.1 } else { &b.1 };
+    assert!(
+        loser["error"].as_str().unwrap().contains("another node"),
+        "{loser}"
+    );
+    let winner = if a.0 == 200 {
+        "192.0.2.10"
+    } else {
+        "192.0.2.20"
+    };
+    wait_dig(&nodes, env.dns, "race.example.test", winner).await;
+
+    // A target registered through node 3 reaches the others' configuration.
+    let (s, v) = nodes[2]
+        .call(
+            "POST",
+            "/api/v1/target-groups/app/targets",
+            Some(serde_json::json!({"targets": [{"address": "127.0.0.1:9"}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for n in &nodes[..2] {
+        let (admin, token) = (n.admin, n.token.clone());
+        super::support::eventually(
+            "the registration reaches every node",
+            Duration::from_secs(10),
+            || {
+                let token = token.clone();
+                async move {
+                    let (_, g) = super::admin::call(
+                        admin,
+                        Some(&token),
+                        "GET",
+                        "/api/v1/target-groups/app",
+                        None,
+                    )
+                    .await;
+                    g["targets"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|t| t["address"] == "127.0.0.1:9"))
+                }
+            },
+        )
+        .await;
+    }
+    let (s, _) = nodes[2]
+        .call(
+            "DELETE",
+            "/api/v1/target-groups/app/targets/127.0.0.1:9",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // etcd stops: every node keeps serving HTTPS and DNS; changes are refused with the reason.
+    etcd.stop();
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut requests = 0;
+    while Instant::now() < end {
+        for n in &nodes {
+            let addr = std::net::SocketAddr::new(n.ip, env.https);
+            let r = super::support::send_tls(
+                addr,
+                "app.example.test",
+                client.clone(),
+                super::support::request("GET", "app.example.test", "/"),
+            )
+            .await;
+            assert!(
+                r.as_ref().is_ok_and(|r| r.status == 200),
+                "{} failed during the outage: {r:?}",
+                n.ip
+            );
+            assert_eq!(
+                dig_at(n.ip, env.dns, "shared.example.test"),
+                "192.0.2.1",
+                "DNS on {}",
+                n.ip
+            );
+            requests += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(requests > 30, "{requests}");
+    let (s, v) = nodes[0]
+        .call(
+            "POST",
+            "/api/v1/zones/example.test/changes",
+            change("192.0.2.30"),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cannot be reached"),
+        "{v}"
+    );
+    let (s, v) = nodes[1]
+        .call(
+            "POST",
+            "/api/v1/target-groups/app/targets",
+            Some(serde_json::json!({"targets": [{"address": "127.0.0.1:9"}]})),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+
+    // etcd back (same data): a change made afterwards reaches every node.
+    etcd.start();
+    let (admin, token) = (nodes[2].admin, nodes[2].token.clone());
+    super::support::eventually("changes are accepted again", Duration::from_secs(30), || {
+        let token = token.clone();
+        async move {
+            let (s, _) = super::admin::call(
+                admin,
+                Some(&token),
+                "POST",
+                "/api/v1/zones/example.test/changes",
+                Some(serde_json::json!({"changes": [{"action": "UPSERT", "name": "after", "type": "A", "values": ["192.0.2.40"]}]})),
+            )
+            .await;
+            s == 200
+        }
+    })
+    .await;
+    wait_dig(&nodes, env.dns, "after.example.test", "192.0.2.40").await;
+    drop(etcd);
 }

@@ -1,0 +1,317 @@
+//! Cluster mode (`[store] etcd = [...]`): several nodes serve the same zones, certificates and
+//! API changes, kept in etcd under the state directory's keys.
+//!
+//! Each node keeps its state directory as a local cache of the shared store, so that it starts
+//! and keeps serving while etcd is away. Writes go to the shared store first, each by its owner:
+//! a zone change is one compare-and-put (it applies only if the zone is still what this node last
+//! saw, else the change is a conflict); a certificate is written by the node holding its order
+//! lock, fenced by the lock; HTTP-01 tokens are put by the ordering node and read by any. The
+//! rest (ACME accounts, the internal CA, the API's additions) is pushed when it changes locally.
+//! A poll of etcd's revision (every 250 ms) brings other nodes' writes into the cache and tells
+//! the parts: the zone is served anew, the certificate re-published, the API's additions applied.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portico_dns::zones::{PersistError, ZoneGuard};
+use portico_store::{mode_for, LocalDir, Store};
+
+/// What nodes share (keys under these prefixes).
+const SHARED: [&str; 5] = [
+    "certificates/",
+    "acme/accounts/",
+    "ca/",
+    "zones/",
+    "runtime.toml",
+];
+/// What this node pushes when it changes locally; zones and certificates have their own writers.
+const PUSHED: [&str; 3] = ["acme/accounts/", "ca/", "runtime.toml"];
+/// How often a node asks etcd what changed.
+pub const POLL: Duration = Duration::from_millis(250);
+
+fn shared(key: &str) -> bool {
+    SHARED.iter().any(|p| key.starts_with(p)) && !key.starts_with("certificates/order/")
+}
+
+/// FNV-1a of a value: what this node last saw of a key.
+fn fingerprint(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub struct Cluster {
+    pub store: Arc<dyn Store>,
+    local: LocalDir,
+    synced: Mutex<HashMap<String, u64>>,
+    revision: AtomicU64,
+    reachable: AtomicBool,
+}
+
+/// Keys another node changed, by the part that must hear of it.
+#[derive(Default, Debug)]
+pub struct Arrived {
+    pub zones: HashSet<String>,
+    pub certificates: HashSet<String>,
+    pub runtime: bool,
+}
+
+impl Cluster {
+    pub fn new(store: Arc<dyn Store>, state_dir: &std::path::Path) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            store,
+            local: LocalDir::new(state_dir),
+            synced: Mutex::default(),
+            revision: AtomicU64::new(0),
+            reachable: AtomicBool::new(true),
+        })
+    }
+
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    fn mark(&self, ok: bool, error: Option<&std::io::Error>) {
+        let was = self.reachable.swap(ok, Ordering::Relaxed);
+        match (was, ok) {
+            (true, false) => {
+                tracing::warn!(event = "store_unreachable", store = %self.store.describe(),
+                error = %error.map(|e| e.to_string()).unwrap_or_default(),
+                "shared store unreachable: serving what this node has; changes are refused until it is back")
+            }
+            (false, true) => {
+                tracing::info!(event = "store_reachable", store = %self.store.describe(),
+                "shared store reachable again: catching up")
+            }
+            _ => {}
+        }
+    }
+
+    fn lock_synced(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.synced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `value` into the local cache when it differs; true when it did.
+    fn cache(&self, key: &str, value: &[u8]) -> bool {
+        self.lock_synced()
+            .insert(key.to_string(), fingerprint(value));
+        if self.local.get(key).ok().flatten().as_deref() == Some(value) {
+            return false;
+        }
+        if let Err(e) = self.local.put(key, value, mode_for(key)) {
+            tracing::warn!(%key, error = %e, "cannot write the local cache");
+            return false;
+        }
+        true
+    }
+
+    /// At start: the shared state into the local cache (the cache serves if etcd is away).
+    pub fn pull_all(&self) {
+        let result = (|| -> std::io::Result<usize> {
+            let mut n = 0;
+            // The revision first, so that nothing written meanwhile is missed.
+            if let Some((rev, _)) = self.store.updates_since("\u{10FFFF}", u64::MAX / 2)? {
+                self.revision.store(rev, Ordering::Relaxed);
+            }
+            for key in self.store.list("")? {
+                if !shared(&key) {
+                    continue;
+                }
+                if let Some(v) = self.store.get(&key)? {
+                    n += usize::from(self.cache(&key, &v));
+                }
+            }
+            Ok(n)
+        })();
+        match result {
+            Ok(n) => {
+                self.mark(true, None);
+                tracing::info!(store = %self.store.describe(), updated = n, "local cache brought up to date from the shared store");
+            }
+            Err(e) => self.mark(false, Some(&e)),
+        }
+    }
+
+    /// Other nodes' writes since the last call, written into the local cache.
+    pub fn pull(&self) -> Arrived {
+        let mut arrived = Arrived::default();
+        let since = self.revision.load(Ordering::Relaxed);
+        let batch = match self.store.updates_since("", since) {
+            Ok(Some(b)) => b,
+            Ok(None) => return arrived,
+            Err(e) => {
+                self.mark(false, Some(&e));
+                return arrived;
+            }
+        };
+        self.mark(true, None);
+        let (rev, entries) = batch;
+        for (key, value) in entries {
+            if !shared(&key) {
+                continue;
+            }
+            if self.lock_synced().get(&key) == Some(&fingerprint(&value)) {
+                continue; // our own write coming back
+            }
+            if !self.cache(&key, &value) {
+                continue;
+            }
+            if let Some(z) = key
+                .strip_prefix("zones/")
+                .and_then(|z| z.strip_suffix("zone"))
+            {
+                arrived.zones.insert(z.to_string());
+            } else if let Some(rest) = key
+                .strip_prefix("certificates/live/")
+                .or_else(|| key.strip_prefix("certificates/archive/"))
+            {
+                if let Some((name, _)) = rest.split_once('/') {
+                    arrived.certificates.insert(name.to_string());
+                }
+            } else if key == "runtime.toml" {
+                arrived.runtime = true;
+            }
+        }
+        self.revision.fetch_max(rev, Ordering::Relaxed);
+        arrived
+    }
+
+    /// Pushes what changed locally under [`PUSHED`].
+    pub fn push(&self) {
+        if !self.reachable() {
+            return;
+        }
+        for prefix in PUSHED {
+            let keys = if prefix.ends_with('/') {
+                self.local.list(prefix).unwrap_or_default()
+            } else {
+                vec![prefix.to_string()]
+            };
+            for key in keys {
+                let Ok(Some(value)) = self.local.get(&key) else {
+                    continue;
+                };
+                let print = fingerprint(&value);
+                if self.lock_synced().get(&key) == Some(&print) {
+                    continue;
+                }
+                match self.store.put(&key, &value, mode_for(&key)) {
+                    Ok(()) => {
+                        self.lock_synced().insert(key, print);
+                    }
+                    Err(e) => {
+                        self.mark(false, Some(&e));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes one key now (before an API change is acknowledged).
+    pub fn push_key(&self, key: &str) -> std::io::Result<()> {
+        let value = self.local.get(key)?.unwrap_or_default();
+        match self.store.put(key, &value, mode_for(key)) {
+            Ok(()) => {
+                self.lock_synced()
+                    .insert(key.to_string(), fingerprint(&value));
+                Ok(())
+            }
+            Err(e) => {
+                self.mark(false, Some(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks the local copies of pushed keys as in sync (what the node started from).
+    pub fn note_local(&self) {
+        for prefix in PUSHED {
+            let keys = if prefix.ends_with('/') {
+                self.local.list(prefix).unwrap_or_default()
+            } else {
+                vec![prefix.to_string()]
+            };
+            for key in keys {
+                if let (Ok(Some(v)), Ok(Some(remote))) =
+                    (self.local.get(&key), self.store.get(&key))
+                {
+                    if v == remote {
+                        self.lock_synced().insert(key, fingerprint(&v));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ZoneGuard for Cluster {
+    fn publish(&self, key: &str, old: Option<&[u8]>, new: &[u8]) -> Result<(), PersistError> {
+        let unreachable = |e: std::io::Error| {
+            self.mark(false, Some(&e));
+            PersistError::Io(format!(
+                "the shared store ({}) cannot be reached, so the change was not applied: {e}",
+                self.store.describe()
+            ))
+        };
+        let mut done = self
+            .store
+            .put_if(key, old, new, 0o644)
+            .map_err(unreachable)?;
+        if !done && old.is_some() && self.store.get(key).map_err(unreachable)?.is_none() {
+            // A zone this node had before the cluster knew it: the first copy in the store.
+            done = self
+                .store
+                .put_if(key, None, new, 0o644)
+                .map_err(unreachable)?;
+        }
+        if !done {
+            return Err(PersistError::Conflict(
+                "the zone was changed on another node since this node last saw it; nothing was applied: read it again and retry".into(),
+            ));
+        }
+        self.lock_synced().insert(key.to_string(), fingerprint(new));
+        Ok(())
+    }
+}
+
+/// Follows the shared store until `stop`: brings other nodes' writes in and tells the parts,
+/// and pushes this node's own.
+pub async fn follow(
+    cluster: Arc<Cluster>,
+    core: Arc<crate::server::Core>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        let c = cluster.clone();
+        let Ok(arrived) = tokio::task::spawn_blocking(move || c.pull()).await else {
+            continue;
+        };
+        for z in &arrived.zones {
+            if let Ok(mut origin) = hickory_proto::rr::Name::from_ascii(z) {
+                origin.set_fqdn(true);
+                if let Err(e) = core.zones.reload_stored(&origin.to_lowercase()).await {
+                    tracing::warn!(zone = %z, error = %e, "cannot serve the zone another node stored");
+                }
+            }
+        }
+        for name in &arrived.certificates {
+            core.certs.refresh(name);
+        }
+        if arrived.runtime {
+            core.reload_runtime().await;
+        }
+        let c = cluster.clone();
+        let _ = tokio::task::spawn_blocking(move || c.push()).await;
+    }
+}
