@@ -91,3 +91,28 @@ impl Http01Responder for Http01Tokens {
 pub trait NameLookup: Send + Sync {
     fn addrs<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<std::net::IpAddr>, String>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http01_tokens_put_by_one_node_are_answered_by_another_through_the_shared_store() {
+        let dir = std::env::temp_dir().join(format!("portico-tokens-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store: Arc<dyn portico_store::Store> = Arc::new(portico_store::LocalDir::new(&dir));
+        let (ordering, answering) = (Http01Tokens::default(), Http01Tokens::default());
+        ordering.share(store.clone());
+        answering.share(store);
+        ordering.insert("tok-EN_1", "tok-EN_1.thumbprint");
+        assert_eq!(
+            answering.key_authorization("tok-EN_1").as_deref(),
+            Some("tok-EN_1.thumbprint")
+        );
+        // Not a token: never looked up in the store.
+        assert_eq!(answering.key_authorization("../../admin.token"), None);
+        ordering.remove("tok-EN_1");
+        assert_eq!(answering.key_authorization("tok-EN_1"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

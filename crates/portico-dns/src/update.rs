@@ -97,7 +97,12 @@ pub async fn handle(ctx: &Ctx, msg: &Message, raw: &[u8]) -> Vec<u8> {
         }
         Err(e) => {
             if rcode == ResponseCode::NoError {
-                rcode = ResponseCode::Refused;
+                rcode = match e {
+                    // Not applied for a reason of ours (the store, a concurrent change): the
+                    // client may retry, as RFC 2136 §3.8 has a primary answer SERVFAIL.
+                    ChangeError::Storage(_) | ChangeError::Conflict(_) => ResponseCode::ServFail,
+                    _ => ResponseCode::Refused,
+                };
             }
             tracing::info!(%zone, key = %key_name, error = %e, "UPDATE refused");
             sign_with(rcode)

@@ -65,6 +65,16 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
         }
     }
 
+    // Cluster mode: is the shared store answering?
+    if let Some(c) = &core.cluster {
+        let _ = writeln!(
+            out,
+            "# HELP portico_store_reachable 1 while the shared store (etcd) answers; 0 while this node serves from its cache and refuses changes.\n# TYPE portico_store_reachable gauge\nportico_store_reachable{{store=\"{}\"}} {}",
+            esc(&c.describe()),
+            u8::from(c.reachable())
+        );
+    }
+
     // DNS.
     core.zones.metrics.render(&mut out);
     out.push_str("# HELP portico_dns_zone_serial The SOA serial each hosted zone serves.\n# TYPE portico_dns_zone_serial gauge\n");

@@ -292,6 +292,7 @@ fn router(ctx: Ctx) -> Router {
             get(listener_get).put(listener_put).delete(listener_delete),
         )
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/status", get(status))
         .route("/metrics", get(metrics::render))
         .fallback(no_route)
         .route_layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
@@ -969,6 +970,20 @@ async fn listener_delete(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>)
         .await?;
     tracing::info!(event = "listener_deleted", listener = %name, "listener deleted through the admin API");
     Ok(Json(json!({ "deleted": name })))
+}
+
+async fn status(State(ctx): State<Ctx>) -> Json<Value> {
+    let store = match &ctx.core.cluster {
+        Some(c) => json!({"kind": "etcd", "describe": c.describe(), "reachable": c.reachable()}),
+        None => {
+            json!({"kind": "state directory", "describe": ctx.core.state_dir, "reachable": true})
+        }
+    };
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": ctx.core.source_path,
+        "store": store,
+    }))
 }
 
 async fn reload(State(ctx): State<Ctx>) -> ApiResult {

@@ -532,6 +532,20 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(requests > 30, "{requests}");
+    let (_, st) = nodes[1].call("GET", "/api/v1/status", None).await;
+    assert_eq!(st["store"]["reachable"], false, "{st}");
+    let (_, m) = nodes[1].call("GET", "/metrics", None).await;
+    assert!(
+        m.as_str().unwrap().contains("portico_store_reachable{"),
+        "{m}"
+    );
+    assert!(
+        m.as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("portico_store_reachable{") && l.ends_with(" 0")),
+        "{m}"
+    );
     let (s, v) = nodes[0]
         .call(
             "POST",
@@ -572,5 +586,115 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     })
     .await;
     wait_dig(&nodes, env.dns, "after.example.test", "192.0.2.40").await;
+    let (_, st) = nodes[0].call("GET", "/api/v1/status", None).await;
+    assert_eq!(st["store"]["reachable"], true, "{st}");
     drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_holding_the_order_lock_is_replaced_after_its_lease() {
+    let etcd = start_etcd();
+    // Validation takes a moment (Pebble's VA sleeps up to 3 s), so the order is caught mid-way.
+    let env = super::acme_env_full(
+        "",
+        &[("PEBBLE_VA_NOSLEEP", "0"), ("PEBBLE_VA_SLEEPTIME", "3")],
+        "",
+        "[\"app.example.test\"]",
+        "",
+    )
+    .await;
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|n| Node::configure(&env, n, &etcd.endpoint))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start().await;
+    }
+    // The node holding the order lock: its pid is in the lock key.
+    let key = "portico/.locks/certificates/order/app";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder_pid = loop {
+        let out = etcdctl(&etcd.endpoint, &["get", "--print-value-only", key]);
+        if let Some(pid) = out
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node took the order lock: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let dead = nodes
+        .iter()
+        .position(|n| n.proc.as_ref().is_some_and(|p| p.child.id() == holder_pid))
+        .expect("the lock holder is one of the nodes");
+    // It dies mid-order: paused at once (as a stalled holder would be), then killed.
+    let p = nodes[dead].proc.as_ref().unwrap();
+    p.signal(libc::SIGSTOP);
+    let issued_before = etcdctl(
+        &etcd.endpoint,
+        &[
+            "get",
+            "--keys-only",
+            "portico/certificates/archive/app/cert1.pem",
+        ],
+    );
+    p.signal(libc::SIGKILL);
+    nodes[dead].proc = None;
+    let took_over = issued_before.trim().is_empty();
+    println!("lock holder: node {}; it died before the certificate was stored: {took_over}", dead + 1);
+    // As an operator would: the name points at a live node (the CA validates there).
+    let live = nodes.iter().find(|n| n.proc.is_some()).unwrap();
+    let (admin, token, ip) = (live.admin, live.token.clone(), live.ip);
+    super::support::eventually("the name points at a live node", Duration::from_secs(20), || {
+        let token = token.clone();
+        async move {
+            let (s, _) = super::admin::call(
+                admin,
+                Some(&token),
+                "POST",
+                "/api/v1/zones/example.test/changes",
+                Some(serde_json::json!({"changes": [{"action": "UPSERT", "name": "app", "type": "A", "values": [ip.to_string()]}]})),
+            )
+            .await;
+            s == 200
+        }
+    })
+    .await;
+
+    // Another node orders once the lease is gone, and every live node serves the certificate.
+    let client = env.pebble_client().await;
+    for n in nodes.iter().filter(|n| n.proc.is_some()) {
+        let addr = std::net::SocketAddr::new(n.ip, env.https);
+        let client = client.clone();
+        super::support::eventually(
+            &format!("{} serves the certificate after the holder died", n.ip),
+            Duration::from_secs(120),
+            || {
+                let client = client.clone();
+                async move {
+                    super::support::send_tls(
+                        addr,
+                        "app.example.test",
+                        client,
+                        super::support::request("GET", "app.example.test", "/"),
+                    )
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+                }
+            },
+        )
+        .await;
+    }
+    if took_over {
+        let logs: String = nodes.iter().map(Node::output).collect();
+        assert!(
+            logs.contains("certificate issued and serving"),
+            "a surviving node ordered it:\n{logs}"
+        );
+    }
 }
