@@ -646,7 +646,10 @@ async fn a_node_that_dies_holding_the_order_lock_is_replaced_after_its_lease() {
     p.signal(libc::SIGKILL);
     nodes[dead].proc = None;
     let took_over = issued_before.trim().is_empty();
-    println!("lock holder: node {}; it died before the certificate was stored: {took_over}", dead + 1);
+    println!(
+        "lock holder: node {}; it died before the certificate was stored: {took_over}",
+        dead + 1
+    );
     // As an operator would: the name points at a live node (the CA validates there).
     let live = nodes.iter().find(|n| n.proc.is_some()).unwrap();
     let (admin, token, ip) = (live.admin, live.token.clone(), live.ip);
