@@ -43,6 +43,8 @@ fn fingerprint(b: &[u8]) -> u64 {
 }
 
 pub struct Cluster {
+    /// This node among the others (`host-pid`), for its heartbeat.
+    id: String,
     pub store: Arc<dyn Store>,
     local: LocalDir,
     synced: Mutex<HashMap<String, u64>>,
@@ -60,7 +62,11 @@ pub struct Arrived {
 
 impl Cluster {
     pub fn new(store: Arc<dyn Store>, state_dir: &std::path::Path) -> Arc<Cluster> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into());
         Arc::new(Cluster {
+            id: format!("{host}-{}", std::process::id()),
             store,
             local: LocalDir::new(state_dir),
             synced: Mutex::default(),
@@ -230,6 +236,36 @@ impl Cluster {
         }
     }
 
+    /// Tells the other nodes which zone serials this node serves, and that it is alive.
+    pub fn heartbeat(&self, serials: &HashMap<String, u32>) {
+        let beat = serde_json::json!({ "at_ms": now_ms(), "zones": serials });
+        let key = format!(".nodes/{}", self.id);
+        if let Err(e) = self.store.put(&key, beat.to_string().as_bytes(), 0o644) {
+            self.mark(false, Some(&e));
+        }
+    }
+
+    /// Whether every live node (one whose heartbeat is under 5 s old) serves `serial` of `zone`.
+    pub fn served_everywhere(&self, zone: &str, serial: u32) -> bool {
+        let Ok(keys) = self.store.list(".nodes/") else {
+            return false;
+        };
+        let now = now_ms();
+        keys.iter()
+            .filter_map(|k| self.store.get(k).ok().flatten())
+            .filter_map(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+            .filter(|b| {
+                b["at_ms"]
+                    .as_u64()
+                    .is_some_and(|t| now.saturating_sub(t) < 5_000)
+            })
+            .all(|b| {
+                b["zones"][zone]
+                    .as_u64()
+                    .is_some_and(|s| serial_ge(s as u32, serial))
+            })
+    }
+
     /// Marks the local copies of pushed keys as in sync (what the node started from).
     pub fn note_local(&self) {
         for prefix in PUSHED {
@@ -281,6 +317,18 @@ impl ZoneGuard for Cluster {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 1982 serial number arithmetic: is `a` at or after `b`?
+fn serial_ge(a: u32, b: u32) -> bool {
+    a == b || (a.wrapping_sub(b) as i32) > 0
+}
+
 /// Follows the shared store until `stop`: brings other nodes' writes in and tells the parts,
 /// and pushes this node's own.
 pub async fn follow(
@@ -311,7 +359,18 @@ pub async fn follow(
         if arrived.runtime {
             core.reload_runtime().await;
         }
+        let serials: HashMap<String, u32> = core
+            .zones
+            .catalog()
+            .zones
+            .iter()
+            .map(|(n, z)| (n.to_string(), z.serial()))
+            .collect();
         let c = cluster.clone();
-        let _ = tokio::task::spawn_blocking(move || c.push()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            c.push();
+            c.heartbeat(&serials);
+        })
+        .await;
     }
 }

@@ -456,19 +456,32 @@ async fn zone_change(
         })?;
     tracing::info!(event = "records_changed", zone = %info.zone, change = %info.id, serial = info.serial,
         comment = batch.comment.as_deref().unwrap_or(""), "change batch applied through the admin API");
-    Ok(Json(serde_json::to_value(info).unwrap_or_default()))
+    Ok(Json(change_view(&ctx, info).await))
+}
+
+/// A change as the API reports it: in cluster mode INSYNC also needs every live node to serve
+/// the new serial (as Route 53 reports INSYNC once every authoritative server has the change).
+async fn change_view(ctx: &Ctx, mut info: portico_dns::zones::ChangeInfo) -> Value {
+    use portico_dns::zones::ChangeStatus;
+    if let (Some(c), ChangeStatus::Insync) = (&ctx.core.cluster, info.status) {
+        let (c, zone, serial) = (c.clone(), info.zone.clone(), info.serial);
+        let everywhere = tokio::task::spawn_blocking(move || c.served_everywhere(&zone, serial))
+            .await
+            .unwrap_or(false);
+        if !everywhere {
+            info.status = ChangeStatus::Pending;
+        }
+    }
+    serde_json::to_value(info).unwrap_or_default()
 }
 
 async fn change_get(State(ctx): State<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
-    ctx.core
-        .zones
-        .change_status(&id)
-        .map(|c| Json(serde_json::to_value(c).unwrap_or_default()))
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no change {id:?} (ids are kept while the server runs)"
-            ))
-        })
+    let info = ctx.core.zones.change_status(&id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no change {id:?} (ids are kept while the server runs)"
+        ))
+    })?;
+    Ok(Json(change_view(&ctx, info).await))
 }
 
 // ---- certificates ----

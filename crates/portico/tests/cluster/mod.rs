@@ -426,6 +426,28 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
         .await;
     assert_eq!(s, 200, "{v}");
     wait_dig(&nodes, env.dns, "shared.example.test", "192.0.2.1").await;
+    // INSYNC once every live node serves the new serial.
+    let id = v["id"].as_str().unwrap().to_string();
+    let (admin, token) = (nodes[0].admin, nodes[0].token.clone());
+    super::support::eventually(
+        "the change is INSYNC on every node",
+        Duration::from_secs(10),
+        || {
+            let (token, id) = (token.clone(), id.clone());
+            async move {
+                let (_, c) = super::admin::call(
+                    admin,
+                    Some(&token),
+                    "GET",
+                    &format!("/api/v1/changes/{id}"),
+                    None,
+                )
+                .await;
+                c["status"] == "INSYNC"
+            }
+        },
+    )
+    .await;
 
     // Conflicting change batches on two nodes at once: one wins, the other is told.
     let change = |v: &str| {
