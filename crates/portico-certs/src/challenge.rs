@@ -16,6 +16,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Dns01Publisher: Send + Sync {
     fn publish<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
     fn remove<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Before ordering: can a TXT record at `name` (an `_acme-challenge` name) be found by the
+    /// CA at all? The reason when it certainly cannot (the zone is delegated elsewhere).
+    fn check<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 use portico_lb::Http01Responder;
@@ -75,16 +80,163 @@ impl Http01Tokens {
     }
 }
 
-impl Http01Responder for Http01Tokens {
-    fn key_authorization(&self, token: &str) -> Option<String> {
+/// At most this many shared-store lookups for unknown tokens at once; more are answered "not
+/// found" at once, so a flood of made-up tokens cannot tie up the blocking pool or etcd.
+const SHARED_LOOKUPS: usize = 4;
+/// How long a lookup in the shared store may take (a CA waits about 10 s for an answer).
+const SHARED_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SHARED_LOOKUPS);
+
+impl Http01Tokens {
+    /// The key authorization for `token`: this node's own orders first, then (cluster mode)
+    /// another node's, read from the shared store on the blocking pool.
+    pub async fn lookup(&self, token: &str) -> Option<String> {
         if let Some(k) = self.local.read().ok()?.get(token).cloned() {
             return Some(k);
         }
-        // Another node's order: the token is in the shared store.
-        let store = self.shared()?;
-        let value = store.get(&shared_key(token)?).ok()??;
+        let (store, key) = (self.shared()?, shared_key(token)?);
+        let _permit = LOOKUPS.try_acquire().ok()?;
+        let read = tokio::task::spawn_blocking(move || store.get(&key));
+        let value = tokio::time::timeout(SHARED_LOOKUP_TIMEOUT, read)
+            .await
+            .ok()?
+            .ok()?
+            .ok()??;
         String::from_utf8(value).ok()
     }
+}
+
+impl Http01Responder for Http01Tokens {
+    fn key_authorization<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>> {
+        Box::pin(self.lookup(token))
+    }
+}
+
+/// Where TLS-ALPN-01 digests are shared between nodes: `acme/tls-alpn-01/<name>`, hex.
+pub const SHARED_TLS_ALPN01: &str = "acme/tls-alpn-01/";
+
+/// Pending TLS-ALPN-01 challenges, answered by the HTTPS listeners' cert resolver for the
+/// `acme-tls/1` protocol. In cluster mode the ordering node also puts each key authorization's
+/// digest into the shared store, and every node mirrors what is there ([`Self::mirror`], run
+/// when the store's watch fires), so whichever node the CA reaches answers. The TLS handshake
+/// cannot wait for the store, so the answer must already be in memory when the CA connects.
+pub struct TlsAlpn01Challenges {
+    certs: Arc<portico_lb::tls::CertStore>,
+    shared: RwLock<Option<Arc<dyn portico_store::Store>>>,
+    /// What the mirror set, by name: the digest it was made for.
+    mirrored: std::sync::Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl TlsAlpn01Challenges {
+    pub fn new(certs: Arc<portico_lb::tls::CertStore>) -> Self {
+        TlsAlpn01Challenges {
+            certs,
+            shared: RwLock::new(None),
+            mirrored: Default::default(),
+        }
+    }
+
+    pub fn share(&self, store: Arc<dyn portico_store::Store>) {
+        if let Ok(mut s) = self.shared.write() {
+            *s = Some(store);
+        }
+    }
+
+    fn shared(&self) -> Option<Arc<dyn portico_store::Store>> {
+        self.shared.read().ok()?.clone()
+    }
+
+    /// Answers `acme-tls/1` for `domain` with the digest of its key authorization.
+    pub fn set(&self, domain: &str, digest: &[u8]) -> Result<(), String> {
+        self.certs
+            .set_alpn_challenge(domain, Some(alpn_certificate(domain, digest)?));
+        if let Some(store) = self.shared() {
+            let key = format!("{SHARED_TLS_ALPN01}{domain}");
+            if let Err(e) = store.put(&key, hex(digest).as_bytes(), 0o644) {
+                tracing::warn!(error = %e, %domain, "cannot share the TLS-ALPN-01 challenge: only this node answers it");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn clear(&self, domain: &str) {
+        self.certs.set_alpn_challenge(domain, None);
+        if let Some(store) = self.shared() {
+            let _ = store.delete(&format!("{SHARED_TLS_ALPN01}{domain}"));
+        }
+    }
+
+    /// Brings the shared store's challenges into this node's resolver (blocking: run it off
+    /// the async workers). Challenges that left the store leave the resolver.
+    pub fn mirror(&self) -> std::io::Result<()> {
+        let Some(store) = self.shared() else {
+            return Ok(());
+        };
+        let mut now = HashMap::new();
+        for key in store.list(SHARED_TLS_ALPN01)? {
+            let Some(domain) = key.strip_prefix(SHARED_TLS_ALPN01) else {
+                continue;
+            };
+            let digest = store.get(&key)?.and_then(|v| unhex(&v));
+            if let Some(d) = digest.filter(|d| d.len() == 32) {
+                now.insert(domain.to_string(), d);
+            }
+        }
+        let mut mirrored = self.mirrored.lock().unwrap_or_else(|e| e.into_inner());
+        for (domain, digest) in &now {
+            if mirrored.get(domain) != Some(digest) {
+                match alpn_certificate(domain, digest) {
+                    Ok(cert) => self.certs.set_alpn_challenge(domain, Some(cert)),
+                    Err(e) => {
+                        tracing::warn!(%domain, error = %e, "cannot answer the shared TLS-ALPN-01 challenge")
+                    }
+                }
+            }
+        }
+        for gone in mirrored.keys().filter(|d| !now.contains_key(*d)) {
+            self.certs.set_alpn_challenge(gone, None);
+        }
+        *mirrored = now;
+        Ok(())
+    }
+}
+
+/// The self-signed certificate TLS-ALPN-01 answers with: the name, and the critical
+/// acmeIdentifier extension holding the SHA-256 of the key authorization (RFC 8737).
+fn alpn_certificate(
+    domain: &str,
+    digest: &[u8],
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &[u8]) -> Option<Vec<u8>> {
+    let s = std::str::from_utf8(s).ok()?.trim();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Resolves a name the way a CA will (the binary: Portico's hosted zones first, else the system).
@@ -96,8 +248,8 @@ pub trait NameLookup: Send + Sync {
 mod tests {
     use super::*;
 
-    #[test]
-    fn http01_tokens_put_by_one_node_are_answered_by_another_through_the_shared_store() {
+    #[tokio::test]
+    async fn http01_tokens_put_by_one_node_are_answered_by_another_through_the_shared_store() {
         let dir = std::env::temp_dir().join(format!("portico-tokens-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store: Arc<dyn portico_store::Store> = Arc::new(portico_store::LocalDir::new(&dir));
@@ -106,13 +258,44 @@ mod tests {
         answering.share(store);
         ordering.insert("tok-EN_1", "tok-EN_1.thumbprint");
         assert_eq!(
-            answering.key_authorization("tok-EN_1").as_deref(),
+            answering.lookup("tok-EN_1").await.as_deref(),
             Some("tok-EN_1.thumbprint")
         );
         // Not a token: never looked up in the store.
-        assert_eq!(answering.key_authorization("../../admin.token"), None);
+        assert_eq!(answering.lookup("../../admin.token").await, None);
         ordering.remove("tok-EN_1");
-        assert_eq!(answering.key_authorization("tok-EN_1"), None);
+        assert_eq!(answering.lookup("tok-EN_1").await, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_alpn01_challenges_set_by_one_node_are_mirrored_by_another_and_leave_with_it() {
+        let dir = std::env::temp_dir().join(format!("portico-alpn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store: Arc<dyn portico_store::Store> = Arc::new(portico_store::LocalDir::new(&dir));
+        let (a_certs, b_certs) = (
+            portico_lb::tls::CertStore::new(),
+            portico_lb::tls::CertStore::new(),
+        );
+        let (a, b) = (
+            TlsAlpn01Challenges::new(a_certs.clone()),
+            TlsAlpn01Challenges::new(b_certs.clone()),
+        );
+        a.share(store.clone());
+        b.share(store);
+        let digest = [7u8; 32];
+        a.set("app.example.test", &digest).unwrap();
+        assert!(b_certs.alpn_challenge("app.example.test").is_none());
+        b.mirror().unwrap();
+        let cert = b_certs
+            .alpn_challenge("app.example.test")
+            .expect("mirrored");
+        assert!(cert.cert[0].as_ref().windows(32).any(|w| w == digest));
+        a.clear("app.example.test");
+        b.mirror().unwrap();
+        assert!(b_certs.alpn_challenge("app.example.test").is_none());
+        assert_eq!(unhex(hex(&digest).as_bytes()).unwrap(), digest);
+        assert_eq!(unhex(b"zz"), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use portico_lb::tls::{served_cert_from_pem, CertStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::challenge::{Dns01Publisher, Http01Tokens, NameLookup};
+use crate::challenge::{Dns01Publisher, Http01Tokens, NameLookup, TlsAlpn01Challenges};
 use crate::issuer::acme::{AcmeIssuer, Solver};
 use crate::issuer::internal::InternalCa;
 use crate::storage::{Issued, RenewRequest, Storage};
@@ -53,6 +53,8 @@ pub struct AcmeSettings {
     pub ca_root: Option<PathBuf>,
     /// The port the CA connects to for HTTP-01 (80; another only for test CAs like Pebble).
     pub http_port: u16,
+    /// The port the CA connects to for TLS-ALPN-01 (443; another only for test CAs).
+    pub tls_port: u16,
     /// Check that HTTP-01 can pass before ordering.
     pub self_check: bool,
     /// External Account Binding: key id and HMAC key, for CAs that require it.
@@ -66,6 +68,7 @@ pub struct CertManager {
     storage: Storage,
     store: Arc<CertStore>,
     tokens: Http01Tokens,
+    alpn: TlsAlpn01Challenges,
     internal: InternalCa,
     acme: Mutex<Option<Arc<AcmeIssuer>>>,
     acme_settings: Mutex<Option<AcmeSettings>>,
@@ -77,6 +80,8 @@ pub struct CertManager {
     failures: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Cluster mode: the store nodes share (order locks, HTTP-01 tokens, issued certificates).
     shared: Mutex<Option<Arc<dyn portico_store::Store>>>,
+    /// When renewals are due and how long back-offs last (tests move a clock of their own).
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// How long an order lock lives without being kept alive (a node that dies mid-order loses it
@@ -97,8 +102,18 @@ impl Drop for OrderLock {
 
 impl CertManager {
     pub fn new(state_dir: &Path, store: Arc<CertStore>) -> Arc<Self> {
+        Self::with_clock(state_dir, store, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// A manager on another clock (tests: renewal of short-lived certificates over days).
+    pub fn with_clock(
+        state_dir: &Path,
+        store: Arc<CertStore>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Arc<Self> {
         Arc::new(CertManager {
             storage: Storage::new(state_dir),
+            alpn: TlsAlpn01Challenges::new(store.clone()),
             store,
             tokens: Http01Tokens::default(),
             internal: InternalCa::new(state_dir),
@@ -110,6 +125,7 @@ impl CertManager {
             dns01: Mutex::new(None),
             failures: Mutex::default(),
             shared: Mutex::new(None),
+            clock,
         })
     }
 
@@ -133,7 +149,14 @@ impl CertManager {
     /// the lock (fenced: a node that lost the lock cannot overwrite).
     pub fn set_shared_store(&self, store: Arc<dyn portico_store::Store>) {
         self.tokens.share(store.clone());
+        self.alpn.share(store.clone());
         *lock(&self.shared) = Some(store);
+    }
+
+    /// Cluster mode: answers the TLS-ALPN-01 challenges other nodes put into the shared store
+    /// (blocking; run it off the async workers when the store's watch fires).
+    pub fn mirror_challenges(&self) -> std::io::Result<()> {
+        self.alpn.mirror()
     }
 
     /// Serves the stored certificate `name` again (another node renewed it into the state).
@@ -253,7 +276,7 @@ impl CertManager {
             if asked == Some(RenewRequest::DryRun) {
                 tracing::info!(certificate = %req.name, "dry run: ordering a certificate that will not be stored");
                 let attempt = tokio::time::timeout(ORDER_DEADLINE, self.issue(&req, None)).await;
-                let now = humantime::format_rfc3339_seconds(SystemTime::now());
+                let now = humantime::format_rfc3339_seconds(self.clock.now());
                 let outcome = match attempt {
                     Ok(Ok(_)) => format!("ok at {now}"),
                     Ok(Err(e)) => format!("failed at {now}: {e}"),
@@ -288,11 +311,11 @@ impl CertManager {
                     tracing::info!(certificate = %req.name, "renewal asked for (portico certs renew)");
                 } else if c.covers {
                     let (renew_at, ask_again) = self.renew_time(&req, c).await;
-                    if SystemTime::now() < renew_at {
+                    if self.clock.now() < renew_at {
                         let wait = renew_at
-                            .duration_since(SystemTime::now())
+                            .duration_since(self.clock.now())
                             .unwrap_or_default();
-                        tokio::time::sleep(wait.min(ask_again)).await;
+                        self.clock.sleep(wait.min(ask_again)).await;
                         continue;
                     }
                 }
@@ -368,7 +391,7 @@ impl CertManager {
                     *lock(&self.failures).entry(req.name.clone()).or_default() += 1;
                     let expired = current
                         .as_ref()
-                        .is_some_and(|c| c.not_after <= SystemTime::now());
+                        .is_some_and(|c| c.not_after <= self.clock.now());
                     rec.status = if expired { "EXPIRED" } else { "FAILED" }.into();
                     rec.last_error = Some(e.clone());
                     if e.contains("urn:ietf:params:acme:error:alreadyReplaced")
@@ -377,9 +400,9 @@ impl CertManager {
                         name_replaced = false;
                     }
                     let retry_after = lock(&self.acme).as_ref().and_then(|a| a.take_retry_after());
-                    let wait = retry_wait(failures, &e, retry_after, SystemTime::now());
+                    let wait = retry_wait(failures, &e, retry_after, self.clock.now());
                     rec.next_attempt = Some(
-                        humantime::format_rfc3339_seconds(SystemTime::now() + wait).to_string(),
+                        humantime::format_rfc3339_seconds(self.clock.now() + wait).to_string(),
                     );
                     let _ = self.storage.save_record(&rec);
                     if let Some(h) = &held {
@@ -387,7 +410,7 @@ impl CertManager {
                     }
                     drop(held);
                     tracing::warn!(event = "certificate_failed", certificate = %req.name, error = %e, retry_in = ?wait, ca_retry_after = retry_after.is_some(), "certificate request failed");
-                    tokio::time::sleep(wait).await;
+                    self.clock.sleep(wait).await;
                 }
             }
         }
@@ -503,7 +526,10 @@ impl CertManager {
         rec.progress.clear();
         let _ = self.storage.save_record(&rec);
         Ok(match req.issuer {
-            IssuerKind::Internal => self.internal.issue(&req.domains, req.key_type)?,
+            IssuerKind::Internal => {
+                self.internal
+                    .issue(&req.domains, req.key_type, self.clock.now())?
+            }
             IssuerKind::Acme => {
                 let acme = lock(&self.acme)
                     .clone()
@@ -511,7 +537,7 @@ impl CertManager {
                 let settings = lock(&self.acme_settings).clone().unwrap_or_default();
                 let lookup = lock(&self.lookup).clone();
                 if let (Challenge::Http01, true, Some(lookup)) =
-                    (req.challenge, settings.self_check, lookup)
+                    (req.challenge, settings.self_check, lookup.clone())
                 {
                     crate::self_check::http01(
                         &req.domains,
@@ -536,7 +562,13 @@ impl CertManager {
                         acme.issue(
                             &req.domains,
                             req.key_type,
-                            Solver::TlsAlpn01(&self.store),
+                            Solver::TlsAlpn01(
+                                &self.alpn,
+                                lookup
+                                    .as_deref()
+                                    .filter(|_| settings.self_check)
+                                    .map(|l| (l, settings.tls_port)),
+                            ),
                             replaces,
                             &progress,
                         )
@@ -549,6 +581,13 @@ impl CertManager {
                                 .clone()
                                 .ok_or("dns-01 needs Portico's hosted zones")?,
                         };
+                        if settings.self_check {
+                            for d in &req.domains {
+                                let name =
+                                    format!("_acme-challenge.{}", d.trim_start_matches("*."));
+                                dns.check(&name).await?;
+                            }
+                        }
                         acme.issue(
                             &req.domains,
                             req.key_type,
@@ -708,6 +747,78 @@ mod tests {
             retry_wait(1, limited, Some(far), now),
             Duration::from_secs(7 * 86_400)
         );
+    }
+
+    /// A 7-day internal certificate on a clock the test moves: not renewed before half its
+    /// lifetime (less the per-name spread), renewed once after it, and the new one is served.
+    #[tokio::test]
+    async fn short_lived_certificates_renew_at_half_their_lifetime_on_a_moved_clock() {
+        use crate::clock::{manual::ManualClock, Clock};
+        use std::sync::atomic::Ordering;
+        let dir = std::env::temp_dir().join(format!("portico-clock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let clock = Arc::new(ManualClock::new(start));
+        let certs = CertStore::new();
+        let manager = CertManager::with_clock(&dir, certs.clone(), clock.clone());
+        let req = CertRequest {
+            name: "short".into(),
+            domains: vec!["short.internal".into()],
+            issuer: IssuerKind::Internal,
+            challenge: Challenge::Http01,
+            dns_publisher: None,
+            deploy_hook: None,
+            key_type: crate::keys::KeyType::default(),
+        };
+        manager.manage(None, vec![req.clone()]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // Waits until `want` is the stored version and the manager has gone to sleep on the
+        // clock again since `begun` sleeps (so it has looked at the time after the last move).
+        let settled = |want: u32, begun: usize| {
+            let (clock, manager) = (clock.clone(), manager.clone());
+            async move {
+                loop {
+                    let version = manager.storage.record("short").map(|r| r.version);
+                    if version == Some(want)
+                        && clock.started.load(Ordering::SeqCst) > begun
+                        && clock.sleepers.load(Ordering::SeqCst) > 0
+                    {
+                        return;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "version {want} not stored and the manager not asleep: {version:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        settled(1, 0).await;
+        let first = manager.current(&req).expect("issued");
+        assert!(certs.get("short").is_some(), "served");
+        let life = Duration::from_secs(super::super::issuer::internal::LEAF_DAYS as u64 * 86_400);
+        let due = first.renew_at.duration_since(start).unwrap();
+        assert!(due <= life / 2 && due > life / 2 - life / 50, "{due:?}");
+        // Just before it is due, however far the clock moves in steps: still the first one.
+        let mut moved = Duration::ZERO;
+        while moved + Duration::from_secs(3600) < due {
+            let begun = clock.started.load(Ordering::SeqCst);
+            clock.advance(Duration::from_secs(3600));
+            moved += Duration::from_secs(3600);
+            settled(1, begun).await;
+        }
+        assert_eq!(manager.current(&req).unwrap().leaf, first.leaf);
+        // Past it: renewed once, the new certificate stored and served, valid from "now".
+        let begun = clock.started.load(Ordering::SeqCst);
+        clock.advance(due - moved + Duration::from_secs(1));
+        settled(2, begun).await;
+        let second = manager.current(&req).unwrap();
+        assert_ne!(second.leaf, first.leaf);
+        assert!(second.renew_at > clock.now());
+        let served = certs.get("short").unwrap();
+        assert_eq!(served.key.cert[0].as_ref(), second.leaf.as_slice());
+        manager.stop();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub async fn handle(
             .path()
             .strip_prefix("/.well-known/acme-challenge/")
         {
-            if let Some(key_auth) = ctx.lb.http01(token) {
+            if let Some(key_auth) = ctx.lb.http01(token).await {
                 let mut res = Response::new(full(Bytes::from(key_auth)));
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -26,8 +26,14 @@ use portico_config::{path, ConfigIssue};
 
 /// Answers ACME HTTP-01 challenges: the key authorization for a token, if one is pending.
 /// The certificate manager implements it; the load balancer only serves it.
+///
+/// The answer is a future because a cluster node may have to ask the shared store for a token
+/// another node published; the load balancer's worker must not block on that.
 pub trait Http01Responder: Send + Sync {
-    fn key_authorization(&self, token: &str) -> Option<String>;
+    fn key_authorization<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>>;
 }
 
 /// The load balancer of one Portico process.
@@ -113,11 +119,9 @@ impl LoadBalancer {
     }
 
     /// The key authorization for an HTTP-01 token, if one is pending.
-    pub(crate) fn http01(&self, token: &str) -> Option<String> {
-        self.http01
-            .load()
-            .as_ref()
-            .and_then(|r| r.key_authorization(token))
+    pub(crate) async fn http01(&self, token: &str) -> Option<String> {
+        let responder = self.http01.load_full()?;
+        responder.key_authorization(token).await
     }
 
     /// Counters of one listener (kept by name across reloads).

@@ -12,7 +12,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 
 use crate::{check_key, Entry, Lock, Store};
 
@@ -256,6 +258,48 @@ impl Store for Etcd {
             })
             .collect();
         Ok(Some((now, entries)))
+    }
+
+    fn watch(&self, prefixes: &[&str]) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let tx = Arc::new(tx);
+        for prefix in prefixes {
+            let (client, key, tx) = (self.client.clone(), self.key(prefix), tx.clone());
+            self.rt.spawn(follow_prefix(client, key, tx));
+        }
+        Some(rx)
+    }
+}
+
+/// Keeps one etcd watch on `key` (a prefix) open for as long as someone listens, bumping `tx`
+/// on every batch of events. A broken stream (etcd down, leader change) is opened again after a
+/// pause, and the reopening bumps `tx` too: writes made while the stream was down are then read
+/// by the follower's next `updates_since`.
+async fn follow_prefix(client: Client, key: Vec<u8>, tx: Arc<tokio::sync::watch::Sender<u64>>) {
+    let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+    while !tx.is_closed() {
+        let mut c = client.clone();
+        let opened = tokio::time::timeout(
+            CALL_TIMEOUT,
+            c.watch(key.clone(), Some(WatchOptions::new().with_prefix())),
+        )
+        .await;
+        if let Ok(Ok((_watcher, mut stream))) = opened {
+            bump(&tx);
+            // `_watcher` is kept: dropping it would close the request side of the stream.
+            loop {
+                tokio::select! {
+                    m = stream.message() => match m {
+                        Ok(Some(r)) if r.canceled() => break,
+                        Ok(Some(r)) if !r.events().is_empty() => bump(&tx),
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -51,6 +51,12 @@ pub trait Store: Send + Sync {
     ) -> io::Result<Option<(u64, Vec<Entry>)>> {
         Ok(None)
     }
+    /// A signal that fires (the value grows) soon after another writer changes a key under one
+    /// of `prefixes`, so a follower need not poll to hear of it; `None` when the store has no
+    /// change feed. A signal says only "look again": [`Store::updates_since`] says what changed.
+    fn watch(&self, _prefixes: &[&str]) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A held lock; released on drop.

@@ -7,8 +7,10 @@
 //! saw, else the change is a conflict); a certificate is written by the node holding its order
 //! lock, fenced by the lock; HTTP-01 tokens are put by the ordering node and read by any. The
 //! rest (ACME accounts, the internal CA, the API's additions) is pushed when it changes locally.
-//! A poll of etcd's revision (every 250 ms) brings other nodes' writes into the cache and tells
-//! the parts: the zone is served anew, the certificate re-published, the API's additions applied.
+//! An etcd watch on the shared prefixes wakes the node as soon as another node writes; it then
+//! reads what changed since the revision it last saw into the cache and tells the parts: the zone
+//! is served anew, the certificate re-published, the API's additions applied. The same read runs
+//! every second without a wake-up, so a watch that broke unnoticed costs a second, not an update.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,8 +30,9 @@ const SHARED: [&str; 5] = [
 ];
 /// What this node pushes when it changes locally; zones and certificates have their own writers.
 const PUSHED: [&str; 3] = ["acme/accounts/", "ca/", "runtime.toml"];
-/// How often a node asks etcd what changed.
-pub const POLL: Duration = Duration::from_millis(250);
+/// How often a node asks etcd what changed when no watch event woke it first (a watch that
+/// broke silently is covered by this), pushes its own changes and writes its heartbeat.
+pub const POLL: Duration = Duration::from_secs(1);
 
 fn shared(key: &str) -> bool {
     SHARED.iter().any(|p| key.starts_with(p)) && !key.starts_with("certificates/order/")
@@ -336,13 +339,26 @@ pub async fn follow(
     core: Arc<crate::server::Core>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let mut watched = SHARED.to_vec();
+    watched.push(portico_certs::challenge::SHARED_TLS_ALPN01);
+    let mut woken = cluster.store.watch(&watched);
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let beat = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
-        }
-        let c = cluster.clone();
-        let Ok(arrived) = tokio::task::spawn_blocking(move || c.pull()).await else {
+            _ = tick.tick() => true,
+            Some(()) = changed(woken.as_mut()) => false,
+        };
+        let (c, certs) = (cluster.clone(), core.certs.clone());
+        let Ok(arrived) = tokio::task::spawn_blocking(move || {
+            if let Err(e) = certs.mirror_challenges() {
+                tracing::debug!(error = %e, "cannot read the shared TLS-ALPN-01 challenges");
+            }
+            c.pull()
+        })
+        .await
+        else {
             continue;
         };
         for z in &arrived.zones {
@@ -359,6 +375,11 @@ pub async fn follow(
         if arrived.runtime {
             core.reload_runtime().await;
         }
+        // The heartbeat carries the served serials, so a zone that just arrived is reported at
+        // once (a change is INSYNC when every node's heartbeat has its serial).
+        if !beat && arrived.zones.is_empty() {
+            continue;
+        }
         let serials: HashMap<String, u32> = core
             .zones
             .catalog()
@@ -372,5 +393,16 @@ pub async fn follow(
             c.heartbeat(&serials);
         })
         .await;
+    }
+}
+
+/// Resolves when the store's change signal fires; never when there is none (or it closed).
+async fn changed(rx: Option<&mut tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }

@@ -352,6 +352,7 @@ impl PorticoConfig {
             email: a.email.clone(),
             ca_root: a.ca_roots.first().map(|r| base_dir.join(r)),
             http_port: a.http_port,
+            tls_port: a.tls_port,
             self_check: a.self_check,
             eab: a
                 .eab_kid
@@ -447,6 +448,10 @@ pub struct AcmeConfig {
     /// such as Pebble (its `httpPort`).
     #[serde(default = "default_http_port")]
     pub http_port: u16,
+    /// The port the CA connects to for TLS-ALPN-01: 443 for every public CA; set it only for a
+    /// test CA such as Pebble (its `tlsPort`). The self-check probes it before validation.
+    #[serde(default = "default_tls_port")]
+    pub tls_port: u16,
     /// Before ordering, check that HTTP-01 can pass (resolve each name, fetch a probe token
     /// through every address).
     #[serde(default = "default_true")]
@@ -482,6 +487,10 @@ fn decode_b64url(s: &str) -> Option<Vec<u8>> {
 
 fn default_http_port() -> u16 {
     80
+}
+
+fn default_tls_port() -> u16 {
+    443
 }
 
 fn default_true() -> bool {

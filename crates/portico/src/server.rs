@@ -816,6 +816,97 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
             self.edit(&lower, value, false).await.map(|_| ())
         })
     }
+
+    fn check<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> portico_certs::challenge::BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.check_delegation(name))
+    }
+}
+
+impl ZonesDns01 {
+    /// The self-check before a dns-01 order: the zone that will hold the TXT record must be
+    /// delegated to Portico's nameservers, or the CA asks other servers and finds nothing. The
+    /// public delegation (the zone's NS set, from `[acme] resolver` or the system's) must name
+    /// only nameservers in the zone's own NS set. A resolver that does not answer is not a
+    /// verdict: the order goes ahead and the log says the check could not be made.
+    async fn check_delegation(&self, name: &str) -> Result<(), String> {
+        use hickory_proto::op::ResponseCode;
+        use hickory_proto::rr::{RData, RecordType};
+        let lower = self.delegated(name).await?;
+        let (origin, ours) = {
+            let catalog = self.zones.catalog();
+            let zone = catalog
+                .find(&lower)
+                .ok_or_else(|| format!("no hosted zone serves {lower}"))?;
+            let ours: Vec<String> = zone
+                .node(&zone.origin)
+                .and_then(|n| n.get(RecordType::NS))
+                .map(|set| {
+                    set.rdatas
+                        .iter()
+                        .filter_map(|r| match r {
+                            RData::NS(ns) => Some(ns.0.to_lowercase().to_string()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (zone.origin.clone(), ours)
+        };
+        let resolver = self
+            .resolver
+            .unwrap_or_else(portico_doctor::dns::system_resolver);
+        let answer = match portico_doctor::dns::resolve(resolver, &origin, RecordType::NS).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(zone = %origin, %resolver, error = %e,
+                    "dns-01 self-check: cannot read the zone's delegation; ordering anyway");
+                return Ok(());
+            }
+        };
+        if answer.rcode == Some(ResponseCode::NXDomain) {
+            return Err(format!(
+                "self-check: {resolver} says the zone {origin} does not exist (NXDOMAIN), so the CA \
+                 cannot find the TXT record for {name}; delegate {origin} to Portico's nameservers \
+                 ({}) at the registrar", ours.join(", ")
+            ));
+        }
+        let public: Vec<String> = answer
+            .records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::NS(ns) => Some(ns.0.to_lowercase().to_string()),
+                _ => None,
+            })
+            .collect();
+        let elsewhere: Vec<&String> = public.iter().filter(|n| !ours.contains(n)).collect();
+        if public.is_empty() || !elsewhere.is_empty() {
+            let said = if public.is_empty() {
+                "no NS records".to_string()
+            } else {
+                public.join(", ")
+            };
+            return Err(format!(
+                "self-check: {origin} is delegated to {said} (through {resolver}), not only to \
+                 Portico's nameservers ({}); the CA would ask {} and not find the TXT record for \
+                 {name}: set the zone's NS records at the registrar to Portico's",
+                ours.join(", "),
+                if elsewhere.is_empty() {
+                    said.clone()
+                } else {
+                    elsewhere
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+        tracing::info!(zone = %origin, nameservers = %public.join(","), "dns-01 self-check: the zone is delegated to Portico");
+        Ok(())
+    }
 }
 
 /// Names resolve as a CA would see them: from Portico's own hosted zones when a zone holds the

@@ -614,6 +614,8 @@ async fn acme_env_full(
     )
     .unwrap();
     let dns_addr = format!("127.0.0.1:{dns}");
+    // `@DNS@` in the [acme] lines: this Portico's own DNS address (chosen here).
+    let acme_extra = acme_extra.replace("@DNS@", &dns_addr);
     let mut env = vec![("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_AUTHZREUSE", "0")];
     env.extend_from_slice(pebble_env);
     let pebble_args: Vec<String> = vec![
@@ -638,6 +640,7 @@ directory = "https://localhost:{acme}/dir"
 email = "ops@example.test"
 ca_roots = ["ca.pem"]
 http_port = {http}
+tls_port = {https}
 {acme_extra}
 [dns]
 listen = ["{dns_addr}"]
@@ -1068,14 +1071,24 @@ fn client_trusting(pem: &[u8]) -> Arc<rustls::ClientConfig> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_dns01_with_a_wildcard_through_portico_zones() {
-    let env = acme_env_for(
+    // The resolver the self-check asks about the zone's delegation: Portico itself, as the
+    // CA (Pebble, -dnsserver) sees it.
+    let env = acme_env_full(
         "",
         &[("PEBBLE_WFE_NONCEREJECT", "0")],
         r#"challenge = "dns-01""#,
         r#"["app.example.test", "*.example.test"]"#,
+        r#"resolver = "@DNS@""#,
     )
     .await;
     let (portico, client) = env.serve_until_issued().await;
+    assert!(
+        portico
+            .output()
+            .contains("dns-01 self-check: the zone is delegated to Portico"),
+        "{}",
+        portico.output()
+    );
     // The wildcard covers any name in the zone.
     let a = env.https();
     let r = send_tls(
@@ -1177,6 +1190,50 @@ async fn self_check_fails_fast_naming_the_record_that_points_elsewhere() {
     );
     assert!(
         !portico.output().contains("ACME account created"),
+        "no order placed: {}",
+        portico.output()
+    );
+}
+
+/// dns-01 for a zone whose public delegation names other nameservers (the registrar's, here a
+/// second Portico answering for example.test with its own NS set): the self-check refuses
+/// before any order, naming the nameservers the CA would ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_self_check_fails_fast_when_the_zone_is_delegated_elsewhere() {
+    let registrar = TempDir::new("registrar");
+    let registrar_dns = free_port();
+    let registrar_config = registrar.path().join("registrar.toml");
+    std::fs::write(
+        &registrar_config,
+        format!(
+            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{registrar_dns}\"]\n\
+             [[zone]]\nname = \"example.test\"\nnameservers = [\"ns1.registrar.test\", \"ns2.registrar.test\"]\n",
+            registrar.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let registrar_proc = Proc::spawn(&["serve", "-c", registrar_config.to_str().unwrap()]);
+    registrar_proc.wait_output("portico serving").await;
+    let env = acme_env_full(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        r#"challenge = "dns-01""#,
+        r#"["app.example.test"]"#,
+        &format!("resolver = \"127.0.0.1:{registrar_dns}\""),
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    portico.wait_output("certificate request failed").await;
+    let (code, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(
+        out.contains("example.test. is delegated to ns1.registrar.test., ns2.registrar.test.")
+            && out.contains("set the zone's NS records at the registrar"),
+        "the reason names the nameservers the CA would ask: {out}"
+    );
+    assert!(
+        !portico.output().contains("order created"),
         "no order placed: {}",
         portico.output()
     );

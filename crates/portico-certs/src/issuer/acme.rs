@@ -14,10 +14,7 @@ use portico_config::files::write_atomic;
 
 use std::sync::Arc;
 
-use portico_lb::tls::CertStore;
-use rustls::sign::CertifiedKey;
-
-use crate::challenge::{Dns01Publisher, Http01Tokens};
+use crate::challenge::{Dns01Publisher, Http01Tokens, TlsAlpn01Challenges};
 use crate::storage::Issued;
 
 pub struct AcmeIssuer {
@@ -206,7 +203,7 @@ impl AcmeIssuer {
         let (tokens, dns01, alpn) = match solver {
             Solver::Http01(t) => (Some(t), None, None),
             Solver::Dns01(d) => (None, Some(d), None),
-            Solver::TlsAlpn01(s) => (None, None, Some(s)),
+            Solver::TlsAlpn01(s, check) => (None, None, Some((s, check))),
         };
         let mut alpn_names: Vec<String> = Vec::new();
         let account = self.account().await?;
@@ -233,7 +230,7 @@ impl AcmeIssuer {
                 if authz.status == AuthorizationStatus::Valid {
                     continue;
                 }
-                if let Some(store) = alpn {
+                if let Some((answers, check)) = alpn {
                     let mut ch = authz
                         .challenge(ChallengeType::TlsAlpn01)
                         .ok_or("the CA offers no tls-alpn-01 challenge for this name")?;
@@ -241,9 +238,13 @@ impl AcmeIssuer {
                         Identifier::Dns(d) => d.to_string(),
                         other => return Err(format!("tls-alpn-01 for {other:?} is not possible")),
                     };
-                    let cert = alpn_certificate(&domain, ch.key_authorization().digest().as_ref())?;
-                    store.set_alpn_challenge(&domain, Some(cert));
-                    alpn_names.push(domain);
+                    let digest = ch.key_authorization().digest();
+                    answers.set(&domain, digest.as_ref())?;
+                    alpn_names.push(domain.clone());
+                    if let Some((lookup, port)) = check {
+                        crate::self_check::tls_alpn01(&domain, lookup, port, digest.as_ref())
+                            .await?;
+                    }
                     ch.set_ready()
                         .await
                         .map_err(|e| format!("challenge: {}", describe(&e)))?;
@@ -321,8 +322,8 @@ impl AcmeIssuer {
             }
         }
         for d in alpn_names {
-            if let Some(store) = alpn {
-                store.set_alpn_challenge(&d, None);
+            if let Some((answers, _)) = alpn {
+                answers.clear(&d);
             }
         }
         if let Some(dns) = dns01 {
@@ -375,23 +376,12 @@ pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 pub enum Solver<'a> {
     Http01(&'a Http01Tokens),
     Dns01(&'a dyn Dns01Publisher),
-    TlsAlpn01(&'a CertStore),
-}
-
-/// The self-signed certificate TLS-ALPN-01 answers with: the name, and the critical
-/// acmeIdentifier extension holding the SHA-256 of the key authorization (RFC 8737).
-fn alpn_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
-    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signer,
-    )))
+    /// With, when the self-check is on, how to reach each name as the CA will (the lookup
+    /// and the CA's TLS port): the challenge is told ready only once every address answers it.
+    TlsAlpn01(
+        &'a TlsAlpn01Challenges,
+        Option<(&'a dyn crate::challenge::NameLookup, u16)>,
+    ),
 }
 
 /// The first PEM block (the leaf) and the rest (intermediates).

@@ -39,6 +39,7 @@ impl InternalCa {
         &self,
         domains: &[String],
         key_type: crate::keys::KeyType,
+        now: std::time::SystemTime,
     ) -> Result<Issued, String> {
         let (_, inter) = self.ensure()?;
         let key = key_type.generate()?;
@@ -59,7 +60,7 @@ impl InternalCa {
                 .distinguished_name
                 .push(DnType::CommonName, first.clone());
         }
-        let now = time_now();
+        let now = time::OffsetDateTime::from(now);
         params.not_before = now - std::time::Duration::from_secs(300);
         params.not_after = now + std::time::Duration::from_secs(LEAF_DAYS as u64 * 86_400);
         params.use_authority_key_identifier_extension = true;

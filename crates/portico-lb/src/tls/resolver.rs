@@ -81,6 +81,14 @@ impl CertStore {
         });
     }
 
+    /// The TLS-ALPN-01 certificate answering for `domain`, if one is set.
+    pub fn alpn_challenge(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        self.alpn_challenges
+            .load()
+            .get(&domain.to_ascii_lowercase())
+            .cloned()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<ServedCert>> {
         self.certs.load().get(name).cloned()
     }

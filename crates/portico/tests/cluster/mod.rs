@@ -334,6 +334,29 @@ impl Node {
     }
 }
 
+/// The body curl gets from `url` (empty on any failure).
+fn curl_body(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "3", url])
+        .output()
+        .expect("curl is missing: apt-get install curl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The DER leaf certificate an `acme-tls/1` handshake with SNI `name` gets, through openssl
+/// (a client independent of Portico's own); `None` when the handshake fails.
+fn alpn_leaf(addr: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
+    let script = format!(
+        "openssl s_client -connect {addr} -servername {name} -alpn acme-tls/1 </dev/null 2>/dev/null \
+         | openssl x509 -outform DER"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("openssl is missing: apt-get install openssl");
+    (out.status.success() && !out.stdout.is_empty()).then_some(out.stdout)
+}
+
 fn dig_at(ip: std::net::IpAddr, port: u16, name: &str) -> String {
     let out = std::process::Command::new("dig")
         .args([
@@ -371,7 +394,16 @@ async fn wait_dig(nodes: &[Node], port: u16, name: &str, want: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage() {
     let mut etcd = start_etcd();
-    let env = super::acme_env_full("", &[], "", "[\"app.example.test\"]", "").await;
+    // tls-alpn-01 here (http-01 in the lock test below): the name points at node 2, and the
+    // handshake cannot wait for the store, so node 2 answers from the challenge it mirrored.
+    let env = super::acme_env_full(
+        "",
+        &[],
+        r#"challenge = "tls-alpn-01""#,
+        "[\"app.example.test\"]",
+        "",
+    )
+    .await;
     let mut nodes: Vec<Node> = (1..=3)
         .map(|n| Node::configure(&env, n, &etcd.endpoint))
         .collect();
@@ -414,6 +446,57 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     for n in &nodes {
         assert!(n.state.join("certificates/archive/app/cert1.pem").exists());
         assert!(!n.state.join("certificates/archive/app/cert2.pem").exists());
+    }
+
+    // Challenges another node puts into the shared store (as an ordering node does) are
+    // answered by every node: HTTP-01 from the store, TLS-ALPN-01 from the mirrored copy.
+    let digest = [0x5au8; 32];
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    etcdctl(
+        &etcd.endpoint,
+        &[
+            "put",
+            "portico/acme/http-01/probe-Token_1",
+            "probe-Token_1.print",
+        ],
+    );
+    etcdctl(
+        &etcd.endpoint,
+        &["put", "portico/acme/tls-alpn-01/probe.example.test", &hex],
+    );
+    for n in &nodes {
+        let http = format!(
+            "http://{}:{}/.well-known/acme-challenge/probe-Token_1",
+            n.ip, env.http
+        );
+        let tls = std::net::SocketAddr::new(n.ip, env.https);
+        super::support::eventually(
+            &format!("{} answers both shared challenges", n.ip),
+            Duration::from_secs(10),
+            || {
+                let ok = curl_body(&http) == "probe-Token_1.print"
+                    && alpn_leaf(tls, "probe.example.test")
+                        .is_some_and(|der| der.windows(32).any(|w| w == digest));
+                async move { ok }
+            },
+        )
+        .await;
+    }
+    etcdctl(
+        &etcd.endpoint,
+        &["del", "portico/acme/tls-alpn-01/probe.example.test"],
+    );
+    for n in &nodes {
+        let tls = std::net::SocketAddr::new(n.ip, env.https);
+        super::support::eventually(
+            &format!("{} stops answering the removed challenge", n.ip),
+            Duration::from_secs(10),
+            || {
+                let gone = alpn_leaf(tls, "probe.example.test").is_none();
+                async move { gone }
+            },
+        )
+        .await;
     }
 
     // A record changed through node 1 is answered by nodes 2 and 3.
