@@ -309,8 +309,29 @@ pub fn rdata(rtype: RecordType, toks: &[&Token], origin: &Name) -> Result<RData,
             RData::TXT(TXT::from_bytes(toks.iter().map(|t| t.bytes.as_slice()).collect()))
         }
         RecordType::A | RecordType::AAAA | RecordType::CAA => {
+            // hickory's CAA parser turns bytes above 127 (raw or \DDD) into other bytes, so they
+            // would not survive an export and re-import (found by the zone_file fuzz target).
+            // CAA tags and values are ASCII in practice (domain names, parameters, URLs; RFC 8659).
+            let printable = |b: &[u8]| b.iter().all(|c| (0x20..=0x7e).contains(c));
+            if let Some(t) = toks
+                .iter()
+                .find(|t| !printable(t.text.as_bytes()) || !printable(&t.bytes))
+            {
+                return Err(format!(
+                    "bad {rtype} data: {:?} has bytes outside printable ASCII, which {rtype} records here \
+                     cannot hold; write the value in ASCII (an internationalised domain as its xn-- form)",
+                    t.text
+                ));
+            }
             let text: Vec<String> = toks.iter().map(|t| if t.quoted { quote(&t.bytes) } else { t.text.clone() }).collect();
-            RData::try_from_str(rtype, &text.join(" ")).map_err(|e| format!("bad {rtype} data: {e}"))?
+            let data = RData::try_from_str(rtype, &text.join(" ")).map_err(|e| format!("bad {rtype} data: {e}"))?;
+            if let RData::CAA(c) = &data {
+                // RFC 8659 §4.1: a tag is 1 to 15 ASCII letters and digits.
+                if c.tag.is_empty() || c.tag.len() > 15 || !c.tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(format!("bad CAA data: the tag {:?} is not 1 to 15 letters and digits (issue, issuewild, iodef …)", c.tag));
+                }
+            }
+            data
         }
         other => return Err(format!("record type {other} is not supported (SOA NS A AAAA CNAME TXT CAA MX SRV PTR ALIAS are)")),
     })
@@ -385,6 +406,13 @@ pub fn rdata_text(rdata: &RData, origin: &Name) -> String {
             .map(|d| quote(d))
             .collect::<Vec<_>>()
             .join(" "),
+        // hickory's Display does not escape a `"` inside the value.
+        RData::CAA(c) => format!(
+            "{} {} {}",
+            u8::from(c.issuer_critical) << 7 | c.reserved_flags,
+            c.tag,
+            quote(&c.value)
+        ),
         other => other.to_string(),
     }
 }
@@ -399,7 +427,13 @@ fn relative(n: &Name, origin: &Name) -> String {
         let labels: Vec<String> = n.iter().take(keep).map(escape_label).collect();
         return labels.join(".");
     }
-    n.to_string()
+    // Fully qualified, escaped like the relative ones (hickory's Display does not escape a
+    // `.` inside a label next to bytes outside ASCII: found by the zone_file fuzz target).
+    if n.is_root() {
+        return ".".into();
+    }
+    let labels: Vec<String> = n.iter().map(escape_label).collect();
+    format!("{}.", labels.join("."))
 }
 
 /// A label as master files write it: `.`, quotes, `;`, parentheses, `@`, `$`, `\\` and blanks
@@ -542,6 +576,43 @@ caa     CAA 0 issue "letsencrypt.org"
         let mut again = Zone::new(&origin);
         parse_into(&mut again, &exported, 300).unwrap();
         assert_eq!(again, z, "{exported}");
+    }
+
+    #[test]
+    fn caa_data_outside_ascii_is_refused_and_ascii_round_trips() {
+        // Found by the zone_file fuzz target: UTF-8 in a CAA value did not survive export
+        // and re-import.
+        let mut z = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        let e = parse_into(&mut z, "caa CAA 0 issue EEE\u{4b0}w\n", 300).unwrap_err();
+        assert!(e.to_string().contains("outside printable ASCII"), "{e}");
+        let mut z = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        let e = parse_into(&mut z, "caa CAA 0 issue \"EEE\\210\\176w\"\n", 300).unwrap_err();
+        assert!(e.to_string().contains("outside printable ASCII"), "{e}");
+        let mut z = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        assert!(parse_into(&mut z, "caa CAA 2 cT \"\r\\\"$\"\n", 300).is_err());
+        assert!(parse_into(&mut z, "caa CAA 9 \"\" \"0\"\n", 300).is_err());
+        // ASCII with escapes does round trip.
+        let mut z = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        let text = "caa CAA 0 issue \"ca.test; a=\\\"b\\\"\"\ncrit CAA 128 tbs \"x\"\n\
+                    io CAA 0 iodef \"mailto:sec@example.test\"\n";
+        parse_into(&mut z, text, 300).unwrap();
+        let text = export(&z);
+        let mut again = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        parse_into(&mut again, &text, 300).unwrap();
+        assert_eq!(z, again, "{text}");
+    }
+
+    #[test]
+    fn names_outside_the_origin_export_escaped() {
+        // Found by the zone_file fuzz target: an escaped `.` and UTF-8 in a name written
+        // under another $ORIGIN.
+        let mut z = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        let text = "$ORIGIN other.\ntx\u{57e}p\\..b\\.c TXT \"a\"\nm MX 10 a\\.b.elsewhere.\n";
+        parse_into(&mut z, text, 300).unwrap();
+        let exported = export(&z);
+        let mut again = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        parse_into(&mut again, &exported, 300).unwrap();
+        assert_eq!(z, again, "{exported}");
     }
 
     #[test]
