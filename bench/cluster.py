@@ -7,7 +7,7 @@ Measures
   3. HTTPS requests per second with wrk against one node, then against all three at once
      (the same total connections), a fixed 200 answered by each node's listener.
 
-  bench/cluster.py [--rounds 10] [--duration 6]
+  bench/cluster.py [--rounds 10] [--duration 6]      (PORTICO_BIN=path: that binary instead of a fresh build)
 
 Needs: etcd-server, etcd-client, wrk (Debian packages), protoc; builds Portico release with
 --features etcd. All three nodes, etcd and wrk share the machine's cores, so (3) says what one
@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PORTICO = ROOT / "target" / "release" / "portico"
+PORTICO = Path(os.environ.get("PORTICO_BIN", ROOT / "target" / "release" / "portico"))
 
 
 def free_port():
@@ -167,7 +167,8 @@ def main():
     for tool in ["etcd", "wrk"]:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install etcd-server wrk")
-    subprocess.run(["cargo", "build", "--release", "--features", "etcd", "-q"], cwd=ROOT, check=True)
+    if "PORTICO_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "--features", "etcd", "-q"], cwd=ROOT, check=True)
     base = Path(tempfile.mkdtemp(prefix="portico-cluster-bench-"))
     procs = []
     try:

@@ -197,6 +197,34 @@ pub async fn zone_apex(resolver: SocketAddr, name: &Name) -> Result<(Name, u32),
     }
 }
 
+/// The nameservers of the zone `apex` (its NS set through `resolver`), each with its A and
+/// AAAA addresses (empty when the name has none).
+pub async fn nameservers(
+    resolver: SocketAddr,
+    apex: &Name,
+) -> Result<Vec<(Name, Vec<IpAddr>)>, String> {
+    let names: Vec<Name> = resolve(resolver, apex, RecordType::NS)
+        .await?
+        .records
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::NS(ns) => Some(ns.0.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for ns in names {
+        let mut addrs = Vec::new();
+        for t in [RecordType::A, RecordType::AAAA] {
+            if let Ok(r) = resolve(resolver, &ns, t).await {
+                addrs.extend(r.ips());
+            }
+        }
+        out.push((ns, addrs));
+    }
+    Ok(out)
+}
+
 pub fn fqdn(s: &str) -> Result<Name, String> {
     let mut n = Name::from_ascii(s).map_err(|e| format!("{s}: {e}"))?;
     n.set_fqdn(true);

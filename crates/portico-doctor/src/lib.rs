@@ -407,15 +407,8 @@ async fn check_propagation(
             return out;
         }
     };
-    let ns_names: Vec<Name> = match dns::resolve(resolver, &apex, RecordType::NS).await {
-        Ok(r) => r
-            .records
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::NS(ns) => Some(ns.0.clone()),
-                _ => None,
-            })
-            .collect(),
+    let servers = match dns::nameservers(resolver, &apex).await {
+        Ok(s) => s,
         Err(e) => {
             out.push(finding(
                 Severity::Error,
@@ -426,7 +419,7 @@ async fn check_propagation(
             return out;
         }
     };
-    if ns_names.is_empty() {
+    if servers.is_empty() {
         out.push(finding(
             Severity::Error,
             "NoNameservers",
@@ -438,13 +431,7 @@ async fn check_propagation(
     // (nameserver, address) -> (serial, answer set, max ttl)
     let mut views: BTreeMap<String, (u32, BTreeSet<String>, u32)> = BTreeMap::new();
     let mut problems = Vec::new();
-    for ns in &ns_names {
-        let mut addrs = Vec::new();
-        for t in [RecordType::A, RecordType::AAAA] {
-            if let Ok(r) = dns::resolve(resolver, ns, t).await {
-                addrs.extend(r.ips());
-            }
-        }
+    for (ns, addrs) in servers {
         if addrs.is_empty() {
             problems.push(finding(
                 Severity::Error,

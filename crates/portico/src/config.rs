@@ -452,6 +452,10 @@ pub struct AcmeConfig {
     /// test CA such as Pebble (its `tlsPort`). The self-check probes it before validation.
     #[serde(default = "default_tls_port")]
     pub tls_port: u16,
+    /// The port other zones' nameservers are asked on by the dns-01 self-check: 53; set it
+    /// only for test nameservers on another port.
+    #[serde(default = "default_dns_port")]
+    pub dns_port: u16,
     /// Before ordering, check that HTTP-01 can pass (resolve each name, fetch a probe token
     /// through every address).
     #[serde(default = "default_true")]
@@ -491,6 +495,10 @@ fn default_http_port() -> u16 {
 
 fn default_tls_port() -> u16 {
     443
+}
+
+fn default_dns_port() -> u16 {
+    53
 }
 
 fn default_true() -> bool {

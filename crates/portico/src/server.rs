@@ -666,6 +666,8 @@ struct ZonesDns01 {
     servers: Vec<std::net::SocketAddr>,
     /// `[acme] resolver`: where `_acme-challenge` CNAMEs outside the hosted zones are looked up.
     resolver: Option<std::net::SocketAddr>,
+    /// `[acme] dns_port`: the port other zones' nameservers are asked on (53).
+    ns_port: u16,
 }
 
 impl ZonesDns01 {
@@ -834,6 +836,13 @@ impl ZonesDns01 {
     async fn check_delegation(&self, name: &str) -> Result<(), String> {
         use hickory_proto::op::ResponseCode;
         use hickory_proto::rr::{RData, RecordType};
+        let resolver = self
+            .resolver
+            .unwrap_or_else(portico_doctor::dns::system_resolver);
+        let (asked, _) = Self::name(name)?;
+        if self.zones.catalog().find(&asked).is_none() {
+            self.check_cname_everywhere(&asked, resolver).await?;
+        }
         let lower = self.delegated(name).await?;
         let (origin, ours) = {
             let catalog = self.zones.catalog();
@@ -855,9 +864,6 @@ impl ZonesDns01 {
                 .unwrap_or_default();
             (zone.origin.clone(), ours)
         };
-        let resolver = self
-            .resolver
-            .unwrap_or_else(portico_doctor::dns::system_resolver);
         let answer = match portico_doctor::dns::resolve(resolver, &origin, RecordType::NS).await {
             Ok(r) => r,
             Err(e) => {
@@ -905,6 +911,69 @@ impl ZonesDns01 {
             ));
         }
         tracing::info!(zone = %origin, nameservers = %public.join(","), "dns-01 self-check: the zone is delegated to Portico");
+        Ok(())
+    }
+
+    /// For `name` in a zone Portico does not host: every nameserver of that zone (asked
+    /// directly, without recursion) must answer the `_acme-challenge` CNAME the resolver
+    /// knows, or the CA may ask one that has not got it yet. A nameserver that does not answer
+    /// at all, or has no address, is logged; the CA would try another.
+    async fn check_cname_everywhere(
+        &self,
+        name: &hickory_proto::rr::Name,
+        resolver: std::net::SocketAddr,
+    ) -> Result<(), String> {
+        use hickory_proto::rr::{RData, RecordType};
+        use portico_doctor::dns;
+        let cname_in = |records: &[hickory_proto::rr::Record]| {
+            records.iter().find_map(|r| match &r.data {
+                RData::CNAME(c) if r.name.to_lowercase() == *name => Some(c.0.to_lowercase()),
+                _ => None,
+            })
+        };
+        let Ok(found) = dns::resolve(resolver, name, RecordType::CNAME).await else {
+            return Ok(()); // delegated() says why when it matters
+        };
+        let Some(target) = cname_in(&found.records) else {
+            return Ok(());
+        };
+        // The zone holding the CNAME is the one of its parent (a CNAME's owner is never a zone
+        // apex). Asking about `name` itself would make the resolver follow the CNAME and cache
+        // "no such name" for the target, which the CA's query a moment later would then get.
+        let servers = match dns::zone_apex(resolver, &name.base_name()).await {
+            Ok((apex, _)) => dns::nameservers(resolver, &apex).await.map(|s| (apex, s)),
+            Err(e) => Err(e),
+        };
+        let (apex, servers) = match servers {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "dns-01 self-check: cannot list the nameservers of the CNAME's zone; ordering anyway");
+                return Ok(());
+            }
+        };
+        for (ns, addrs) in servers {
+            if addrs.is_empty() {
+                tracing::warn!(%name, nameserver = %ns, "dns-01 self-check: a nameserver of the CNAME's zone has no address");
+            }
+            for ip in addrs {
+                let at = std::net::SocketAddr::new(ip, self.ns_port);
+                match dns::query(at, name, RecordType::CNAME, false).await {
+                    Ok(m) if cname_in(&m.answers).as_ref() == Some(&target) => {}
+                    Ok(m) => {
+                        return Err(format!(
+                            "self-check: {ns} ({at}), a nameserver of {apex}, answers {} without the CNAME \
+                             {name} -> {target} that {resolver} returns: not every nameserver has it yet, and \
+                             the CA may ask this one; wait until the zone has reached it (or add the record there)",
+                            m.metadata.response_code
+                        ))
+                    }
+                    Err(e) => {
+                        tracing::warn!(%name, nameserver = %ns, %at, error = %e, "dns-01 self-check: a nameserver of the CNAME's zone does not answer")
+                    }
+                }
+            }
+        }
+        tracing::info!(%name, %target, zone = %apex, "dns-01 self-check: every nameserver of the zone answers the CNAME");
         Ok(())
     }
 }
@@ -1064,6 +1133,7 @@ impl Server {
             zones: zones.clone(),
             servers: dns.as_ref().map(|d| d.addrs.clone()).unwrap_or_default(),
             resolver: config.acme.as_ref().and_then(|a| a.resolver_addr()),
+            ns_port: config.acme.as_ref().map_or(53, |a| a.dns_port),
         }));
         certs.manage(config.acme_settings(&source.base_dir()), requests);
         let admin_config = config.admin.clone();

@@ -1936,17 +1936,35 @@ async fn acme_dns01_through_an_acme_challenge_cname_into_a_portico_zone() {
         &[("PEBBLE_WFE_NONCEREJECT", "0")],
         "challenge = \"dns-01\"",
         r#"["shop.customer.test"]"#,
-        &format!("resolver = \"127.0.0.1:{bind_port}\""),
+        &format!("resolver = \"127.0.0.1:{bind_port}\"\ndns_port = {bind_port}"),
     )
     .await;
     let d = env.dir.path().to_path_buf();
     std::fs::write(
         d.join("customer.test.db"),
         "$TTL 60\n@ SOA ns1.customer.test. hostmaster.customer.test. 1 60 60 600 60\n\
-         @ NS ns1.customer.test.\nns1 A 127.0.0.1\nshop A 127.0.0.1\n\
-         _acme-challenge.shop CNAME shop.acme.example.test.\n",
+         @ NS ns1.customer.test.\n@ NS ns2.customer.test.\nns1 A 127.0.0.1\nns2 A 127.0.0.2\n\
+         shop A 127.0.0.1\n_acme-challenge.shop CNAME shop.acme.example.test.\n",
     )
     .unwrap();
+    // The customer zone's second nameserver (a Portico on 127.0.0.2) has not got the CNAME yet.
+    let lagging = d.join("lagging.toml");
+    let lagging_config = |with_cname: bool| {
+        let cname = if with_cname {
+            "[[zone.record]]\nname = \"_acme-challenge.shop\"\ntype = \"CNAME\"\nvalues = [\"shop.acme.example.test.\"]\n"
+        } else {
+            ""
+        };
+        format!(
+            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.2:{bind_port}\"]\n[[zone]]\nname = \"customer.test\"\n\
+             nameservers = [\"ns1.customer.test\", \"ns2.customer.test\"]\n\
+             [[zone.record]]\nname = \"shop\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n{cname}",
+            d.join("lagging-state").display()
+        )
+    };
+    std::fs::write(&lagging, lagging_config(false)).unwrap();
+    let mut lagging_proc = Proc::spawn(&["serve", "-c", lagging.to_str().unwrap()]);
+    lagging_proc.wait_output("portico serving").await;
     std::fs::write(
         d.join("named.conf"),
         format!(
@@ -1969,6 +1987,25 @@ zone "example.test" {{ type forward; forward only; forwarders {{ 127.0.0.1 port 
     env.start_pebble().await;
 
     let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    // Not every nameserver of customer.test has the CNAME: refused before any order.
+    portico.wait_output("certificate request failed").await;
+    let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!(
+            "ns2.customer.test. (127.0.0.2:{bind_port}), a nameserver of customer.test., answers Non-Existent Domain without the CNAME"
+        )),
+        "the lagging nameserver is named: {out}"
+    );
+    assert!(
+        !portico.output().contains("order created"),
+        "{}",
+        portico.output()
+    );
+    // It gets the record; the next try (after the backoff) orders and succeeds.
+    drop(lagging_proc);
+    std::fs::write(&lagging, lagging_config(true)).unwrap();
+    lagging_proc = Proc::spawn(&["serve", "-c", lagging.to_str().unwrap()]);
+    lagging_proc.wait_output("portico serving").await;
     wait_file(
         &env.live().join("app/fullchain.pem"),
         Duration::from_secs(90),
@@ -1983,6 +2020,14 @@ zone "example.test" {{ type forward; forward only; forwarders {{ 127.0.0.1 port 
         "{}",
         portico.output()
     );
+    assert!(
+        portico
+            .output()
+            .contains("dns-01 self-check: every nameserver of the zone answers the CNAME"),
+        "{}",
+        portico.output()
+    );
+    drop(lagging_proc);
     let client = env.pebble_client().await;
     env.wait_served_for(&client, "shop.customer.test").await;
     // The TXT record was written under the CNAME's target and removed afterwards.
