@@ -14,7 +14,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// authoritative nameserver of the zone answers the value, so the CA is only told to validate
 /// when validation can pass.
 pub trait Dns01Publisher: Send + Sync {
-    fn publish<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// `progress` hears each step (the change applied, each nameserver that answers it).
+    fn publish<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+        progress: &'a (dyn Fn(String) + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), String>>;
     fn remove<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
     /// Before ordering: can a TXT record at `name` (an `_acme-challenge` name) be found by the
     /// CA at all? The reason when it certainly cannot (the zone is delegated elsewhere).

@@ -101,9 +101,18 @@ impl Rfc2136 {
 }
 
 impl Dns01Publisher for Rfc2136 {
-    fn publish<'a>(&'a self, name: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn publish<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a str,
+        progress: &'a (dyn Fn(String) + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let (fqdn, zone) = self.update(name, value, true).await?;
+            progress(format!(
+                "{} accepted the UPDATE for {name} (zone {zone}); waiting until it answers",
+                self.server
+            ));
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
                 let seen = exchange(self.server, &fqdn, OpCode::Query, RecordType::TXT).await.is_some_and(|m| {

@@ -763,10 +763,15 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
         &'a self,
         name: &'a str,
         value: &'a str,
+        progress: &'a (dyn Fn(String) + Send + Sync),
     ) -> portico_certs::challenge::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let lower = self.delegated(name).await?;
             let info = self.edit(&lower, value, true).await?;
+            progress(format!(
+                "change {} applied (serial {}); waiting until it is INSYNC and every nameserver answers {lower}",
+                info.id, info.serial
+            ));
             if !portico_dns::zones::wait_insync(
                 &self.zones,
                 &info.id,
@@ -779,7 +784,8 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
                     info.id
                 ));
             }
-            for server in &self.servers {
+            progress(format!("change {} is INSYNC on every secondary", info.id));
+            for (i, server) in self.servers.iter().enumerate() {
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
                 loop {
                     let answer = portico_dns::notify::exchange(
@@ -793,6 +799,11 @@ impl portico_certs::challenge::Dns01Publisher for ZonesDns01 {
                         m.answers.iter().any(|r| matches!(&r.data, hickory_proto::rr::RData::TXT(t) if t.txt_data.iter().any(|d| d.as_ref() == value.as_bytes())))
                     });
                     if seen {
+                        progress(format!(
+                            "nameserver {server} answers {lower} ({} of {})",
+                            i + 1,
+                            self.servers.len()
+                        ));
                         break;
                     }
                     if tokio::time::Instant::now() > deadline {

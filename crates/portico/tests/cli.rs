@@ -1089,6 +1089,15 @@ async fn acme_dns01_with_a_wildcard_through_portico_zones() {
         "{}",
         portico.output()
     );
+    // Progress names each nameserver as it answers the record.
+    assert!(
+        portico.output().contains(&format!(
+            "nameserver 127.0.0.1:{} answers _acme-challenge.example.test. (1 of 1)",
+            env.dns
+        )),
+        "{}",
+        portico.output()
+    );
     // The wildcard covers any name in the zone.
     let a = env.https();
     let r = send_tls(

@@ -261,7 +261,7 @@ impl AcmeIssuer {
                     progress(format!(
                         "publishing the TXT record {name}, waiting until every nameserver answers it"
                     ));
-                    dns.publish(&name, &value).await?;
+                    dns.publish(&name, &value, progress).await?;
                     progress(format!("{name} is answered by every nameserver"));
                     records.push((name, value));
                     ch.set_ready()
