@@ -582,10 +582,16 @@ impl CertManager {
                                 .ok_or("dns-01 needs Portico's hosted zones")?,
                         };
                         if settings.self_check {
-                            for d in &req.domains {
-                                let name =
-                                    format!("_acme-challenge.{}", d.trim_start_matches("*."));
-                                dns.check(&name).await?;
+                            // `example.com` and `*.example.com` share one challenge name.
+                            let mut names: Vec<String> = req
+                                .domains
+                                .iter()
+                                .map(|d| format!("_acme-challenge.{}", d.trim_start_matches("*.")))
+                                .collect();
+                            names.sort();
+                            names.dedup();
+                            for name in &names {
+                                dns.check(name).await?;
                             }
                         }
                         acme.issue(

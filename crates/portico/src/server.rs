@@ -846,7 +846,7 @@ impl ZonesDns01 {
     /// verdict: the order goes ahead and the log says the check could not be made.
     async fn check_delegation(&self, name: &str) -> Result<(), String> {
         use hickory_proto::op::ResponseCode;
-        use hickory_proto::rr::{RData, RecordType};
+        use hickory_proto::rr::RecordType;
         let resolver = self
             .resolver
             .unwrap_or_else(portico_doctor::dns::system_resolver);
@@ -860,18 +860,10 @@ impl ZonesDns01 {
             let zone = catalog
                 .find(&lower)
                 .ok_or_else(|| format!("no hosted zone serves {lower}"))?;
-            let ours: Vec<String> = zone
+            let ours = zone
                 .node(&zone.origin)
                 .and_then(|n| n.get(RecordType::NS))
-                .map(|set| {
-                    set.rdatas
-                        .iter()
-                        .filter_map(|r| match r {
-                            RData::NS(ns) => Some(ns.0.to_lowercase().to_string()),
-                            _ => None,
-                        })
-                        .collect()
-                })
+                .map(|set| ns_names(set.rdatas.iter()))
                 .unwrap_or_default();
             (zone.origin.clone(), ours)
         };
@@ -890,35 +882,27 @@ impl ZonesDns01 {
                  ({}) at the registrar", ours.join(", ")
             ));
         }
-        let public: Vec<String> = answer
-            .records
+        let public = ns_names(answer.records.iter().map(|r| &r.data));
+        let elsewhere: Vec<&str> = public
             .iter()
-            .filter_map(|r| match &r.data {
-                RData::NS(ns) => Some(ns.0.to_lowercase().to_string()),
-                _ => None,
-            })
+            .filter(|n| !ours.contains(n))
+            .map(String::as_str)
             .collect();
-        let elsewhere: Vec<&String> = public.iter().filter(|n| !ours.contains(n)).collect();
-        if public.is_empty() || !elsewhere.is_empty() {
-            let said = if public.is_empty() {
-                "no NS records".to_string()
-            } else {
-                public.join(", ")
-            };
+        if public.is_empty() {
             return Err(format!(
-                "self-check: {origin} is delegated to {said} (through {resolver}), not only to \
+                "self-check: {resolver} knows no NS records for {origin}, so the CA cannot find the \
+                 TXT record for {name}; delegate {origin} to Portico's nameservers ({}) at the registrar",
+                ours.join(", ")
+            ));
+        }
+        if !elsewhere.is_empty() {
+            return Err(format!(
+                "self-check: {origin} is delegated to {} (through {resolver}), not only to \
                  Portico's nameservers ({}); the CA would ask {} and not find the TXT record for \
                  {name}: set the zone's NS records at the registrar to Portico's",
+                public.join(", "),
                 ours.join(", "),
-                if elsewhere.is_empty() {
-                    said.clone()
-                } else {
-                    elsewhere
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
+                elsewhere.join(", ")
             ));
         }
         tracing::info!(zone = %origin, nameservers = %public.join(","), "dns-01 self-check: the zone is delegated to Portico");
@@ -987,6 +971,15 @@ impl ZonesDns01 {
         tracing::info!(%name, %target, zone = %apex, "dns-01 self-check: every nameserver of the zone answers the CNAME");
         Ok(())
     }
+}
+
+/// The nameserver names among `data` (NS records), lower-case and fully qualified.
+fn ns_names<'a>(data: impl Iterator<Item = &'a hickory_proto::rr::RData>) -> Vec<String> {
+    data.filter_map(|d| match d {
+        hickory_proto::rr::RData::NS(ns) => Some(ns.0.to_lowercase().to_string()),
+        _ => None,
+    })
+    .collect()
 }
 
 /// Names resolve as a CA would see them: from Portico's own hosted zones when a zone holds the
