@@ -8,12 +8,17 @@ backend (an nginx instance answering a fixed 200) on loopback, and is measured i
   S2  a new TLS connection per request        wrk with Connection: close
   S3  HTTP/2, 10 streams per connection        h2load -c 10 -m 10
   S4  plain HTTP through the proxy            wrk
+  S5  one of two targets killed (SIGKILL) in the middle of a plain-HTTP GET load: failed
+      requests (wrk's non-2xx and socket errors), for Portico and for nginx (whose default
+      `proxy_next_upstream error timeout` retries idempotent requests) as the reference
 
 Proxies run one at a time; rounds interleave them (round 1: portico, nginx, haproxy, caddy; round 2
 again ...), and each figure is the median over rounds. Peak RSS is the sum of VmHWM over the proxy's
 processes at the end of its run. Usage:
 
-  bench/run.py [--duration 8] [--rounds 2] [--only portico,nginx]
+  bench/run.py [--duration 8] [--rounds 2] [--only portico,nginx] [--scenarios S1,S4,S5]
+
+PORTICO_BIN=path measures that binary instead of building target/release/portico.
 
 Needs: nginx haproxy caddy wrk nghttp2-client openssl (Debian packages); builds Portico release.
 """
@@ -33,8 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PORTICO = ROOT / "target" / "release" / "portico"
+PORTICO = Path(os.environ.get("PORTICO_BIN", ROOT / "target" / "release" / "portico"))
 BACKEND_PORT = 18900
+S5_BACKENDS = [18901, 18902]
 TLS_PORT = 18943
 HTTP_PORT = 18980
 CONNS = 64
@@ -94,8 +100,8 @@ def peak_rss_kb(pid):
 
 
 class Proxy:
-    def __init__(self, name, work):
-        self.name, self.work, self.proc = name, work, None
+    def __init__(self, name, work, targets=(BACKEND_PORT,)):
+        self.name, self.work, self.proc, self.targets = name, work, None, list(targets)
 
     def start(self):
         cmd = self.command()
@@ -126,7 +132,7 @@ cert_file = "{self.work}/cert.pem"
 key_file = "{self.work}/key.pem"
 [[target_group]]
 name = "backend"
-targets = ["127.0.0.1:{BACKEND_PORT}"]
+targets = [{", ".join(f'"127.0.0.1:{p}"' for p in self.targets)}]
 [[listener]]
 name = "https"
 bind = "127.0.0.1:{TLS_PORT}"
@@ -154,7 +160,7 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
-  upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 128; }}
+  upstream backend {{ {" ".join(f"server 127.0.0.1:{p};" for p in self.targets)} keepalive 128; }}
   ssl_session_cache shared:SSL:10m;
   ssl_session_tickets on;
   server {{
@@ -197,7 +203,7 @@ frontend plain
   bind 127.0.0.1:{HTTP_PORT}
   default_backend be
 backend be
-  server s1 127.0.0.1:{BACKEND_PORT}
+{chr(10).join(f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(self.targets))}
 """)
         return ["haproxy", "-f", str(conf), "-db"]
 
@@ -212,10 +218,10 @@ class Caddy(Proxy):
 }}
 https://127.0.0.1:{TLS_PORT}, https://localhost:{TLS_PORT} {{
   tls {self.work}/cert.pem {self.work}/key.pem
-  reverse_proxy 127.0.0.1:{BACKEND_PORT}
+  reverse_proxy {" ".join(f"127.0.0.1:{p}" for p in self.targets)}
 }}
 http://127.0.0.1:{HTTP_PORT} {{
-  reverse_proxy 127.0.0.1:{BACKEND_PORT}
+  reverse_proxy {" ".join(f"127.0.0.1:{p}" for p in self.targets)}
 }}
 """)
         env_home = self.work / "caddy-home"
@@ -264,12 +270,56 @@ def run_h2load(duration, work):
     return {"rps": rps, "p50_ms": times[len(times) // 2], "p99_ms": times[int(len(times) * 0.99)], "errors": errors}
 
 
+def start_backend(work, port):
+    conf = work / f"backend-{port}.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/backend-{port}.pid;
+error_log {work}/backend-{port}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello from the backend\\n"; }} }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-e", str(work / f"backend-{port}.error.log")],
+                            start_new_session=True, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
+
+
+def run_s5(name, duration, work):
+    """One of two targets SIGKILLed halfway through a GET load; returns wrk's figures."""
+    procs = [start_backend(work, p) for p in S5_BACKENDS]
+    proxy = PROXIES[name](name, work, targets=S5_BACKENDS)
+    proxy.start()
+    try:
+        wrk = subprocess.Popen(["wrk", "-t2", f"-c{CONNS}", f"-d{duration}s", "--latency",
+                                f"http://127.0.0.1:{HTTP_PORT}/"], stdout=subprocess.PIPE, text=True)
+        time.sleep(duration / 2)
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        procs[1].wait()
+        out, _ = wrk.communicate(timeout=duration * 3 + 30)
+        return parse_wrk(out)
+    finally:
+        proxy.stop()
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
 SCENARIOS = {
     "S1 h1 keep-alive TLS": lambda d, w: run_wrk(f"https://localhost:{TLS_PORT}/", d),
     "S2 new TLS conn/request": lambda d, w: run_wrk(f"https://localhost:{TLS_PORT}/", d, close=True),
     "S3 h2 10 streams/conn": run_h2load,
     "S4 plain HTTP": lambda d, w: run_wrk(f"http://127.0.0.1:{HTTP_PORT}/", d),
 }
+# Run with a proxy of its own (two targets), for these proxies only.
+S5 = "S5 target killed, failed req"
+S5_PROXIES = ("portico", "nginx")
 
 
 def main():
@@ -277,12 +327,16 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", default=",".join(PROXIES))
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="prefixes of the scenarios to run")
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
+    wanted = args.scenarios.split(",")
+    scenarios = {k: v for k, v in SCENARIOS.items() if k.split()[0] in wanted}
     for tool in ["nginx", "haproxy", "caddy", "wrk", "h2load", "openssl"]:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install nginx haproxy caddy wrk nghttp2-client openssl")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
+    if "PORTICO_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="portico-bench-"))
     sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
@@ -312,30 +366,34 @@ http {{
                 proxy = PROXIES[name](name, work)
                 proxy.start()
                 try:
-                    for sc, fn in SCENARIOS.items():
+                    for sc, fn in scenarios.items():
                         r = fn(args.duration, work)
                         results.setdefault((name, sc), []).append(r)
                         print(f"round {rnd + 1} {name:8} {sc:26} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.2f} ms"
                               f"  p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
                 finally:
                     rss[name] = max(rss.get(name, 0), proxy.stop())
+                if "S5" in wanted and name in S5_PROXIES:
+                    r = run_s5(name, args.duration, work)
+                    results.setdefault((name, S5), []).append(r)
+                    print(f"round {rnd + 1} {name:8} {S5:26} {r['rps']:>10.0f} req/s  failed {r['errors']}", flush=True)
     finally:
         os.killpg(backend.pid, signal.SIGKILL)
         backend.wait()
-    report(results, rss, names)
+    report(results, rss, names, scenarios)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": {f"{k[0]}|{k[1]}": v for k, v in results.items()},
                                                "peak_rss_kb": rss}, indent=1))
     shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results, rss, names):
+def report(results, rss, names, scenarios):
     med = {k: {m: statistics.median(r[m] for r in v) for m in ["rps", "p50_ms", "p99_ms", "errors"]}
            for k, v in results.items()}
     print()
     print("| scenario | " + " | ".join(names) + " | portico / best of nginx, haproxy |")
     print("|---|" + "---|" * len(names) + "---|")
-    for sc in SCENARIOS:
+    for sc in scenarios:
         cells = []
         for n in names:
             m = med[(n, sc)]
@@ -344,6 +402,12 @@ def report(results, rss, names):
         ratio = f"{med[('portico', sc)]['rps'] / max(peers):.2f}x" if peers and ("portico", sc) in med else "-"
         print(f"| {sc} | " + " | ".join(cells) + f" | {ratio} |")
     print("| peak RSS | " + " | ".join(f"{rss[n] / 1024:.1f} MB" for n in names) + " | |")
+    if any(k[1] == S5 for k in results):
+        print()
+        print(f"| {S5} (each round) | " + " | ".join(n for n in names if (n, S5) in results) + " |")
+        print("|---|" + "---|" * sum(1 for n in names if (n, S5) in results))
+        print("| failed requests | " + " | ".join(
+            ", ".join(str(r["errors"]) for r in results[(n, S5)]) for n in names if (n, S5) in results) + " |")
 
 
 if __name__ == "__main__":

@@ -172,6 +172,10 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Plain-HTTP listeners: also accept HTTP/2 with prior knowledge (h2c), as nginx's
+    /// `listen … http2` does. Off by default, so that HTTP/1.1 is served without sniffing.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

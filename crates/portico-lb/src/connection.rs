@@ -49,7 +49,9 @@ pub async fn serve(
         lb,
     });
     match &listener.tls {
-        None => run(io, ctx, Mode::Auto, draining).await,
+        // Sniffing for the HTTP/2 preface costs every connection; only when h2c is asked for.
+        None if listener.h2c => run(io, ctx, Mode::Auto, draining).await,
+        None => run(io, ctx, Mode::Http1, draining).await,
         Some(config) => {
             let acceptor = TlsAcceptor::from(config.clone());
             let tls = match tokio::time::timeout(listener.header_timeout, acceptor.accept(io)).await

@@ -18,6 +18,7 @@ mod server;
 pub mod snapshot;
 pub mod target_group;
 pub mod tls;
+mod upstream;
 mod workers;
 
 pub use portico_config::{ConfigIssue, PathSeg};

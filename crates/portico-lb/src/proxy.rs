@@ -10,11 +10,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use crate::access_log::Entry;
 use crate::action::{Action, RedirectInput};
@@ -24,40 +22,10 @@ use crate::idle::Activity;
 use crate::rule::RequestFacts;
 use crate::snapshot::{canonical_ip, Listener};
 use crate::target_group::{OutstandingGuard, TargetGroup};
+use crate::upstream::{self, BoxError, SendError};
 
-pub type BoxBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 pub type ProxyBody = LoggedBody<BoxBody>;
-/// The HTTP/1.1 client to targets: one keep-alive pool per target address.
-pub type TargetClient = Client<HttpConnector, BoxBody>;
-
-/// A client whose pool keeps idle keep-alive connections to targets for reuse.
-pub fn target_client(connect_timeout: std::time::Duration) -> TargetClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(55))
-        .pool_max_idle_per_host(256)
-        .set_host(false)
-        .build(connector)
-}
-
-/// This worker thread's client for a connect timeout. Pools are per thread on purpose: a pooled
-/// connection is driven by the thread that opened it, so sharing one across workers would turn
-/// every request into a cross-thread hand-off (see `workers.rs`).
-pub fn client_for(connect_timeout: std::time::Duration) -> TargetClient {
-    thread_local! {
-        static CLIENTS: std::cell::RefCell<std::collections::HashMap<std::time::Duration, TargetClient>> =
-            std::cell::RefCell::default();
-    }
-    CLIENTS.with(|c| {
-        c.borrow_mut()
-            .entry(connect_timeout)
-            .or_insert_with(|| target_client(connect_timeout))
-            .clone()
-    })
-}
 
 /// What every request on one client connection shares.
 pub struct ConnCtx {
@@ -255,15 +223,11 @@ async fn forward(
         parts.headers.insert(header::HOST, h);
     }
     add_forwarded(&mut parts.headers, ctx, listener);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let retry_safe = is_idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
-    let mut body = Some(body.boxed_unsync());
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let no_body = hyper::body::Body::is_end_stream(&body);
+    let retry_safe = is_idempotent(&parts.method) && no_body;
+    let mut body = (!no_body).then_some(body);
     let mut exclude = None;
-    let client = group.client();
     for attempt in 0..2 {
         let Some(target) = group.select(exclude) else {
             return (
@@ -276,29 +240,17 @@ async fn forward(
             );
         };
         let guard = target.state.begin_request();
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(target.authority.clone());
-        uri.path_and_query = Some(path.clone());
-        let Ok(uri) = http::Uri::from_parts(uri) else {
-            return (
-                error_response(StatusCode::BAD_REQUEST, "bad request target"),
-                None,
-                None,
-            );
+        let out = upstream::Outgoing {
+            method: &parts.method,
+            path,
+            headers: &parts.headers,
         };
-        let mut out = Request::new(body.take().unwrap_or_else(empty));
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.version_mut() = Version::HTTP_11;
-        // Only a request that may be retried needs its headers kept for a second attempt.
-        *out.headers_mut() = if retry_safe && attempt == 0 {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
-        let sent = tokio::time::timeout(group.response_timeout, client.request(out)).await;
-        match sent {
+        let sent = tokio::time::timeout(group.response_timeout, async {
+            let conn = upstream::connect(target.addr, group.connect_timeout).await?;
+            upstream::send(conn, out, body.take()).await
+        })
+        .await;
+        let error = match sent {
             Err(_) => {
                 return (
                     error_response(
@@ -309,11 +261,43 @@ async fn forward(
                     Some(guard),
                 );
             }
-            Ok(Err(e)) if e.is_connect() => {
-                target
-                    .state
-                    .connect_failed(group, target.addr, &error_chain(&e));
-                tracing::debug!(target_group = %group.name, target = %target.addr, attempt, error = %error_chain(&e), "connect failed");
+            Ok(Ok(answer)) => {
+                target.state.connect_succeeded();
+                let mut res = answer.response;
+                if let Some(conn) = answer.upgraded {
+                    let Some(client_side) = client_upgrade else {
+                        return (
+                            error_response(
+                                StatusCode::BAD_GATEWAY,
+                                "the target switched protocols without being asked to",
+                            ),
+                            Some(target.addr),
+                            Some(guard),
+                        );
+                    };
+                    tunnel(
+                        client_side,
+                        conn,
+                        ctx.activity.clone(),
+                        listener.idle_timeout,
+                    );
+                    strip_hop_by_hop(res.headers_mut(), true);
+                } else {
+                    strip_hop_by_hop(res.headers_mut(), false);
+                }
+                return (
+                    res.map(|b| b.boxed_unsync()),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+            Ok(Err(e)) => e,
+        };
+        let detail = error.to_string();
+        match error {
+            SendError::Connect(_) => {
+                target.state.connect_failed(group, target.addr, &detail);
+                tracing::debug!(target_group = %group.name, target = %target.addr, attempt, error = %detail, "connect failed");
                 if attempt == 0 && retry_safe && group.targets.len() > 1 {
                     exclude = Some(target.addr);
                     continue;
@@ -324,8 +308,18 @@ async fn forward(
                     Some(guard),
                 );
             }
-            Ok(Err(e)) => {
-                tracing::debug!(target_group = %group.name, target = %target.addr, error = %error_chain(&e), "target failed");
+            SendError::NoResponse(_) => {
+                // Every idle connection to this target is suspect now (it may have died).
+                upstream::pool::purge(target.addr);
+                tracing::debug!(target_group = %group.name, target = %target.addr, attempt, error = %detail, "no response from the target");
+                if attempt == 0 && retry_safe {
+                    // As nginx's `proxy_next_upstream error`: once more, elsewhere when there is
+                    // an elsewhere, else on a fresh connection to the same target.
+                    if group.targets.len() > 1 {
+                        exclude = Some(target.addr);
+                    }
+                    continue;
+                }
                 return (
                     error_response(
                         StatusCode::BAD_GATEWAY,
@@ -335,23 +329,13 @@ async fn forward(
                     Some(guard),
                 );
             }
-            Ok(Ok(mut res)) => {
-                target.state.connect_succeeded();
-                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = client_upgrade {
-                        tunnel(
-                            client_side,
-                            hyper::upgrade::on(&mut res),
-                            ctx.activity.clone(),
-                            listener.idle_timeout,
-                        );
-                    }
-                    strip_hop_by_hop(res.headers_mut(), true);
-                } else {
-                    strip_hop_by_hop(res.headers_mut(), false);
-                }
+            SendError::Failed(_) => {
+                tracing::debug!(target_group = %group.name, target = %target.addr, error = %detail, "target failed");
                 return (
-                    res.map(|b| b.boxed_unsync()),
+                    error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "the target closed the connection or sent an invalid response",
+                    ),
                     Some(target.addr),
                     Some(guard),
                 );
@@ -368,18 +352,25 @@ async fn forward(
 /// Copies bytes both ways between an upgraded client and target connection (WebSocket).
 fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    target: hyper::upgrade::OnUpgrade,
+    mut target: upstream::Conn,
     activity: Activity,
     idle: std::time::Duration,
 ) {
     tokio::spawn(async move {
-        let (Ok(c), Ok(t)) = tokio::join!(client, target) else {
+        let Ok(c) = client.await else {
             return;
         };
         let mut c = TokioIo::new(c);
-        let mut t = TokioIo::new(t);
+        // Bytes the target sent right after its 101 belong to the new protocol.
+        if !target.buf.is_empty()
+            && tokio::io::AsyncWriteExt::write_all(&mut c, &target.buf)
+                .await
+                .is_err()
+        {
+            return;
+        }
         tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut c, &mut t) => {}
+            _ = tokio::io::copy_bidirectional(&mut c, &mut target.io) => {}
             _ = activity.idle_for(idle) => {}
         }
     });
@@ -485,10 +476,6 @@ fn full(b: Bytes) -> BoxBody {
     Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }
 
-fn empty() -> BoxBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
 /// A short plain-text answer from Portico itself.
 pub fn error_response(status: StatusCode, detail: &str) -> Response<BoxBody> {
     let body = if detail.is_empty() {
@@ -509,17 +496,6 @@ pub fn error_response(status: StatusCode, detail: &str) -> Response<BoxBody> {
         );
     }
     res
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

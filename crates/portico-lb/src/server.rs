@@ -132,6 +132,22 @@ impl LoadBalancer {
     /// Appends the load balancer's metrics in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         self.metrics.render(out, &self.registry.all());
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP portico_lb_worker_connections_total Connections handed to each worker thread.\n# TYPE portico_lb_worker_connections_total counter"
+        );
+        for (i, n) in self.workers.accepted().iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "portico_lb_worker_connections_total{{worker=\"{i}\"}} {n}"
+            );
+        }
+    }
+
+    /// Connections handed to each worker thread so far, by worker.
+    pub fn worker_connections(&self) -> Vec<u64> {
+        self.workers.accepted()
     }
 
     pub fn certs(&self) -> &Arc<CertStore> {

@@ -48,6 +48,8 @@ pub struct Listener {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Plain HTTP only: HTTP/2 with prior knowledge accepted beside HTTP/1.1.
+    pub h2c: bool,
 }
 
 impl Listener {
@@ -404,6 +406,12 @@ fn listener(
             "max_connections must be at least 1",
         ));
     }
+    if l.h2c && l.protocol == Protocol::Https {
+        issues.push(
+            ConfigIssue::new(at("h2c"), "h2c is for plain-HTTP listeners")
+                .hint("HTTPS listeners offer HTTP/2 by ALPN already; remove `h2c`"),
+        );
+    }
     let access_log = l.access_log.as_ref().and_then(|a| {
         AccessLog::open(&l.name, a)
             .map_err(|e| issues.push(ConfigIssue::new(at("access_log"), e)))
@@ -428,6 +436,7 @@ fn listener(
         idle_timeout: l.idle_timeout,
         max_header_bytes: l.max_header_bytes,
         max_connections: l.max_connections,
+        h2c: l.h2c,
     })
 }
 

@@ -8,13 +8,15 @@
 //! pooled target connections they use all live on one thread. Accepting stays on the caller's
 //! runtime and hands each accepted socket to the next worker.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 pub struct Workers {
     handles: Vec<Handle>,
+    /// Connections handed to each worker so far (`/metrics`: how they spread).
+    accepted: Vec<AtomicU64>,
     next: AtomicUsize,
     stop: CancellationToken,
 }
@@ -49,6 +51,7 @@ impl Workers {
             handles.push(handle);
         }
         Ok(Workers {
+            accepted: handles.iter().map(|_| AtomicU64::new(0)).collect(),
             handles,
             next: AtomicUsize::new(0),
             stop,
@@ -58,7 +61,16 @@ impl Workers {
     /// The worker that takes the next connection (round robin).
     pub fn next(&self) -> &Handle {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.accepted[i].fetch_add(1, Ordering::Relaxed);
         &self.handles[i]
+    }
+
+    /// How many connections each worker has been given.
+    pub fn accepted(&self) -> Vec<u64> {
+        self.accepted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Ends the worker threads; tasks still on them are dropped.

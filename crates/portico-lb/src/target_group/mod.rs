@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Algorithm;
-use crate::proxy::TargetClient;
 pub use health_check::HealthCheck;
 
 /// When no active health check is configured, a target taken out by passive detection is tried
@@ -83,11 +82,6 @@ impl TargetGroup {
             next: AtomicUsize::new(0),
             failing_open: AtomicBool::new(false),
         }
-    }
-
-    /// The keep-alive client that reaches this group's targets from the current worker thread.
-    pub fn client(&self) -> TargetClient {
-        crate::proxy::client_for(self.connect_timeout)
     }
 
     /// Chooses a target for one request, avoiding `exclude` (the target a retry moves away from).

@@ -116,6 +116,8 @@ pub struct Backend {
     pub hits: Arc<AtomicUsize>,
     /// Requests that reached the backend's handler (counted on arrival, before any work).
     pub started: Arc<AtomicUsize>,
+    /// TCP connections the backend accepted (a proxy reusing its connections opens few).
+    pub accepted: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -134,6 +136,7 @@ impl Backend {
             health: Arc::new(AtomicU16::new(200)),
             hits: Arc::default(),
             started: Arc::default(),
+            accepted: Arc::default(),
             stop: CancellationToken::new(),
         };
         let (name, health, hits, stop) = (
@@ -143,12 +146,14 @@ impl Backend {
             b.stop.clone(),
         );
         let started = b.started.clone();
+        let accepted = b.accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     _ = stop.cancelled() => return,
                     r = socket.accept() => match r { Ok(x) => x, Err(_) => continue },
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let (name, health, hits, stop) =
                     (name.clone(), health.clone(), hits.clone(), stop.clone());
                 let started = started.clone();
