@@ -39,7 +39,10 @@ pub async fn serve(
     let io = IdleIo::new(stream, activity.clone());
     let metrics = lb.listener_metrics(&listener.name);
     let _counted = metrics.connection();
+    let (peer_ip_header, local_port_header) = ConnCtx::forwarded_values(peer, local);
     let ctx = Arc::new(ConnCtx {
+        peer_ip_header,
+        local_port_header,
         metrics: metrics.clone(),
         listener_name: listener.name.as_str().into(),
         listener: listener.clone(),

@@ -36,6 +36,17 @@ pub struct ConnCtx {
     pub activity: Activity,
     pub lb: Arc<crate::LoadBalancer>,
     pub metrics: Arc<crate::metrics::ListenerMetrics>,
+    /// The client's address and the local port as header values, made once per connection.
+    pub peer_ip_header: HeaderValue,
+    pub local_port_header: HeaderValue,
+}
+
+impl ConnCtx {
+    pub fn forwarded_values(peer: SocketAddr, local: SocketAddr) -> (HeaderValue, HeaderValue) {
+        let ip = HeaderValue::from_str(&canonical_ip(peer.ip()).to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        (ip, HeaderValue::from(local.port()))
+    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -415,20 +426,26 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
 fn add_forwarded(h: &mut HeaderMap, ctx: &ConnCtx, listener: &Listener) {
-    let ip = canonical_ip(ctx.peer.ip()).to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", canonical_ip(ctx.peer.ip()))).ok()
+        }
+        // The common case: no allocation, the connection's value is shared.
+        _ => Some(ctx.peer_ip_header.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(scheme(listener)),
     );
-    h.insert("x-forwarded-port", HeaderValue::from(ctx.local.port()));
+    h.insert(X_FORWARDED_PORT, ctx.local_port_header.clone());
 }
 
 fn scheme(l: &Listener) -> &'static str {

@@ -72,11 +72,12 @@ pub fn served_cert_from_pem(
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| CertError::NoKey {
         path: key_name.into(),
     })?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| CertError::BadKey {
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
+        CertError::BadKey {
             path: key_name.into(),
             detail: e.to_string(),
-        })?;
+        }
+    })?;
     let certified = CertifiedKey::new(chain, signer);
     if certified.keys_match().is_err() {
         return Err(CertError::Mismatch {
@@ -121,10 +122,17 @@ fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The listeners' cryptography: aws-lc-rs, which measured faster than ring here for handshakes
+/// and bulk encryption (docs/benchmarks.md), offering the post-quantum hybrid X25519MLKEM768
+/// first (as Caddy and current browsers do) with X25519 and the NIST curves after it.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
 /// A listener's rustls configuration: the policy's versions, ALPN h2 + http/1.1, session
 /// resumption by tickets and by ID, and certificates from `resolver`.
 pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let versions: &[&'static rustls::SupportedProtocolVersion] = match policy {
         TlsPolicy::Modern => &[&rustls::version::TLS13],
         // rustls's TLS 1.2 suites are exactly ECDHE + AES-GCM / ChaCha20-Poly1305: Mozilla's
@@ -133,7 +141,7 @@ pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![
@@ -142,7 +150,7 @@ pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<
         resolver::ACME_TLS_ALPN.to_vec(),
     ];
     config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
-    match rustls::crypto::ring::Ticketer::new() {
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
         Ok(t) => config.ticketer = t,
         Err(e) => tracing::warn!(error = %e, "TLS session tickets unavailable"),
     }
