@@ -193,3 +193,53 @@ impl FromPemHelper for rustls::pki_types::CertificateDer<'_> {
             .to_vec()
     }
 }
+
+/// A client offering exactly `groups` (by name), on aws-lc-rs, trusting the test CA.
+fn client_with_groups(ca: &TestCa, groups: &[rustls::NamedGroup]) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups.retain(|g| groups.contains(&g.name()));
+    assert_eq!(
+        provider.kx_groups.len(),
+        groups.len(),
+        "the provider has them all"
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[tokio::test]
+async fn post_quantum_key_exchange_preferred_classic_ones_still_offered() {
+    use rustls::NamedGroup;
+    let (_dir, ca, _b, lb) = two_cert_lb("intermediate").await;
+    let a = addr(&lb, "https");
+    // A client like current browsers: the hybrid first, X25519 beside it.
+    let browser = client_with_groups(&ca, &[NamedGroup::X25519MLKEM768, NamedGroup::X25519]);
+    let tls = tls_connect(a, "api.example.com", browser).await.unwrap();
+    assert_eq!(
+        tls.get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name()),
+        Some(NamedGroup::X25519MLKEM768)
+    );
+    // Clients without it (OpenSSL 3.0, older browsers) still get X25519 or P-256.
+    for g in [NamedGroup::X25519, NamedGroup::secp256r1] {
+        let tls = tls_connect(a, "api.example.com", client_with_groups(&ca, &[g]))
+            .await
+            .unwrap_or_else(|e| panic!("{g:?}: {e}"));
+        assert_eq!(
+            tls.get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|k| k.name()),
+            Some(g)
+        );
+    }
+}
