@@ -77,13 +77,15 @@ impl AcmeIssuer {
                         .map_err(|e| format!("ACME client with root {}: {e}", root.display()))?;
                 }
                 hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                    rustls::ClientConfig::builder()
+                    rustls::ClientConfig::builder_with_provider(client_provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| format!("ACME client: {e}"))?
                         .with_root_certificates(roots)
                         .with_no_client_auth(),
                 )
             }
             None => hyper_rustls::HttpsConnectorBuilder::new()
-                .try_with_platform_verifier()
+                .with_provider_and_platform_verifier(client_provider())
                 .map_err(|e| format!("ACME client: {e}"))?,
         };
         let client =
@@ -489,4 +491,10 @@ fn httpdate_parse(v: &str) -> Option<SystemTime> {
             .ok()
             .map(|t| t.assume_utc().into())
     })
+}
+
+/// The ACME client's cryptography, named explicitly: the process has two providers compiled in
+/// (ring for clients, aws-lc-rs for the listeners), so rustls has no implicit default.
+fn client_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
