@@ -98,7 +98,11 @@ impl TargetGroup {
             {
                 tracing::warn!(target_group = %self.name, "no healthy target: routing to all targets (fail open)");
             }
-        } else if self.failing_open.swap(false, Ordering::Relaxed) {
+        } else if self.failing_open.load(Ordering::Relaxed)
+            && self.failing_open.swap(false, Ordering::Relaxed)
+        {
+            // (Read first: a write per request to this shared flag would bounce its cache line
+            // between the workers.)
             tracing::info!(target_group = %self.name, "healthy targets are back: fail open ended");
         }
         let candidate = |t: &Target| {
@@ -188,7 +192,9 @@ impl TargetState {
 
     /// A connection to the target succeeded.
     pub fn connect_succeeded(&self) {
-        self.passive_failures.store(0, Ordering::Relaxed);
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Counts one request in flight until the guard drops.
