@@ -7,7 +7,9 @@ interleave them; each figure is the median over rounds. NSD runs with rrl-rateli
 default rate-limits). Then each of Portico and Knot loads a 1,000,000-record zone and its resident
 memory is read once it answers.
 
-  bench/dns.py [--duration 10] [--rounds 2] [--big 1000000]
+  bench/dns.py [--duration 10] [--rounds 2] [--big 1000000] [--only portico,knot,nsd]
+
+PORTICO_BIN=path measures that binary instead of building target/release/portico.
 
 Needs: knot nsd dnsperf (Debian packages); builds Portico release.
 """
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PORTICO = ROOT / "target" / "release" / "portico"
+PORTICO = Path(os.environ.get("PORTICO_BIN", ROOT / "target" / "release" / "portico"))
 PORT = 19053
 ZONE = "bench.test"
 
@@ -181,18 +183,20 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--only", default="portico,knot,nsd")
     args = ap.parse_args()
     for tool in ["knotd", "nsd", "dnsperf"]:
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"{tool} is missing: apt-get install knot nsd dnsperf")
     os.environ["PATH"] += ":/usr/sbin"
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
+    if "PORTICO_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="portico-dnsbench-"))
     zone10k = work / "10k.zone"
     write_zone(zone10k, 10_000)
     queries = work / "queries.txt"
     write_queries(queries, 10_000)
-    names = ["portico", "knot", "nsd"]
+    names = args.only.split(",")
     results = {}
     for rnd in range(args.rounds):
         for name in names:
@@ -210,7 +214,8 @@ def main():
     print("|---|---|---|---|---|")
     for n in names:
         m = med[n]
-        print(f"| {n} | {m['qps']:.0f} | {m['avg_ms']:.3f} ms | {m['lost']:.0f} | {m['qps'] / med['knot']['qps']:.2f}x |")
+        vs = f"{m['qps'] / med['knot']['qps']:.2f}x" if "knot" in med else "-"
+        print(f"| {n} | {m['qps']:.0f} | {m['avg_ms']:.3f} ms | {m['lost']:.0f} | {vs} |")
 
     if args.big:
         big = work / "big.zone"

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod transfer;
+mod udp_batch;
 mod update;
 pub mod zone;
 pub mod zone_file;

@@ -1,7 +1,11 @@
 //! The DNS wire server: UDP and TCP on each configured address.
 //!
 //! UDP: one receive loop per core, each on its own single-threaded runtime sharing the socket
-//! (the same reasoning as the load balancer's workers: no cross-thread hand-off per query).
+//! (the same reasoning as the load balancer's workers: no cross-thread hand-off per query). Each
+//! loop reads up to 32 queries with one `recvmmsg`, answers them in place and sends the answers
+//! with one `sendmmsg` (`udp_batch.rs`). One `SO_REUSEPORT` socket per worker was measured and
+//! was slower: the kernel hashes each client to one worker, and a few busy clients then load
+//! one worker while the other idles (docs/benchmarks.md).
 //! TCP: length-prefixed messages, several per connection, an idle timeout, a connection limit.
 //! Every input is bounded: 4096-byte UDP reads, 65535-byte TCP messages.
 
@@ -128,45 +132,53 @@ async fn udp_loop(
     stop: CancellationToken,
     limiter: Option<Arc<RateLimiter>>,
 ) {
-    let mut buf = vec![0u8; 4096];
+    let mut batch = crate::udp_batch::RecvBatch::new();
+    let mut out: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::udp_batch::BATCH);
     loop {
-        let (n, src) = tokio::select! {
+        let n = tokio::select! {
             _ = stop.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
+            r = batch.recv(&sock) => match r {
+                Ok(n) => n,
                 Err(_) => continue,
             },
         };
-        let raw = &buf[..n];
-        let verdict = limiter
-            .as_ref()
-            .map_or(Verdict::Answer, |l| l.check(src.ip()));
-        if verdict == Verdict::Drop {
-            continue;
-        }
-        // UPDATE waits for an fsync: off the receive loop.
-        if raw.len() > 2 && (raw[2] >> 3) & 0x0f == 5 {
-            let (ctx, sock, raw) = (ctx.clone(), sock.clone(), raw.to_vec());
-            tokio::spawn(async move {
-                if let Reply::One(b) = handle(&ctx, &raw, src, false).await {
-                    let _ = sock.send_to(&b, src).await;
-                }
-            });
-            continue;
-        }
-        if let Reply::One(mut b) = handle(&ctx, raw, src, false).await {
-            if verdict == Verdict::Slip && b.len() >= 12 {
-                // Truncated, empty: a real client retries over TCP, a reflection gains nothing.
-                b.truncate(12);
-                b[2] |= 0x02;
-                b[6..12].fill(0);
-                if let Some(q) = question_bytes(raw) {
-                    b[5] = 1;
-                    b.extend_from_slice(q);
-                }
+        out.clear();
+        for i in 0..n {
+            let Some((raw, src)) = batch.get(i) else {
+                continue;
+            };
+            let verdict = limiter
+                .as_ref()
+                .map_or(Verdict::Answer, |l| l.check(src.ip()));
+            if verdict == Verdict::Drop {
+                continue;
             }
-            let _ = sock.send_to(&b, src).await;
+            // UPDATE waits for an fsync: off the receive loop.
+            if raw.len() > 2 && (raw[2] >> 3) & 0x0f == 5 {
+                let (ctx, sock, raw) = (ctx.clone(), sock.clone(), raw.to_vec());
+                tokio::spawn(async move {
+                    if let Reply::One(b) = handle(&ctx, &raw, src, false).await {
+                        let _ = sock.send_to(&b, src).await;
+                    }
+                });
+                continue;
+            }
+            // A query is answered without waiting on anything: this completes at once.
+            if let Reply::One(mut b) = handle(&ctx, raw, src, false).await {
+                if verdict == Verdict::Slip && b.len() >= 12 {
+                    // Truncated, empty: a real client retries over TCP, a reflection gains nothing.
+                    b.truncate(12);
+                    b[2] |= 0x02;
+                    b[6..12].fill(0);
+                    if let Some(q) = question_bytes(raw) {
+                        b[5] = 1;
+                        b.extend_from_slice(q);
+                    }
+                }
+                out.push((b, src));
+            }
         }
+        crate::udp_batch::send_all(&sock, &out).await;
     }
 }
 
