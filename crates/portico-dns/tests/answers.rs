@@ -308,3 +308,62 @@ async fn response_rate_limiting_slips_and_drops_beyond_the_budget() {
         "NOERROR"
     );
 }
+
+/// A burst of queries from several clients at once: the receive loop reads them in batches
+/// (recvmmsg) and every answer goes to its own sender (sendmmsg), none lost or crossed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_many_clients_is_answered_each_to_its_sender() {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let (_dir, dns) = setup().await;
+    let mut clients = Vec::new();
+    for c in 0..4u16 {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect(dns.addr).await.unwrap();
+        for q in 0..64u16 {
+            let mut m = Message::new(c * 1000 + q, MessageType::Query, OpCode::Query);
+            let name = if q.is_multiple_of(2) {
+                "app.example.test."
+            } else {
+                "mail.example.test."
+            };
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            sock.send(&m.to_vec().unwrap()).await.unwrap();
+        }
+        clients.push((c, sock));
+    }
+    for (c, sock) in clients {
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 4096];
+        while seen.len() < 64 {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), sock.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("client {c}: only {} of 64 answered", seen.len()))
+                .unwrap();
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            let q =
+                m.id.checked_sub(c * 1000)
+                    .expect("an answer of this client");
+            assert!(
+                q < 64 && seen.insert(q),
+                "client {c}: unexpected or repeated id {}",
+                m.id
+            );
+            let want: std::net::Ipv4Addr = if q.is_multiple_of(2) {
+                [192, 0, 2, 10]
+            } else {
+                [192, 0, 2, 25]
+            }
+            .into();
+            let got: Vec<_> = m
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(got, vec![want], "client {c} query {q}");
+        }
+    }
+}
