@@ -29,6 +29,7 @@ enum Mode {
 pub async fn serve(
     lb: Arc<LoadBalancer>,
     listener: Arc<Listener>,
+    generation: u64,
     stream: TcpStream,
     peer: SocketAddr,
     draining: CancellationToken,
@@ -46,6 +47,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         listener_name: listener.name.as_str().into(),
         listener: listener.clone(),
+        generation,
         peer,
         local,
         activity: activity.clone(),

@@ -30,6 +30,8 @@ pub type ProxyBody = LoggedBody<BoxBody>;
 /// What every request on one client connection shares.
 pub struct ConnCtx {
     pub listener: Arc<Listener>,
+    /// The load balancer's snapshot generation `listener` was taken from.
+    pub generation: u64,
     pub listener_name: Arc<str>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -68,10 +70,16 @@ pub async fn handle(
     let start = Instant::now();
     // Rules and actions come from the newest snapshot, so that a reload reaches keep-alive
     // connections too; the connection's own listener serves if the listener was removed.
-    let listener = ctx
-        .lb
-        .listener_named(&ctx.listener_name)
-        .unwrap_or_else(|| ctx.listener.clone());
+    let newer;
+    let listener: &Arc<Listener> = if ctx.lb.generation() == ctx.generation {
+        &ctx.listener
+    } else {
+        newer = ctx
+            .lb
+            .listener_named(&ctx.listener_name)
+            .unwrap_or_else(|| ctx.listener.clone());
+        &newer
+    };
     let host = request_host(&req);
     let mut log = listener.access_log.as_ref().map(|log| {
         (
@@ -161,7 +169,7 @@ pub async fn handle(
             }
             Action::Redirect(r) => {
                 let location = r.location(&RedirectInput {
-                    protocol: scheme(&listener),
+                    protocol: scheme(listener),
                     host: &host,
                     port: ctx.local.port(),
                     path,
@@ -190,7 +198,7 @@ pub async fn handle(
                 ),
                 Some(group) => {
                     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-                    let (res, target, guard) = forward(&ctx, &listener, group, req, upgrade).await;
+                    let (res, target, guard) = forward(&ctx, listener, group, req, upgrade).await;
                     (res, extra, target, guard)
                 }
             },
@@ -293,7 +301,8 @@ async fn forward(
                         listener.idle_timeout,
                     );
                     strip_hop_by_hop(res.headers_mut(), true);
-                } else {
+                } else if answer.connection_names_headers {
+                    // The hop-by-hop headers themselves were left out while parsing.
                     strip_hop_by_hop(res.headers_mut(), false);
                 }
                 return (

@@ -54,6 +54,9 @@ pub struct LoadBalancer {
     /// requests reach them; they are reported as draining until the last one finishes.
     drained_targets: Mutex<Vec<(String, SocketAddr, Arc<crate::target_group::TargetState>)>>,
     metrics: crate::metrics::LbMetrics,
+    /// Bumped after every snapshot swap: a connection whose listener came from the current
+    /// generation uses it as is, without a lookup and an `Arc` clone per request.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// What identifies a listening socket across reloads: its address, and for port 0 (a port the
@@ -108,6 +111,7 @@ impl LoadBalancer {
             http01: arc_swap::ArcSwapOption::empty(),
             drained_targets: Mutex::default(),
             metrics: Default::default(),
+            generation: Default::default(),
             workers: Workers::start(workers::default_count())
                 .expect("cannot start worker threads (is the process out of threads?)"),
         })
@@ -211,6 +215,7 @@ impl LoadBalancer {
 
         let snapshot = Arc::new(built.snapshot);
         let old = self.snapshot.swap(snapshot.clone());
+        self.generation.fetch_add(1, Ordering::Release);
         {
             let mut draining = lock(&self.drained_targets);
             for (name, g) in &old.target_groups {
@@ -348,6 +353,11 @@ impl LoadBalancer {
         }
     }
 
+    /// The snapshot generation (see the field).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub(crate) fn listener_named(&self, name: &str) -> Option<Arc<Listener>> {
         self.snapshot.load().listener(name).cloned()
     }
@@ -394,6 +404,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let generation = lb.generation();
         let Some(listener) = lb.listener_for(&key) else {
             continue;
         };
@@ -419,7 +430,7 @@ async fn accept_loop(
                 return;
             };
             let draining = lb2.draining.clone();
-            crate::connection::serve(lb2, listener, stream, peer, draining).await;
+            crate::connection::serve(lb2, listener, generation, stream, peer, draining).await;
             drop(slot);
         });
         lb.workers.next().spawn(conn);

@@ -89,6 +89,9 @@ pub struct Outgoing<'a> {
 pub struct Answer {
     pub response: Response<UpstreamBody>,
     pub upgraded: Option<Conn>,
+    /// The response's Connection header named other headers, still to be removed
+    /// (hop-by-hop headers themselves are left out while parsing, except on a 101).
+    pub connection_names_headers: bool,
 }
 
 /// Sends one request on `conn` and reads the response head; the body follows as it is polled.
@@ -153,7 +156,27 @@ fn answer(h: Head, body: UpstreamBody, upgraded: Option<Conn>) -> Answer {
     *response.status_mut() = h.status;
     *response.version_mut() = Version::HTTP_11;
     *response.headers_mut() = h.headers;
-    Answer { response, upgraded }
+    Answer {
+        response,
+        upgraded,
+        connection_names_headers: h.connection_names_headers,
+    }
+}
+
+/// Hop-by-hop response headers (RFC 9110 §7.6.1): never passed on to the client.
+fn is_hop_by_hop(name: &http::HeaderName) -> bool {
+    const CUSTOM: [http::HeaderName; 2] = [
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+    ];
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || CUSTOM.contains(name)
 }
 
 /// Writes the request line, the headers and the framing header the body needs.
@@ -233,6 +256,7 @@ struct Head {
     framing: Framing,
     keep_alive: bool,
     upgrade: bool,
+    connection_names_headers: bool,
 }
 
 /// Reads until a final response head (1xx other than 101 are skipped) and parses it.
@@ -304,6 +328,8 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, SendErr
         let base = buf.as_ptr() as usize;
         let mut headers = HeaderMap::with_capacity(res.headers.len());
         let (mut length, mut chunked, mut close, mut has_te) = (None, false, !http11, false);
+        let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+        let mut connection_names_headers = false;
         for h in res.headers.iter() {
             let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
                 SendError::Failed(format!("invalid response header name {:?}", h.name))
@@ -333,18 +359,27 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, SendErr
                     .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
             } else if name == header::CONNECTION {
                 let v = value.to_str().unwrap_or("");
-                for t in v.split(',').map(str::trim) {
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                     if t.eq_ignore_ascii_case("close") {
                         close = true;
-                    } else if t.eq_ignore_ascii_case("keep-alive") && !http11 {
-                        close = false;
+                    } else if t.eq_ignore_ascii_case("keep-alive") {
+                        if !http11 {
+                            close = false;
+                        }
+                    } else if !t.eq_ignore_ascii_case("upgrade") {
+                        connection_names_headers = true;
                     }
                 }
             }
-            headers.append(name, value);
+            // A 101 keeps its Upgrade and Connection; the caller rewrites them for the tunnel.
+            // A Connection header that names other headers is kept for the caller, which
+            // removes those and it.
+            let named = name == header::CONNECTION && connection_names_headers;
+            if upgrade || named || !is_hop_by_hop(&name) {
+                headers.append(name, value);
+            }
         }
         let _ = buf.split_to(len);
-        let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
         let framing = if is_head
             || upgrade
             || status == StatusCode::NO_CONTENT
@@ -372,6 +407,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Head>, SendErr
             framing,
             keep_alive,
             upgrade,
+            connection_names_headers,
         }));
     }
 }
@@ -401,5 +437,73 @@ impl<T> Drop for AbortOnDrop<T> {
         if let Some(h) = self.0.take() {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str, is_head: bool) -> Head {
+        let mut buf = BytesMut::from(raw);
+        let h = parse_head(&mut buf, is_head)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("complete");
+        assert!(buf.is_empty() || !raw.ends_with("\r\n\r\n"));
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out_and_framing_read() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nUpgrade: h2c\r\nX-Kept: 1\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        assert!(h.keep_alive && !h.connection_names_headers);
+        let names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-kept"],
+            "Content-Length goes with Transfer-Encoding"
+        );
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!h.keep_alive && h.connection_names_headers);
+        assert_eq!(h.framing, Framing::Length(0));
+
+        let h = parse("HTTP/1.0 200 OK\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::Close);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_bad_heads_refused() {
+        let h = parse(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.status, StatusCode::NO_CONTENT);
+        assert_eq!(h.framing, Framing::Done, "204 has no body whatever it says");
+        let h = parse(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            false,
+        );
+        assert!(h.upgrade && h.headers.contains_key(header::UPGRADE));
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true);
+        assert_eq!(h.framing, Framing::Done, "a response to HEAD has no body");
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(parse_head(&mut buf, false).is_err(), "{bad:?}");
+        }
+        let mut partial = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Le");
+        assert!(matches!(parse_head(&mut partial, false), Ok(None)));
     }
 }
