@@ -43,16 +43,13 @@ impl RecvBatch {
                     iov_base: self.bufs[i].as_mut_ptr().cast(),
                     iov_len: MAX_QUERY,
                 });
-                // SAFETY: mmsghdr is plain old data; the fields used are set below.
-                let mut hdrs: [libc::mmsghdr; BATCH] =
-                    unsafe { MaybeUninit::zeroed().assume_init() };
-                for (i, h) in hdrs.iter_mut().enumerate() {
-                    h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-                    h.msg_hdr.msg_namelen =
-                        std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                    h.msg_hdr.msg_iov = &mut iov[i];
-                    h.msg_hdr.msg_iovlen = 1;
-                }
+                let mut hdrs: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
+                    header(
+                        (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast(),
+                        std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+                        &mut iov[i],
+                    )
+                });
                 // SAFETY: every pointer in `hdrs` points into buffers owned by `self` or the
                 // local `iov`, all alive for the call; the kernel writes at most the lengths given.
                 let r = unsafe {
@@ -105,16 +102,11 @@ pub async fn send_all(sock: &UdpSocket, out: &[(Vec<u8>, SocketAddr)]) {
                         iov_len: b.len(),
                     })
                     .collect();
-                // SAFETY: mmsghdr is plain old data; the fields used are set below.
-                let mut hdrs: Vec<libc::mmsghdr> = (0..chunk.len())
-                    .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                let mut hdrs: Vec<libc::mmsghdr> = iov
+                    .iter_mut()
+                    .zip(&addrs)
+                    .map(|(iov, a)| header(a.as_ptr() as *mut libc::c_void, a.len(), iov))
                     .collect();
-                for (i, h) in hdrs.iter_mut().enumerate() {
-                    h.msg_hdr.msg_name = addrs[i].as_ptr() as *mut libc::c_void;
-                    h.msg_hdr.msg_namelen = addrs[i].len();
-                    h.msg_hdr.msg_iov = &mut iov[i];
-                    h.msg_hdr.msg_iovlen = 1;
-                }
                 // SAFETY: the pointers refer to `chunk`, `addrs` and `iov`, alive for the call;
                 // the kernel only reads them.
                 let r = unsafe {
@@ -137,6 +129,21 @@ pub async fn send_all(sock: &UdpSocket, out: &[(Vec<u8>, SocketAddr)]) {
             Ok(n) => done += n,
         }
     }
+}
+
+/// One message header: a peer address buffer and one data buffer.
+fn header(
+    name: *mut libc::c_void,
+    namelen: libc::socklen_t,
+    iov: &mut libc::iovec,
+) -> libc::mmsghdr {
+    // SAFETY: mmsghdr is plain old data; all zeroes is a valid value, the used fields follow.
+    let mut h: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    h.msg_hdr.msg_name = name;
+    h.msg_hdr.msg_namelen = namelen;
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = 1;
+    h
 }
 
 fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {

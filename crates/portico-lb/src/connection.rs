@@ -104,6 +104,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(l.header_timeout)
         .max_buf_size(l.max_header_bytes)
+        // Head and small body copied into one buffer and sent with one `send`: measured 6 % less
+        // CPU per request than `writev` of the two (docs/benchmarks.md, issue 13 step 10).
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
