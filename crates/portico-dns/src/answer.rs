@@ -61,12 +61,23 @@ pub fn lookup(
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
 ) -> Answer {
-    let Some(zone) = catalog.find(qname) else {
-        return Answer {
+    match catalog.find(qname) {
+        Some(zone) => lookup_in(zone, qname, qtype, listeners),
+        None => Answer {
             rcode: ResponseCode::Refused,
             ..Default::default()
-        };
-    };
+        },
+    }
+}
+
+/// Answers `qname`/`qtype` from `zone`, the hosted zone that contains it (for a caller that has
+/// found it already: finding it allocates a name per label count).
+pub fn lookup_in(
+    zone: &Zone,
+    qname: &Name,
+    qtype: RecordType,
+    listeners: &dyn ListenerAddrs,
+) -> Answer {
     let mut out = Answer {
         rcode: ResponseCode::NoError,
         authoritative: true,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
 
-use crate::answer::{lookup, ListenerAddrs};
+use crate::answer::{lookup, lookup_in, ListenerAddrs};
 use crate::zones::HostedZones;
 
 /// Our advertised UDP payload size (the DNS flag day 2020 value).
@@ -69,10 +69,13 @@ fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
         _ => {}
     }
     let catalog = ctx.zones.catalog_guard();
-    let a = lookup(&catalog, q.name(), q.query_type(), ctx.listeners.as_ref());
-    ctx.zones
-        .metrics
-        .record(catalog.find(q.name()).map(|z| &z.origin), a.rcode);
+    // The zone is found once, for the answer and for the metrics.
+    let zone = catalog.find(q.name());
+    let a = match zone {
+        Some(z) => lookup_in(z, q.name(), q.query_type(), ctx.listeners.as_ref()),
+        None => lookup(&catalog, q.name(), q.query_type(), ctx.listeners.as_ref()),
+    };
+    ctx.zones.metrics.record(zone.map(|z| &z.origin), a.rcode);
     let mut res = response(msg);
     res.metadata.authoritative = a.authoritative;
     res.metadata.response_code = a.rcode;
