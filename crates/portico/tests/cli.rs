@@ -711,6 +711,8 @@ impl AcmeEnv {
             .collect();
         self.pebble = Some(Proc::spawn_program("pebble", &args, &env));
         wait_listening(self.acme).await;
+        // Pebble opens its management interface on its own; under load it can come second.
+        wait_listening(self.mgmt).await;
     }
 
     fn stop_pebble(&mut self) {
