@@ -109,12 +109,27 @@ fn run(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// A port free for TCP and UDP on 127.0.0.1, for a peer (Pebble, BIND, a Portico process) to
+/// bind later. Taken below the kernel's ephemeral range (32768–60999 by default): a port the
+/// kernel hands out for `bind(0)` can meanwhile become the local port of some outgoing
+/// connection, and then the peer's bind fails with "Address already in use".
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Different runs start at different places, so a port a previous run's process still
+    // holds (TIME_WAIT, a slow exit) is rarely the first one tried.
+    let start = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
 }
 
 fn write_pem_pair(ca: &TestCa, dir: &Path, names: &[&str]) {
