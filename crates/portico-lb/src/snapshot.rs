@@ -225,16 +225,8 @@ fn target_group(
             ));
             continue;
         }
-        let Ok(authority) = http::uri::Authority::try_from(addr.to_string()) else {
-            issues.push(ConfigIssue::new(
-                at,
-                format!("{addr} is not a valid URI authority"),
-            ));
-            continue;
-        };
         targets.push(Target {
             addr,
-            authority,
             weight: t.weight(),
             state: registry.state(&tg.name, addr),
         });

@@ -40,8 +40,6 @@ pub struct TargetGroup {
 #[derive(Debug)]
 pub struct Target {
     pub addr: SocketAddr,
-    /// `addr` as a URI authority, made once so that requests only clone it.
-    pub authority: http::uri::Authority,
     pub weight: u32,
     pub state: Arc<TargetState>,
 }
@@ -269,7 +267,6 @@ mod tests {
         let targets = (0..n)
             .map(|i| Target {
                 addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
-                authority: http::uri::Authority::from_static("127.0.0.1"),
                 weight: 1,
                 state: Arc::default(),
             })

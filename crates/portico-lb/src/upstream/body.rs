@@ -107,7 +107,7 @@ impl UpstreamBody {
     /// The body was read to its end: the connection goes back to the pool if it may.
     fn finish(&mut self) {
         let Some(io) = self.io.take() else { return };
-        if !self.keep_alive || !self.buf.is_empty() {
+        if !self.keep_alive {
             return;
         }
         let stream = match io {

@@ -72,7 +72,8 @@ pub fn checkout(target: SocketAddr) -> Option<Conn> {
 /// Gives a connection whose last response was read completely back to this worker's pool.
 pub fn checkin(conn: Conn) {
     if !conn.buf.is_empty() {
-        return; // bytes after the response: the target does not speak HTTP/1.1 as we think
+        // Bytes after the response: the target does not speak HTTP/1.1 as we think; closed.
+        return;
     }
     let spawn_sweeper = POOL.with(|p| {
         let mut p = p.borrow_mut();
