@@ -163,20 +163,9 @@ fn answer(h: Head, body: UpstreamBody, upgraded: Option<Conn>) -> Answer {
     }
 }
 
-/// Hop-by-hop response headers (RFC 9110 §7.6.1): never passed on to the client.
+/// Hop-by-hop response headers (RFC 9110 §7.6.1), and Upgrade: never passed on to the client.
 fn is_hop_by_hop(name: &http::HeaderName) -> bool {
-    const CUSTOM: [http::HeaderName; 2] = [
-        http::HeaderName::from_static("keep-alive"),
-        http::HeaderName::from_static("proxy-connection"),
-    ];
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || CUSTOM.contains(name)
+    name == header::UPGRADE || crate::proxy::HOP_BY_HOP.contains(name)
 }
 
 /// Writes the request line, the headers and the framing header the body needs.
