@@ -3,6 +3,7 @@
 //! watcher, and a graceful end when the process drains.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -13,6 +14,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::RequestBody;
+use crate::h1;
 use crate::idle::{Activity, IdleIo};
 use crate::proxy::{handle, ConnCtx};
 use crate::server::LoadBalancer;
@@ -42,6 +45,8 @@ pub async fn serve(
     let _counted = metrics.connection();
     let (peer_ip_header, local_port_header) = ConnCtx::forwarded_values(peer, local);
     let ctx = Arc::new(ConnCtx {
+        h1_idle: Default::default(),
+        draining: Default::default(),
         peer_ip_header,
         local_port_header,
         metrics: metrics.clone(),
@@ -97,6 +102,39 @@ async fn run<I>(io: I, ctx: Arc<ConnCtx>, mode: Mode, draining: CancellationToke
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if mode != Mode::Http1 {
+        return run_hyper(io, ctx, mode, draining).await;
+    }
+    // Plain keep-alive HTTP/1.1 on our own loop; hyper takes over what that loop hands it.
+    let (idle_timeout, activity) = (ctx.listener.idle_timeout, ctx.activity.clone());
+    let fast = h1::serve(io, ctx.clone());
+    tokio::pin!(fast);
+    let rest = loop {
+        tokio::select! {
+            r = fast.as_mut() => match r {
+                h1::Outcome::Closed => return,
+                h1::Outcome::Handover(rest) => break rest,
+            },
+            _ = draining.cancelled(), if !ctx.draining.load(Ordering::Relaxed) => {
+                // Between requests the connection closes now; else after the current response.
+                ctx.draining.store(true, Ordering::Relaxed);
+                if ctx.h1_idle.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+            _ = activity.idle_for(idle_timeout) => {
+                tracing::debug!("idle timeout: closing connection");
+                return;
+            }
+        }
+    };
+    run_hyper(rest, ctx, mode, draining).await
+}
+
+async fn run_hyper<I>(io: I, ctx: Arc<ConnCtx>, mode: Mode, draining: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let l = &ctx.listener;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -119,7 +157,9 @@ where
         Mode::Auto => builder,
     };
     let (idle_timeout, activity) = (l.idle_timeout, ctx.activity.clone());
-    let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        handle(ctx.clone(), req.map(RequestBody::Hyper))
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut draining_seen = false;

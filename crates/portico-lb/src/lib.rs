@@ -10,6 +10,7 @@ pub mod action;
 mod body;
 pub mod config;
 mod connection;
+mod h1;
 mod idle;
 pub mod metrics;
 pub mod proxy;

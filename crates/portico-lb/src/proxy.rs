@@ -11,12 +11,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::Entry;
 use crate::action::{Action, RedirectInput};
-use crate::body::LoggedBody;
+use crate::body::{LoggedBody, RequestBody};
 use crate::config::Protocol;
 use crate::idle::Activity;
 use crate::rule::RequestFacts;
@@ -29,6 +28,11 @@ pub type ProxyBody = LoggedBody<BoxBody>;
 
 /// What every request on one client connection shares.
 pub struct ConnCtx {
+    /// The HTTP/1.1 fast path waits for the next request with nothing read of it yet: a
+    /// draining process may close the connection now.
+    pub h1_idle: std::sync::atomic::AtomicBool,
+    /// The process drains: the fast path closes the connection after the current response.
+    pub draining: std::sync::atomic::AtomicBool,
     pub listener: Arc<Listener>,
     /// The load balancer's snapshot generation `listener` was taken from.
     pub generation: u64,
@@ -65,7 +69,7 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
 
 pub async fn handle(
     ctx: Arc<ConnCtx>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     // Rules and actions come from the newest snapshot, so that a reload reaches keep-alive
@@ -223,7 +227,7 @@ async fn forward(
     ctx: &ConnCtx,
     listener: &Listener,
     group: &Arc<TargetGroup>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> (
     Response<BoxBody>,
@@ -396,7 +400,7 @@ fn tunnel(
     });
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
@@ -472,7 +476,7 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// The request's host without port, lower-cased: the Host header, else the URI authority (h2).
-fn request_host(req: &Request<Incoming>) -> String {
+fn request_host<B>(req: &Request<B>) -> String {
     let raw = req
         .headers()
         .get(header::HOST)

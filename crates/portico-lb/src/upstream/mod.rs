@@ -22,10 +22,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::body::RequestBody;
 pub use body::UpstreamBody;
 use body::{BodyIo, Chunk, Framing};
 pub use pool::Conn;
@@ -98,11 +98,20 @@ pub struct Answer {
 pub async fn send(
     mut conn: Conn,
     req: Outgoing<'_>,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
 ) -> Result<Answer, SendError> {
+    // A body read whole with the head goes out in the same write, without the pump task.
+    let (whole, body) = match body {
+        Some(RequestBody::Whole(whole)) => (whole, None),
+        other => (None, other),
+    };
     let chunked = body.is_some() && !req.headers.contains_key(header::CONTENT_LENGTH);
-    let mut head = Vec::with_capacity(512);
-    write_head(&mut head, &req, body.is_none(), chunked);
+    let mut head = Vec::with_capacity(512 + whole.as_ref().map_or(0, |w| w.len()));
+    write_head(&mut head, &req, body.is_none() && whole.is_none(), chunked);
+    if let Some(whole) = &whole {
+        debug_assert!(req.headers.contains_key(header::CONTENT_LENGTH));
+        head.extend_from_slice(whole);
+    }
     let is_head = req.method == Method::HEAD;
     match body {
         None => {
@@ -195,7 +204,7 @@ fn write_head(out: &mut Vec<u8>, req: &Outgoing<'_>, no_body: bool, chunked: boo
 /// Streams the client's request body to the target, chunk-encoded when it has no length.
 async fn pump_body(
     w: &mut tokio::net::tcp::OwnedWriteHalf,
-    mut body: Incoming,
+    mut body: RequestBody,
     chunked: bool,
 ) -> io::Result<()> {
     let mut scratch = BytesMut::new();
