@@ -158,7 +158,8 @@ where
     };
     let (idle_timeout, activity) = (l.idle_timeout, ctx.activity.clone());
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        handle(ctx.clone(), req.map(RequestBody::Hyper))
+        let ctx = ctx.clone();
+        async move { handle(&ctx, req.map(RequestBody::Hyper)).await }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

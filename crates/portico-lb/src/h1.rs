@@ -65,8 +65,10 @@ struct Head {
     method: Method,
     path: (usize, usize),
     keep_alive: bool,
-    headers: Vec<(HeaderName, usize, usize)>,
 }
+
+/// Header names and where their values are in the head (reused from request to request).
+type HeaderSpans = Vec<(HeaderName, usize, usize)>;
 
 /// Serves requests on `io` until the connection ends or needs hyper.
 pub async fn serve<I>(mut io: I, ctx: Arc<ConnCtx>) -> Outcome<I>
@@ -77,6 +79,7 @@ where
     let max_head = ctx.listener.max_header_bytes;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut spans = HeaderSpans::with_capacity(16);
     // Armed from the connection's start for the first head; re-armed only when a later head
     // arrives in pieces.
     let head_timer = tokio::time::sleep(header_timeout);
@@ -86,7 +89,7 @@ where
         let parsed = if buf.is_empty() {
             Parsed::Partial { head_done: false }
         } else {
-            parse(&buf, max_head)
+            parse(&buf, max_head, &mut spans)
         };
         let head = match parsed {
             Parsed::Request(head) => head,
@@ -131,7 +134,7 @@ where
         timer_armed = false;
         let is_head = head.method == Method::HEAD;
         let keep_alive = head.keep_alive;
-        let req = match build_request(&mut buf, head) {
+        let req = match build_request(&mut buf, head, &mut spans) {
             Some(req) => req,
             None => {
                 let res = crate::proxy::error_response(StatusCode::BAD_REQUEST, "");
@@ -142,7 +145,7 @@ where
                 return Closed;
             }
         };
-        let Ok(res) = handle(ctx.clone(), req).await;
+        let Ok(res) = handle(&ctx, req).await;
         let close = !keep_alive || ctx.draining.load(Ordering::Relaxed);
         let written = write_response(&mut io, &mut out, res, is_head, close).await;
         if out.capacity() > 4 * COPY_MAX {
@@ -172,7 +175,7 @@ fn handover<I>(io: I, buf: BytesMut) -> Outcome<I> {
 }
 
 /// Parses the head at the start of `buf` and decides whether this path may serve it.
-fn parse(buf: &[u8], max_head: usize) -> Parsed {
+fn parse(buf: &[u8], max_head: usize, spans: &mut HeaderSpans) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -196,7 +199,7 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
     let offset = |s: &[u8]| s.as_ptr() as usize - base;
     let mut body_len = None;
     let mut keep_alive = true;
-    let mut out = Vec::with_capacity(req.headers.len());
+    spans.clear();
     for h in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parsed::Handover;
@@ -229,7 +232,7 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
             keep_alive = false;
         }
         let v = offset(h.value);
-        out.push((name, v, v + h.value.len()));
+        spans.push((name, v, v + h.value.len()));
     }
     let body_len = body_len.unwrap_or(0);
     if buf.len() < len + body_len {
@@ -242,17 +245,21 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
         method,
         path: (p, p + path.len()),
         keep_alive,
-        headers: out,
     })
 }
 
 /// Takes the head and body out of `buf`; `None` when the target or a value is not valid.
-fn build_request(buf: &mut BytesMut, head: Head) -> Option<Request<RequestBody>> {
+fn build_request(
+    buf: &mut BytesMut,
+    head: Head,
+    spans: &mut HeaderSpans,
+) -> Option<Request<RequestBody>> {
     let bytes = buf.split_to(head.len).freeze();
     let body = (head.body_len > 0).then(|| buf.split_to(head.body_len).freeze());
     let uri = Uri::from_maybe_shared(bytes.slice(head.path.0..head.path.1)).ok()?;
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
-    for (name, s, e) in head.headers {
+    // Room for the X-Forwarded-* headers the proxy adds, so that the map does not grow.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+    for (name, s, e) in spans.drain(..) {
         headers.append(
             name,
             HeaderValue::from_maybe_shared(bytes.slice(s..e)).ok()?,
@@ -488,7 +495,7 @@ mod tests {
     use super::*;
 
     fn parsed(raw: &str) -> Parsed {
-        parse(raw.as_bytes(), 16 * 1024)
+        parse(raw.as_bytes(), 16 * 1024, &mut Vec::new())
     }
 
     #[test]
@@ -497,7 +504,7 @@ mod tests {
             panic!("a plain GET is this path's");
         };
         assert_eq!((h.method, h.body_len, h.keep_alive), (Method::GET, 0, true));
-        assert_eq!(h.headers.len(), 2);
+
         let Parsed::Request(h) = parsed(
             "POST / HTTP/1.1\r\nContent-Length: 3\r\nConnection: keep-alive, Close\r\n\r\nabc",
         ) else {
@@ -532,10 +539,12 @@ mod tests {
     fn header_values_are_slices_of_the_head() {
         let mut buf =
             BytesMut::from(&b"GET /p HTTP/1.1\r\nHost: example.com\r\nx-b: 2\r\n\r\nGET"[..]);
-        let Parsed::Request(h) = parse(&buf, 1024) else {
+        let mut spans = Vec::new();
+        let Parsed::Request(h) = parse(&buf, 1024, &mut spans) else {
             panic!()
         };
-        let req = build_request(&mut buf, h).unwrap();
+        assert_eq!(spans.len(), 2);
+        let req = build_request(&mut buf, h, &mut spans).unwrap();
         assert_eq!(req.uri().path(), "/p");
         assert_eq!(req.headers()["host"], "example.com");
         assert_eq!(req.headers()["x-b"], "2");

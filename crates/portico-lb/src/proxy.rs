@@ -68,7 +68,7 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 pub async fn handle(
-    ctx: Arc<ConnCtx>,
+    ctx: &ConnCtx,
     mut req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -99,7 +99,7 @@ pub async fn handle(
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "/".into()),
                 version: req.version(),
-                host: host.clone(),
+                host: host.to_string(),
                 status: 0,
                 bytes: 0,
                 referer: header_str(req.headers(), header::REFERER),
@@ -147,8 +147,7 @@ pub async fn handle(
             None,
         )
     } else {
-        let uri = req.uri().clone();
-        let (path, query) = (uri.path(), uri.query().unwrap_or(""));
+        let (path, query) = (req.uri().path(), req.uri().query().unwrap_or(""));
         let facts = RequestFacts {
             method: req.method(),
             headers: req.headers(),
@@ -202,7 +201,7 @@ pub async fn handle(
                 ),
                 Some(group) => {
                     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-                    let (res, target, guard) = forward(&ctx, listener, group, req, upgrade).await;
+                    let (res, target, guard) = forward(ctx, listener, group, req, upgrade).await;
                     (res, extra, target, guard)
                 }
             },
@@ -476,14 +475,19 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// The request's host without port, lower-cased: the Host header, else the URI authority (h2).
-fn request_host<B>(req: &Request<B>) -> String {
+fn request_host<B>(req: &Request<B>) -> std::borrow::Cow<'_, str> {
     let raw = req
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
-    strip_port(raw).to_ascii_lowercase()
+    let host = strip_port(raw);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    }
 }
 
 fn strip_port(hostport: &str) -> &str {

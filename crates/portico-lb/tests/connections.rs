@@ -157,3 +157,38 @@ async fn connection_limit_closes_the_extra_connection() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn pipelined_requests_in_order_across_the_handover_to_hyper() {
+    // A plain GET and a small POST take the hand-written HTTP/1.1 path; the chunked POST hands
+    // the connection, with the bytes already read, to hyper, which serves the rest of it.
+    let dir = TempDir::new("pipeline");
+    let b = Backend::start("b").await;
+    let lb = start_lb(&one_group(b.addr, ""), dir.path()).await;
+    let mut s = TcpStream::connect(addr(&lb, "l")).await.unwrap();
+    s.write_all(
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nchunked\r\n0\r\n\r\n\
+          GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let at = |needle: &str| {
+        got.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing in {got}"))
+    };
+    assert!(at("path: /first") < at("received 5\n"), "{got}");
+    assert!(at("received 5\n") < at("received 7\n"), "{got}");
+    assert!(at("received 7\n") < at("path: /last"), "{got}");
+    assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{got}");
+    let first_head = &got[..at("\r\n\r\n")];
+    assert!(first_head.contains("\r\ndate: "), "{first_head}");
+    assert!(first_head.contains("\r\ncontent-length: "), "{first_head}");
+    assert!(
+        !first_head.contains("x-internal"),
+        "hop-by-hop passed on: {first_head}"
+    );
+    assert!(got.contains("connection: close\r\n"), "{got}");
+}

@@ -121,9 +121,12 @@ impl UpstreamBody {
                 _ => return,
             },
         };
-        let mut conn = Conn::new(stream, self.target);
-        conn.buf = std::mem::take(&mut self.buf);
-        pool::checkin(conn);
+        // The connection keeps its read buffer (no fresh one per response).
+        pool::checkin(Conn {
+            io: stream,
+            buf: std::mem::take(&mut self.buf),
+            target: self.target,
+        });
     }
 
     /// Takes up to `n` bytes already buffered.

@@ -9,12 +9,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-/// How long an idle connection is kept (below the 60 s most app servers use, so that Portico
+/// How long an idle connection is kept at most, in whole sweeps (below the 60 s most app servers use, so that Portico
 /// closes first and does not send on a connection the target is closing).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 /// At most this many idle connections per target on one worker.
@@ -42,14 +42,20 @@ impl Conn {
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// The sweep tick it became idle in: a coarse clock that costs no clock read per request.
+    since: u64,
 }
 
 #[derive(Default)]
 struct Pool {
     idle: HashMap<SocketAddr, Vec<Idle>>,
     sweeper: bool,
+    /// Sweeps so far, one per [`SWEEP_EVERY`].
+    tick: u64,
 }
+
+/// Whole sweep ticks a connection may stay idle: at most [`IDLE_TIMEOUT`], at least one tick less.
+const IDLE_TICKS: u64 = IDLE_TIMEOUT.as_secs() / SWEEP_EVERY.as_secs();
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::default();
@@ -58,10 +64,10 @@ thread_local! {
 /// The most recently used idle connection to `target` that is still open, if any.
 pub fn checkout(target: SocketAddr) -> Option<Conn> {
     POOL.with(|p| {
-        let mut p = p.borrow_mut();
+        let p = &mut *p.borrow_mut();
         let idle = p.idle.get_mut(&target)?;
         while let Some(Idle { mut conn, since }) = idle.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && still_open(&mut conn) {
+            if p.tick - since < IDLE_TICKS && still_open(&mut conn) {
                 return Some(conn);
             }
         }
@@ -76,15 +82,13 @@ pub fn checkin(conn: Conn) {
         return;
     }
     let spawn_sweeper = POOL.with(|p| {
-        let mut p = p.borrow_mut();
+        let p = &mut *p.borrow_mut();
+        let since = p.tick;
         let idle = p.idle.entry(conn.target).or_default();
         if idle.len() >= MAX_IDLE_PER_TARGET {
             idle.remove(0); // the oldest
         }
-        idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        idle.push(Idle { conn, since });
         !std::mem::replace(&mut p.sweeper, true)
     });
     if spawn_sweeper {
@@ -106,9 +110,11 @@ async fn sweep() {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         POOL.with(|p| {
-            let mut p = p.borrow_mut();
+            let p = &mut *p.borrow_mut();
+            p.tick += 1;
+            let tick = p.tick;
             p.idle.retain(|_, conns| {
-                conns.retain_mut(|i| i.since.elapsed() < IDLE_TIMEOUT && still_open(&mut i.conn));
+                conns.retain_mut(|i| tick - i.since < IDLE_TICKS && still_open(&mut i.conn));
                 !conns.is_empty()
             });
         });
