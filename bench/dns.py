@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Authoritative DNS benchmark: Portico against Knot and NSD, side by side in one run.
 
-All three serve the same 10,000-record zone on 127.0.0.1 and get the same dnsperf query mix
+All three serve the same 10,000-record zone (8 dnsperf clients), then the same 1,000-record zone
+(4 clients), on 127.0.0.1, with the same dnsperf query mix
 (70 % existing names, 15 % NXDOMAIN, 15 % wildcard hits). Servers run one at a time; rounds
 interleave them; each figure is the median over rounds. NSD runs with rrl-ratelimit 0 (Debian's
 default rate-limits). Then each of Portico and Knot loads a 1,000,000-record zone and its resident
@@ -169,9 +170,9 @@ def stop(proc):
     time.sleep(0.3)
 
 
-def dnsperf(queries, duration):
+def dnsperf(queries, duration, clients=8):
     out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(PORT), "-d", str(queries), "-l", str(duration),
-                          "-c", "8", "-T", "2", "-q", "100", "-t", "1"], capture_output=True, text=True).stdout
+                          "-c", str(clients), "-T", "2", "-q", "100", "-t", "1"], capture_output=True, text=True).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lat = float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1)) * 1000
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
@@ -192,30 +193,39 @@ def main():
     if "PORTICO_BIN" not in os.environ:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="portico-dnsbench-"))
-    zone10k = work / "10k.zone"
-    write_zone(zone10k, 10_000)
-    queries = work / "queries.txt"
-    write_queries(queries, 10_000)
+    # (label, zone size, dnsperf clients)
+    cases = [("10,000-record zone, 8 clients", 10_000, 8), ("1,000-record zone, 4 clients", 1_000, 4)]
+    files = {}
+    for label, size, _ in cases:
+        zone, queries = work / f"{size}.zone", work / f"{size}.queries"
+        write_zone(zone, size)
+        write_queries(queries, size)
+        files[label] = (zone, queries)
     names = args.only.split(",")
     results = {}
     for rnd in range(args.rounds):
-        for name in names:
-            p = start(name, work, zone10k)
-            try:
-                wait_answers(PORT, 60)
-                r = dnsperf(queries, args.duration)
-                results.setdefault(name, []).append(r)
-                print(f"round {rnd + 1} {name:8} {r['qps']:>10.0f} q/s  avg {r['avg_ms']:.3f} ms  lost {r['lost']}", flush=True)
-            finally:
-                stop(p)
-    print()
-    med = {n: {k: statistics.median(r[k] for r in v) for k in ["qps", "avg_ms", "lost"]} for n, v in results.items()}
-    print("| server | queries/s | avg latency | lost | vs Knot |")
-    print("|---|---|---|---|---|")
-    for n in names:
-        m = med[n]
-        vs = f"{m['qps'] / med['knot']['qps']:.2f}x" if "knot" in med else "-"
-        print(f"| {n} | {m['qps']:.0f} | {m['avg_ms']:.3f} ms | {m['lost']:.0f} | {vs} |")
+        for label, _, clients in cases:
+            zone, queries = files[label]
+            for name in names:
+                p = start(name, work, zone)
+                try:
+                    wait_answers(PORT, 60)
+                    r = dnsperf(queries, args.duration, clients)
+                    results.setdefault((label, name), []).append(r)
+                    print(f"round {rnd + 1} {label:30} {name:8} {r['qps']:>10.0f} q/s  avg {r['avg_ms']:.3f} ms"
+                          f"  lost {r['lost']}", flush=True)
+                finally:
+                    stop(p)
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ["qps", "avg_ms", "lost"]} for k, v in results.items()}
+    for label, _, _ in cases:
+        print()
+        print(f"| {label} | queries/s | avg latency | lost | vs Knot | vs NSD |")
+        print("|---|---|---|---|---|---|")
+        for n in names:
+            m = med[(label, n)]
+            vs = [f"{m['qps'] / med[(label, peer)]['qps']:.2f}x" if (label, peer) in med else "-"
+                  for peer in ("knot", "nsd")]
+            print(f"| {n} | {m['qps']:.0f} | {m['avg_ms']:.3f} ms | {m['lost']:.0f} | {vs[0]} | {vs[1]} |")
 
     if args.big:
         big = work / "big.zone"

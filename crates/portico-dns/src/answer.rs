@@ -13,6 +13,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
+use crate::owner::{self, ancestors, key_into};
 use crate::zone::{AliasTarget, Node, Zone};
 
 /// Every hosted zone, by apex (lower-case, fully qualified).
@@ -22,8 +23,19 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The hosted zone that contains `name` (the longest matching apex).
+    /// The hosted zone that contains `name` (the longest matching apex): by the name's canonical
+    /// key against each apex for a few zones, by a lower-cased name per label count for many.
     pub fn find(&self, name: &Name) -> Option<&Arc<Zone>> {
+        if self.zones.len() <= 8 {
+            // A few zones (the common case): compare the name's key with each apex's.
+            let mut key = Vec::with_capacity(name.len() + 1);
+            key_into(name, &mut key);
+            return self
+                .zones
+                .values()
+                .filter(|z| key.starts_with(z.apex.key()))
+                .max_by_key(|z| z.apex.key().len());
+        }
         let lower = name.to_lowercase();
         (0..=lower.num_labels() as usize)
             .rev()
@@ -71,7 +83,7 @@ pub fn lookup(
 }
 
 /// Answers `qname`/`qtype` from `zone`, the hosted zone that contains it (for a caller that has
-/// found it already: finding it allocates a name per label count).
+/// found it already).
 pub fn lookup_in(
     zone: &Zone,
     qname: &Name,
@@ -110,31 +122,35 @@ fn step(
     listeners: &dyn ListenerAddrs,
     out: &mut Answer,
 ) -> Option<Name> {
-    let lname = qname.to_lowercase();
-    if let Some(cut) = delegation(zone, &lname) {
-        referral(zone, &cut, out);
+    // The canonical key: every comparison below is one memcmp (see `owner.rs`).
+    let mut key = Vec::with_capacity(qname.len() + 1);
+    key_into(qname, &mut key);
+    if let Some(cut) = delegation(zone, &key) {
+        referral(zone, cut, out);
         return None;
     }
-    if let Some(node) = zone.nodes.get(&lname) {
+    if let Some(node) = zone.nodes.get(key.as_slice()) {
         return answer_node(zone, node, qname, qtype, listeners, out);
     }
-    if has_descendant(zone, &lname) {
+    if has_descendant(zone, &key) {
         // An empty non-terminal: the name exists, with no data (NODATA).
         return None;
     }
-    // Wildcard (RFC 4592): `*.` + the closest encloser.
-    let mut encloser = lname.base_name();
-    while zone.origin.zone_of(&encloser) {
-        if zone.nodes.contains_key(&encloser) || has_descendant(zone, &encloser) {
-            let Ok(wild) = encloser.prepend_label("*") else {
-                break;
-            };
-            if let Some(node) = zone.nodes.get(&wild) {
+    // Wildcard (RFC 4592): `*.` + the closest encloser, the longest existing proper ancestor.
+    let apex_len = zone.apex.key().len();
+    for encloser in ancestors(&key).rev().skip(1) {
+        if encloser.len() < apex_len {
+            break;
+        }
+        if zone.nodes.contains_key(encloser) || has_descendant(zone, encloser) {
+            let mut wild = Vec::with_capacity(encloser.len() + 2);
+            wild.extend_from_slice(encloser);
+            wild.extend_from_slice(b"*\0");
+            if let Some(node) = zone.nodes.get(wild.as_slice()) {
                 return answer_node(zone, node, qname, qtype, listeners, out);
             }
             break;
         }
-        encloser = encloser.base_name();
     }
     out.rcode = ResponseCode::NXDomain;
     None
@@ -187,22 +203,20 @@ fn alias(
     let Some(a) = &node.alias else { return };
     let addrs: Vec<IpAddr> = match &a.target {
         AliasTarget::Listener(l) => listeners.addrs(l),
-        AliasTarget::Name(n) => {
-            let target = zone.nodes.get(&n.to_lowercase());
-            target
-                .and_then(|t| t.get(qtype))
-                .map(|s| {
-                    s.rdatas
-                        .iter()
-                        .filter_map(|r| match r {
-                            RData::A(a) => Some(IpAddr::V4(a.0)),
-                            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        }
+        AliasTarget::Name(n) => zone
+            .node(n)
+            .and_then(|t| t.get(qtype))
+            .map(|s| {
+                s.rdatas
+                    .iter()
+                    .filter_map(|r| match r {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     for ip in addrs {
         let rdata = match (ip, qtype) {
@@ -237,7 +251,7 @@ fn additional_for(zone: &Zone, rdatas: &[RData], out: &mut Answer) {
 }
 
 fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
-    if let Some(node) = zone.nodes.get(&target.to_lowercase()) {
+    if let Some(node) = zone.node(target) {
         for t in [RecordType::A, RecordType::AAAA] {
             if let Some(set) = node.get(t) {
                 push_set(target, set.ttl, &set.rdatas, out);
@@ -246,23 +260,27 @@ fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
     }
 }
 
-/// The highest zone cut (NS below the apex) at or above `lname`, if any.
-fn delegation(zone: &Zone, lname: &Name) -> Option<Name> {
+/// The highest zone cut (NS below the apex) at or above `key`, if any.
+fn delegation<'k>(zone: &Zone, key: &'k [u8]) -> Option<&'k [u8]> {
     if zone.cuts.is_empty() {
         return None;
     }
-    let apex_labels = zone.origin.num_labels() as usize;
-    let labels = lname.num_labels() as usize;
-    (apex_labels + 1..=labels)
-        .map(|n| lname.trim_to(n))
-        .find(|cut| zone.cuts.contains(cut))
+    let apex_len = zone.apex.key().len();
+    ancestors(key)
+        .filter(|a| a.len() > apex_len)
+        .find(|a| zone.cuts.contains(*a))
 }
 
-fn referral(zone: &Zone, cut: &Name, out: &mut Answer) {
+fn referral(zone: &Zone, cut: &[u8], out: &mut Answer) {
     out.authoritative = false;
     out.rcode = ResponseCode::NoError;
     if let Some(set) = zone.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
-        push_set(cut, set.ttl, &set.rdatas, &mut out.authority);
+        push_set(
+            &owner::name_of(cut),
+            set.ttl,
+            &set.rdatas,
+            &mut out.authority,
+        );
         for r in &set.rdatas {
             if let RData::NS(ns) = r {
                 glue(zone, &ns.0, &mut out.additional);
@@ -271,11 +289,11 @@ fn referral(zone: &Zone, cut: &Name, out: &mut Answer) {
     }
 }
 
-fn has_descendant(zone: &Zone, lname: &Name) -> bool {
+fn has_descendant(zone: &Zone, key: &[u8]) -> bool {
     zone.nodes
-        .range((Bound::Excluded(lname.clone()), Bound::Unbounded))
+        .range::<[u8], _>((Bound::Excluded(key), Bound::Unbounded))
         .next()
-        .is_some_and(|(n, _)| lname.zone_of(n))
+        .is_some_and(|(n, _)| n.key().starts_with(key))
 }
 
 /// Negative answers carry the SOA, its TTL capped by the SOA minimum (RFC 2308).

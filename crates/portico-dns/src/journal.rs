@@ -45,18 +45,18 @@ impl JournalEntry {
                 Ordering::Equal => {
                     if let (Some((name, x)), Some((_, y))) = (a.next(), b.next()) {
                         if x != y {
-                            e.node(name, Some(x), Some(y));
+                            e.node(&name.name(), Some(x), Some(y));
                         }
                     }
                 }
                 Ordering::Less => {
                     if let Some((name, x)) = a.next() {
-                        e.node(name, Some(x), None);
+                        e.node(&name.name(), Some(x), None);
                     }
                 }
                 Ordering::Greater => {
                     if let Some((name, y)) = b.next() {
-                        e.node(name, None, Some(y));
+                        e.node(&name.name(), None, Some(y));
                     }
                 }
             }

@@ -5,6 +5,7 @@ pub mod handler;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
+pub mod owner;
 pub mod server;
 pub mod transfer;
 mod udp_batch;

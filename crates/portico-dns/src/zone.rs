@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, RecordType};
 
+pub use crate::owner::Owner;
+
 /// Highest TTL accepted (Route 53's limit: 2^31 - 1 seconds, RFC 2181 §8).
 pub const MAX_TTL: u32 = 2_147_483_647;
 
@@ -56,11 +58,13 @@ impl Node {
 pub struct Zone {
     /// The apex, lower-case and fully qualified.
     pub origin: Name,
-    /// Owner names (lower-case, fully qualified) to their records, in DNS canonical order.
-    pub nodes: BTreeMap<Name, Node>,
+    /// Owner names (canonical keys) to their records, in DNS canonical order.
+    pub nodes: BTreeMap<Owner, Node>,
     /// Names below the apex that hold NS records (zone cuts), so that lookups in a zone
     /// without delegations skip the search for one.
-    pub cuts: std::collections::BTreeSet<Name>,
+    pub cuts: std::collections::BTreeSet<Owner>,
+    /// The apex's key.
+    pub apex: Owner,
 }
 
 /// Why a zone version is not acceptable.
@@ -87,6 +91,7 @@ impl Zone {
         let mut origin = origin.to_lowercase();
         origin.set_fqdn(true);
         Zone {
+            apex: Owner::new(&origin),
             origin,
             nodes: BTreeMap::new(),
             cuts: Default::default(),
@@ -94,11 +99,11 @@ impl Zone {
     }
 
     pub fn node(&self, name: &Name) -> Option<&Node> {
-        self.nodes.get(&name.to_lowercase())
+        self.nodes.get(Owner::new(name).key())
     }
 
     pub fn soa(&self) -> Option<(&SOA, u32)> {
-        let set = self.nodes.get(&self.origin)?.get(RecordType::SOA)?;
+        let set = self.nodes.get(&self.apex)?.get(RecordType::SOA)?;
         match set.rdatas.first() {
             Some(RData::SOA(soa)) => Some((soa, set.ttl)),
             _ => None,
@@ -112,14 +117,15 @@ impl Zone {
     /// Replaces the record set of `rtype` at `name` (an empty `rdatas` removes it).
     pub fn put(&mut self, name: &Name, rtype: RecordType, ttl: u32, rdatas: Vec<RData>) {
         self.note_cut(name, rtype, !rdatas.is_empty());
-        let node = self.nodes.entry(name.to_lowercase()).or_default();
+        let owner = Owner::new(name);
+        let node = self.nodes.entry(owner.clone()).or_default();
         node.sets.retain(|s| s.rtype != rtype);
         if !rdatas.is_empty() {
             node.sets.push(RecordSet { rtype, ttl, rdatas });
             node.sets.sort_by_key(|s| u16::from(s.rtype));
         }
         if node.is_empty() {
-            self.nodes.remove(&name.to_lowercase());
+            self.nodes.remove(&owner);
         }
     }
 
@@ -127,7 +133,7 @@ impl Zone {
     /// The set's TTL becomes the newest record's, as BIND does.
     pub fn add(&mut self, name: &Name, rtype: RecordType, ttl: u32, rdata: RData) {
         self.note_cut(name, rtype, true);
-        let node = self.nodes.entry(name.to_lowercase()).or_default();
+        let node = self.nodes.entry(Owner::new(name)).or_default();
         match node.sets.iter_mut().find(|s| s.rtype == rtype) {
             Some(set) => {
                 set.ttl = ttl;
@@ -147,8 +153,11 @@ impl Zone {
     }
 
     fn note_cut(&mut self, name: &Name, rtype: RecordType, present: bool) {
-        let lower = name.to_lowercase();
-        if rtype != RecordType::NS || lower == self.origin {
+        if rtype != RecordType::NS {
+            return;
+        }
+        let lower = Owner::new(name);
+        if lower == self.apex {
             return;
         }
         if present {
@@ -159,16 +168,17 @@ impl Zone {
     }
 
     pub fn set_alias(&mut self, name: &Name, alias: Option<Alias>) {
-        let node = self.nodes.entry(name.to_lowercase()).or_default();
+        let owner = Owner::new(name);
+        let node = self.nodes.entry(owner.clone()).or_default();
         node.alias = alias.map(Box::new);
         if node.is_empty() {
-            self.nodes.remove(&name.to_lowercase());
+            self.nodes.remove(&owner);
         }
     }
 
     /// Sets the SOA serial.
     pub fn set_serial(&mut self, serial: u32) {
-        if let Some(node) = self.nodes.get_mut(&self.origin) {
+        if let Some(node) = self.nodes.get_mut(&self.apex) {
             for set in node.sets.iter_mut().filter(|s| s.rtype == RecordType::SOA) {
                 for r in set.rdatas.iter_mut() {
                     if let RData::SOA(soa) = r {
@@ -183,7 +193,7 @@ impl Zone {
     pub fn validate(&self) -> Result<(), ZoneError> {
         match self
             .nodes
-            .get(&self.origin)
+            .get(&self.apex)
             .and_then(|n| n.get(RecordType::SOA))
         {
             Some(s) if s.rdatas.len() == 1 => {}
@@ -204,7 +214,7 @@ impl Zone {
         }
         if self
             .nodes
-            .get(&self.origin)
+            .get(&self.apex)
             .and_then(|n| n.get(RecordType::NS))
             .is_none()
         {
@@ -214,10 +224,12 @@ impl Zone {
                 "the zone has no NS records at its apex",
             ));
         }
-        for (name, node) in &self.nodes {
-            if !self.origin.zone_of(name) {
+        for (owner, node) in &self.nodes {
+            // Decoded only for an error message.
+            let name = || owner.name();
+            if !owner.key().starts_with(self.apex.key()) {
                 return Err(ZoneError::new(
-                    name,
+                    &name(),
                     "-",
                     format!("the name is outside the zone {}", self.origin),
                 ));
@@ -225,21 +237,21 @@ impl Zone {
             for set in &node.sets {
                 if set.ttl > MAX_TTL {
                     return Err(ZoneError::new(
-                        name,
+                        &name(),
                         set.rtype,
                         format!("TTL {} is above {MAX_TTL}", set.ttl),
                     ));
                 }
-                if set.rtype == RecordType::SOA && name != &self.origin {
+                if set.rtype == RecordType::SOA && *owner != self.apex {
                     return Err(ZoneError::new(
-                        name,
+                        &name(),
                         "SOA",
                         "an SOA record belongs only at the zone apex",
                     ));
                 }
                 if set.rtype == RecordType::CNAME && set.rdatas.len() > 1 {
                     return Err(ZoneError::new(
-                        name,
+                        &name(),
                         "CNAME",
                         "a name has at most one CNAME record",
                     ));
@@ -248,26 +260,26 @@ impl Zone {
             let has_cname = node.get(RecordType::CNAME).is_some();
             if has_cname && (node.sets.len() > 1 || node.alias.is_some()) {
                 return Err(ZoneError::new(
-                    name,
+                    &name(),
                     "CNAME",
                     "a CNAME cannot coexist with other data at the same name (RFC 1034 §3.6.2)",
                 ));
             }
-            if has_cname && name == &self.origin {
+            if has_cname && *owner == self.apex {
                 return Err(ZoneError::new(
-                    name,
+                    &name(),
                     "CNAME",
                     "a CNAME cannot be at the zone apex (use ALIAS)",
                 ));
             }
             if let Some(alias) = &node.alias {
                 if node.get(RecordType::A).is_some() || node.get(RecordType::AAAA).is_some() {
-                    return Err(ZoneError::new(name, "ALIAS", "an ALIAS answers A and AAAA itself: remove the A/AAAA records at this name"));
+                    return Err(ZoneError::new(&name(), "ALIAS", "an ALIAS answers A and AAAA itself: remove the A/AAAA records at this name"));
                 }
                 if let AliasTarget::Name(t) = &alias.target {
                     if !self.origin.zone_of(t) {
                         return Err(ZoneError::new(
-                            name,
+                            &name(),
                             "ALIAS",
                             format!("ALIAS target {t} is outside the zone"),
                         ));

@@ -461,11 +461,10 @@ pub fn export(zone: &Zone) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "$ORIGIN {}", zone.origin);
     // SOA first, then everything else in canonical order.
-    let mut names: Vec<&Name> = zone.nodes.keys().collect();
-    names.sort_by_key(|n| *n != &zone.origin);
-    for name in names {
-        let node = &zone.nodes[name];
-        let owner = relative(name, &zone.origin);
+    let mut nodes: Vec<_> = zone.nodes.iter().collect();
+    nodes.sort_by_key(|(k, _)| **k != zone.apex);
+    for (key, node) in nodes {
+        let owner = relative(&key.name(), &zone.origin);
         let mut sets: Vec<_> = node.sets.iter().collect();
         sets.sort_by_key(|s| (s.rtype != RecordType::SOA, u16::from(s.rtype)));
         for set in sets {

@@ -778,27 +778,31 @@ fn fnv64(text: &str) -> u64 {
 /// Brings a zone from the master file it was last built from (`old`, if known) to `new`:
 /// record sets added or changed in the file are set, those removed from the file are removed.
 fn apply_file_diff(zone: &mut Zone, old: Option<&Zone>, new: &Zone) {
-    for (name, node) in &new.nodes {
-        let before = old.and_then(|o| o.nodes.get(name));
+    for (key, node) in &new.nodes {
+        let before = old.and_then(|o| o.nodes.get(key));
+        // Decoded only for the sets that changed.
+        let name = || key.name();
         for set in &node.sets {
             if before.and_then(|b| b.get(set.rtype)) != Some(set) {
-                zone.put(name, set.rtype, set.ttl, set.rdatas.clone());
+                zone.put(&name(), set.rtype, set.ttl, set.rdatas.clone());
             }
         }
         if node.alias.is_some() && before.and_then(|b| b.alias.as_ref()) != node.alias.as_ref() {
-            zone.set_alias(name, node.alias.as_deref().cloned());
+            zone.set_alias(&name(), node.alias.as_deref().cloned());
         }
     }
     let Some(old) = old else { return };
-    for (name, node) in &old.nodes {
-        let after = new.nodes.get(name);
+    for (key, node) in &old.nodes {
+        let after = new.nodes.get(key);
+        // Decoded only for the sets that changed.
+        let name = || key.name();
         for set in &node.sets {
             if after.and_then(|a| a.get(set.rtype)).is_none() {
-                zone.put(name, set.rtype, 0, Vec::new());
+                zone.put(&name(), set.rtype, 0, Vec::new());
             }
         }
         if node.alias.is_some() && after.and_then(|a| a.alias.as_ref()).is_none() {
-            zone.set_alias(name, None);
+            zone.set_alias(&name(), None);
         }
     }
 }
@@ -983,7 +987,8 @@ pub fn transfer_records(zone: &Zone) -> Vec<Record> {
             RData::SOA(soa.clone()),
         ));
     }
-    for (name, node) in &zone.nodes {
+    for (key, node) in &zone.nodes {
+        let name = key.name();
         for set in node.sets.iter().filter(|s| s.rtype != RecordType::SOA) {
             out.extend(
                 set.rdatas
