@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::RequestBody;
 use crate::proxy::{handle, ConnCtx, ProxyBody};
+use Outcome::Closed;
 
 /// As many request headers as hyper accepts by default.
 const MAX_HEADERS: usize = 100;
@@ -164,8 +165,6 @@ where
         }
     }
 }
-
-use Outcome::Closed;
 
 fn handover<I>(io: I, buf: BytesMut) -> Outcome<I> {
     Outcome::Handover(Rewind {
@@ -375,9 +374,7 @@ where
                     ok = false;
                     break;
                 }
-                Framing::Chunked => {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes())
-                }
+                Framing::Chunked => put_chunk_size(out, data.len()),
                 _ => {}
             }
             if out.len() + data.len() <= COPY_MAX {
@@ -410,11 +407,27 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> io::Resu
     Ok(())
 }
 
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+/// One `name: value` header line (the upstream client writes its request heads with it too).
+pub(crate) fn put_header(out: &mut impl BufMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// A chunk's size line (`1f4\r\n`), without formatting a string.
+pub(crate) fn put_chunk_size(out: &mut impl BufMut, n: usize) {
+    let (mut digits, mut i, mut n) = ([0u8; 16], 16, n);
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+    out.put_slice(b"\r\n");
 }
 
 /// The `date` header, formatted once a second per thread (as hyper and nginx cache it).
@@ -549,6 +562,20 @@ mod tests {
         assert_eq!(req.headers()["host"], "example.com");
         assert_eq!(req.headers()["x-b"], "2");
         assert_eq!(&buf[..], b"GET", "the next request stays in the buffer");
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for (n, line) in [
+            (0, "0\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let mut out = Vec::new();
+            put_chunk_size(&mut out, n);
+            assert_eq!(out, line.as_bytes(), "{n}");
+        }
     }
 
     #[tokio::test]

@@ -32,6 +32,8 @@ pub struct ConnCtx {
     /// draining process may close the connection now.
     pub h1_idle: std::sync::atomic::AtomicBool,
     /// The process drains: the fast path closes the connection after the current response.
+    /// A per-connection copy of the drain token's state, read once per request: the token's
+    /// `is_cancelled` takes a lock that every connection of the process shares.
     pub draining: std::sync::atomic::AtomicBool,
     pub listener: Arc<Listener>,
     /// The load balancer's snapshot generation `listener` was taken from.

@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::h1::{put_chunk_size, put_header};
 pub use body::UpstreamBody;
 use body::{BodyIo, Chunk, Framing};
 pub use pool::Conn;
@@ -184,10 +185,7 @@ fn write_head(out: &mut Vec<u8>, req: &Outgoing<'_>, no_body: bool, chunked: boo
     out.extend_from_slice(req.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (k, v) in req.headers {
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, k.as_str().as_bytes(), v.as_bytes());
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -214,7 +212,7 @@ async fn pump_body(
             Ok(data) if data.is_empty() => {}
             Ok(data) if chunked => {
                 scratch.clear();
-                scratch.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                put_chunk_size(&mut scratch, data.len());
                 if data.len() <= 16 * 1024 {
                     scratch.put_slice(&data);
                     scratch.put_slice(b"\r\n");
@@ -230,10 +228,7 @@ async fn pump_body(
                 if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                     let mut t = b"0\r\n".to_vec();
                     for (k, v) in &trailers {
-                        t.extend_from_slice(k.as_str().as_bytes());
-                        t.extend_from_slice(b": ");
-                        t.extend_from_slice(v.as_bytes());
-                        t.extend_from_slice(b"\r\n");
+                        put_header(&mut t, k.as_str().as_bytes(), v.as_bytes());
                     }
                     t.extend_from_slice(b"\r\n");
                     w.write_all(&t).await?;

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""CPU time per request of a running proxy, normalised by its backend's.
+
+Throughput on a 2-core machine moves by 20-40 % between runs (wrk, the backend and the proxy
+share the cores); CPU per request is the steadier figure for comparing two builds or two
+proxies. Reads /proc/<pid>/task/*/stat of the processes whose command line matches each pattern
+(and their children) before and after 4 s of `wrk -t2 -c64`, and prints microseconds of CPU per
+answered request for the proxy, the backend and wrk. The backend's work per request is fixed, so
+proxy / backend compares runs made minutes apart.
+
+  bench/cpu_per_request.py PROXY_PATTERN BACKEND_PATTERN URL
+
+Example (docs/benchmarks.md, issue 13 step 13): an nginx backend started with a config named
+backend.conf, Portico serving /tmp/prof/portico.toml:
+  bench/cpu_per_request.py portico backend.conf http://127.0.0.1:18980/
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+
+def ticks(pids):
+    total = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def pids_of(pattern):
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    pids = [int(x) for x in out.split() if int(x) != os.getpid()]
+    for p in list(pids):
+        kids = subprocess.run(["pgrep", "-P", str(p)], capture_output=True, text=True).stdout
+        pids += [int(x) for x in kids.split()]
+    return pids
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    proxy, backend, url = pids_of(sys.argv[1]), pids_of(sys.argv[2]), sys.argv[3]
+    wrk = subprocess.Popen(["wrk", "-t2", "-c64", "-d5s", url], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.1)
+    before = (ticks(proxy), ticks(backend), ticks([wrk.pid]))
+    t0 = time.time()
+    time.sleep(4)
+    after = (ticks(proxy), ticks(backend), ticks([wrk.pid]))
+    t1 = time.time()
+    out = wrk.communicate()[0]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    hz = os.sysconf("SC_CLK_TCK")
+    per = [(a - b) / hz / (rps * (t1 - t0)) * 1e6 for a, b in zip(after, before)]
+    print(f"{sys.argv[1]}: {rps:.0f} req/s; CPU us/request: proxy {per[0]:.1f} backend {per[1]:.1f} "
+          f"wrk {per[2]:.1f}; proxy/backend {per[0] / per[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
