@@ -177,15 +177,15 @@ impl Reference {
         out.rcode = ResponseCode::NoError;
         if qtype == RecordType::ANY {
             if let Some(set) = node.sets.first() {
-                push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
+                push_set(owner, set.ttl, &set.rdatas(), &mut out.answers);
             } else if node.alias.is_some() {
                 self.alias(node, owner, RecordType::A, out);
             }
             return None;
         }
         if let Some(set) = node.get(qtype) {
-            push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
-            for r in &set.rdatas {
+            push_set(owner, set.ttl, &set.rdatas(), &mut out.answers);
+            for r in &set.rdatas() {
                 let target = match r {
                     RData::MX(m) => &m.exchange,
                     RData::SRV(s) => &s.target,
@@ -201,8 +201,8 @@ impl Reference {
             return None;
         }
         if let Some(set) = node.get(RecordType::CNAME) {
-            push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
-            if let Some(RData::CNAME(target)) = set.rdatas.first() {
+            push_set(owner, set.ttl, &set.rdatas(), &mut out.answers);
+            if let Some(RData::CNAME(target)) = set.rdatas().first() {
                 return Some(target.0.clone());
             }
         }
@@ -213,7 +213,7 @@ impl Reference {
         let Some(a) = &node.alias else { return };
         let AliasTarget::Name(n) = &a.target else { return };
         let Some(set) = self.nodes.get(&n.to_lowercase()).and_then(|t| t.get(qtype)) else { return };
-        for r in &set.rdatas {
+        for r in &set.rdatas() {
             if matches!(r, RData::A(_) | RData::AAAA(_)) {
                 out.answers.push(Record::from_rdata(owner.clone(), a.ttl, r.clone()));
             }
@@ -224,7 +224,7 @@ impl Reference {
         if let Some(node) = self.nodes.get(&target.to_lowercase()) {
             for t in [RecordType::A, RecordType::AAAA] {
                 if let Some(set) = node.get(t) {
-                    push_set(target, set.ttl, &set.rdatas, out);
+                    push_set(target, set.ttl, &set.rdatas(), out);
                 }
             }
         }
@@ -243,8 +243,8 @@ impl Reference {
         out.authoritative = false;
         out.rcode = ResponseCode::NoError;
         if let Some(set) = self.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
-            push_set(cut, set.ttl, &set.rdatas, &mut out.authority);
-            for r in &set.rdatas {
+            push_set(cut, set.ttl, &set.rdatas(), &mut out.authority);
+            for r in &set.rdatas() {
                 if let RData::NS(ns) = r {
                     self.glue(&ns.0, &mut out.additional);
                 }

@@ -14,7 +14,7 @@ use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::owner::{self, ancestors, key_into};
-use crate::zone::{AliasTarget, Node, Zone};
+use crate::zone::{AliasTarget, Node, RecordSet, Zone};
 
 /// Every hosted zone, by apex (lower-case, fully qualified).
 #[derive(Debug, Clone, Default)]
@@ -168,15 +168,15 @@ fn answer_node(
     if qtype == RecordType::ANY {
         // RFC 8482: one RRset is a complete answer to ANY.
         if let Some(set) = node.sets.first() {
-            push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
+            push_set(owner, set, &mut out.answers);
         } else if node.alias.is_some() {
             alias(zone, node, owner, RecordType::A, listeners, out);
         }
         return None;
     }
     if let Some(set) = node.get(qtype) {
-        push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
-        additional_for(zone, &set.rdatas, out);
+        push_set(owner, set, &mut out.answers);
+        additional_for(zone, set, out);
         return None;
     }
     if matches!(qtype, RecordType::A | RecordType::AAAA) && node.alias.is_some() {
@@ -184,9 +184,9 @@ fn answer_node(
         return None;
     }
     if let Some(set) = node.get(RecordType::CNAME) {
-        push_set(owner, set.ttl, &set.rdatas, &mut out.answers);
-        if let Some(RData::CNAME(target)) = set.rdatas.first() {
-            return Some(target.0.clone());
+        push_set(owner, set, &mut out.answers);
+        if let Some(RData::CNAME(target)) = set.first() {
+            return Some(target.0);
         }
     }
     None
@@ -207,8 +207,7 @@ fn alias(
             .node(n)
             .and_then(|t| t.get(qtype))
             .map(|s| {
-                s.rdatas
-                    .iter()
+                s.iter()
                     .filter_map(|r| match r {
                         RData::A(a) => Some(IpAddr::V4(a.0)),
                         RData::AAAA(a) => Some(IpAddr::V6(a.0)),
@@ -229,18 +228,20 @@ fn alias(
     }
 }
 
-fn push_set(owner: &Name, ttl: u32, rdatas: &[RData], out: &mut Vec<Record>) {
+fn push_set(owner: &Name, set: &RecordSet, out: &mut Vec<Record>) {
     out.extend(
-        rdatas
-            .iter()
-            .map(|r| Record::from_rdata(owner.clone(), ttl, r.clone())),
+        set.iter()
+            .map(|r| Record::from_rdata(owner.clone(), set.ttl, r)),
     );
 }
 
 /// In-zone addresses of MX, SRV and NS targets, as Knot adds them.
-fn additional_for(zone: &Zone, rdatas: &[RData], out: &mut Answer) {
-    for r in rdatas {
-        let target = match r {
+fn additional_for(zone: &Zone, set: &RecordSet, out: &mut Answer) {
+    if !matches!(set.rtype, RecordType::MX | RecordType::SRV | RecordType::NS) {
+        return;
+    }
+    for r in set.iter() {
+        let target = match &r {
             RData::MX(m) => &m.exchange,
             RData::SRV(s) => &s.target,
             RData::NS(n) => &n.0,
@@ -254,7 +255,7 @@ fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
     if let Some(node) = zone.node(target) {
         for t in [RecordType::A, RecordType::AAAA] {
             if let Some(set) = node.get(t) {
-                push_set(target, set.ttl, &set.rdatas, out);
+                push_set(target, set, out);
             }
         }
     }
@@ -275,13 +276,8 @@ fn referral(zone: &Zone, cut: &[u8], out: &mut Answer) {
     out.authoritative = false;
     out.rcode = ResponseCode::NoError;
     if let Some(set) = zone.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
-        push_set(
-            &owner::name_of(cut),
-            set.ttl,
-            &set.rdatas,
-            &mut out.authority,
-        );
-        for r in &set.rdatas {
+        push_set(&owner::name_of(cut), set, &mut out.authority);
+        for r in set.iter() {
             if let RData::NS(ns) = r {
                 glue(zone, &ns.0, &mut out.additional);
             }
@@ -305,7 +301,7 @@ fn add_soa(zone: &Zone, out: &mut Answer) {
         out.authority.push(Record::from_rdata(
             zone.origin.clone(),
             ttl.min(soa.minimum),
-            RData::SOA(soa.clone()),
+            RData::SOA(soa),
         ));
     }
 }

@@ -70,11 +70,7 @@ impl JournalEntry {
                 n.sets
                     .iter()
                     .filter(|s| s.rtype != RecordType::SOA)
-                    .flat_map(|s| {
-                        s.rdatas
-                            .iter()
-                            .map(|r| Record::from_rdata(name.clone(), s.ttl, r.clone()))
-                    })
+                    .flat_map(|s| s.iter().map(|r| Record::from_rdata(name.clone(), s.ttl, r)))
                     .collect()
             })
             .unwrap_or_default()

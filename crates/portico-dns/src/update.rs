@@ -177,9 +177,8 @@ fn prerequisites(z: &Zone, msg: &Message) -> Option<ResponseCode> {
                     .map(|r| &r.data)
                     .collect();
                 let have = node.and_then(|n| n.get(t));
-                let equal = have.is_some_and(|s| {
-                    s.rdatas.len() == want.len() && s.rdatas.iter().all(|r| want.contains(&r))
-                });
+                let equal = have
+                    .is_some_and(|s| s.len() == want.len() && s.iter().all(|r| want.contains(&&r)));
                 (!equal).then_some(ResponseCode::NXRRSet)
             }
             _ => Some(ResponseCode::FormErr),
@@ -237,7 +236,7 @@ fn apply(z: &mut Zone, rr: &Record) {
             let Some(set) = z.node(&name).and_then(|n| n.get(t)).cloned() else {
                 return;
             };
-            let rest: Vec<RData> = set.rdatas.into_iter().filter(|r| r != &rr.data).collect();
+            let rest: Vec<RData> = set.iter().filter(|r| r != &rr.data).collect();
             if apex && t == RecordType::NS && rest.is_empty() {
                 return;
             }

@@ -14,12 +14,251 @@ pub use crate::owner::Owner;
 /// Highest TTL accepted (Route 53's limit: 2^31 - 1 seconds, RFC 2181 §8).
 pub const MAX_TTL: u32 = 2_147_483_647;
 
-/// Records of one type at one name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Records of one type at one name, kept as their wire-format RDATA: per record two length
+/// bytes and the data, names in it uncompressed and in the case they were given. A hickory
+/// `RData` is 184 bytes whatever it holds; an A record stored this way is 6 (what kept a
+/// 1,000,000-record zone at 1.7x Knot's memory, docs/benchmarks.md issue 14). Records are decoded
+/// one at a time where they are used (answers decode them into the records they send).
+#[derive(Clone, PartialEq, Eq)]
 pub struct RecordSet {
     pub rtype: RecordType,
     pub ttl: u32,
-    pub rdatas: Vec<RData>,
+    data: Box<[u8]>,
+}
+
+impl std::fmt::Debug for RecordSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordSet")
+            .field("rtype", &self.rtype)
+            .field("ttl", &self.ttl)
+            .field("rdatas", &self.rdatas())
+            .finish()
+    }
+}
+
+/// Why a record cannot be stored: its data has no DNS wire form (a TXT string over 255 bytes,
+/// RDATA over 65,535 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{rtype} {rdata}: the record data cannot be written in DNS wire format: {reason}")]
+pub struct EncodeError {
+    pub rtype: RecordType,
+    pub rdata: String,
+    pub reason: String,
+}
+
+/// Appends `rdata`'s length (two bytes) and wire form to `out`.
+fn encode_one(rtype: RecordType, rdata: &RData, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    with_wire(rtype, rdata, |wire| {
+        out.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+        out.extend_from_slice(wire);
+    })
+}
+
+/// Calls `f` with `rdata`'s wire form (names uncompressed, case kept), at most 65,535 bytes.
+fn with_wire<T>(
+    rtype: RecordType,
+    rdata: &RData,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<T, EncodeError> {
+    use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+    thread_local! {
+        // One scratch buffer per thread: the encoder reserves 512 bytes in a fresh one.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let fail = |reason: String| EncodeError {
+        rtype,
+        rdata: rdata.to_string(),
+        reason,
+    };
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        {
+            let mut enc = BinEncoder::new(&mut buf);
+            enc.set_name_encoding(NameEncoding::Uncompressed);
+            rdata.emit(&mut enc).map_err(|e| fail(e.to_string()))?;
+        }
+        if buf.len() > usize::from(u16::MAX) {
+            return Err(fail("over 65,535 bytes".into()));
+        }
+        Ok(f(&buf))
+    })
+}
+
+/// Whether `cand` (one record's wire form) is the same record as one of `have`: equal bytes,
+/// or bytes equal but for letter case that decode to equal records (names in RDATA compare
+/// without case, RFC 4343).
+fn holds(rtype: RecordType, have: impl Iterator<Item = impl AsRef<[u8]>>, cand: &[u8]) -> bool {
+    let decoder = Rdatas { rtype, rest: &[] };
+    let mut decoded = None;
+    have.into_iter().any(|h| {
+        let h = h.as_ref();
+        h == cand
+            || (h.eq_ignore_ascii_case(cand) && {
+                let c = decoded.get_or_insert_with(|| decoder.decode(cand));
+                c.is_some() && decoder.decode(h) == *c
+            })
+    })
+}
+
+/// The records of a stored set, decoded one by one.
+pub struct Rdatas<'a> {
+    rtype: RecordType,
+    rest: &'a [u8],
+}
+
+impl Rdatas<'_> {
+    fn decode(&self, one: &[u8]) -> Option<RData> {
+        use hickory_proto::serialize::binary::{BinDecoder, Restrict};
+        let mut d = BinDecoder::new(one);
+        RData::read(&mut d, self.rtype, Restrict::new(one.len() as u16)).ok()
+    }
+}
+
+impl Iterator for Rdatas<'_> {
+    type Item = RData;
+    fn next(&mut self) -> Option<RData> {
+        loop {
+            let (len, rest) = match self.rest {
+                [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
+                _ => return None,
+            };
+            let (one, rest) = rest.split_at(len.min(rest.len()));
+            self.rest = rest;
+            // Only bytes `encode_one` wrote are here, so this does not fail; a record that
+            // did would be skipped rather than answered half-read.
+            if let Some(r) = self.decode(one) {
+                return Some(r);
+            }
+        }
+    }
+}
+
+impl RecordSet {
+    pub fn new(rtype: RecordType, ttl: u32, rdatas: &[RData]) -> Result<Self, EncodeError> {
+        let mut data = Vec::new();
+        for r in rdatas {
+            encode_one(rtype, r, &mut data)?;
+        }
+        Ok(RecordSet {
+            rtype,
+            ttl,
+            data: data.into_boxed_slice(),
+        })
+    }
+
+    /// The records, decoded one at a time.
+    pub fn iter(&self) -> Rdatas<'_> {
+        Rdatas {
+            rtype: self.rtype,
+            rest: &self.data,
+        }
+    }
+
+    /// The records, decoded.
+    pub fn rdatas(&self) -> Vec<RData> {
+        self.iter().collect()
+    }
+
+    pub fn first(&self) -> Option<RData> {
+        self.iter().next()
+    }
+
+    /// The stored wire form of each record.
+    fn raw(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = &self.data[..];
+        std::iter::from_fn(move || {
+            let [a, b, tail @ ..] = rest else { return None };
+            let len = usize::from(u16::from_be_bytes([*a, *b])).min(tail.len());
+            let (one, tail) = tail.split_at(len);
+            rest = tail;
+            Some(one)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.raw().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Whether the set holds `rdata` (names compared without regard to case, as `RData` does).
+    pub fn contains(&self, rdata: &RData) -> bool {
+        with_wire(self.rtype, rdata, |want| {
+            holds(self.rtype, self.raw(), want)
+        })
+        .unwrap_or(false)
+    }
+
+    /// Adds `rdata` unless the set holds it already.
+    pub fn push(&mut self, rdata: &RData) -> Result<(), EncodeError> {
+        let data = with_wire(self.rtype, rdata, |want| {
+            (!holds(self.rtype, self.raw(), want)).then(|| {
+                let mut data = Vec::with_capacity(self.data.len() + 2 + want.len());
+                data.extend_from_slice(&self.data);
+                data.extend_from_slice(&(want.len() as u16).to_be_bytes());
+                data.extend_from_slice(want);
+                data.into_boxed_slice()
+            })
+        })?;
+        if let Some(data) = data {
+            self.data = data;
+        }
+        Ok(())
+    }
+}
+
+/// Records gathered for a zone built in one go (a master file): encoded as they come, sorted
+/// once by owner and type, then turned into nodes and the name tree at once, instead of one
+/// tree insertion and one set re-encoding per record.
+#[derive(Default)]
+pub struct Bulk {
+    wire: Vec<u8>,
+    records: Vec<BulkRecord>,
+}
+
+struct BulkRecord {
+    owner: Owner,
+    rtype: RecordType,
+    ttl: u32,
+    /// Where its wire form starts in `Bulk::wire`, and its length.
+    at: u32,
+    len: u16,
+    /// Sort key: eight bytes of the owner key (see `Zone::add_bulk`).
+    head: u64,
+}
+
+impl Bulk {
+    /// Adds one record, as `Zone::add` would (the set's TTL becomes the last record's).
+    pub fn push(
+        &mut self,
+        owner: &Name,
+        rtype: RecordType,
+        ttl: u32,
+        rdata: &RData,
+    ) -> Result<(), EncodeError> {
+        let at = self.wire.len();
+        let len = with_wire(rtype, rdata, |w| {
+            self.wire.extend_from_slice(w);
+            w.len() as u16
+        })?;
+        let at = u32::try_from(at).map_err(|_| EncodeError {
+            rtype,
+            rdata: rdata.to_string(),
+            reason: "the zone's records are over 4 GiB".into(),
+        })?;
+        self.records.push(BulkRecord {
+            owner: Owner::new(owner),
+            rtype,
+            ttl,
+            at,
+            len,
+            head: 0,
+        });
+        Ok(())
+    }
 }
 
 /// Where an ALIAS points: the addresses of a Portico listener, or of another name in the zone.
@@ -38,7 +277,9 @@ pub struct Alias {
 /// Everything at one owner name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Node {
-    pub sets: Vec<RecordSet>,
+    /// In type order. A boxed slice, exactly as long as it needs to be (a `Vec` that grew by
+    /// one push holds room for four sets: 72 bytes per name wasted in a big zone).
+    pub sets: Box<[RecordSet]>,
     /// Boxed: rare, and large inline (it would double the size of every node).
     pub alias: Option<Box<Alias>>,
 }
@@ -50,6 +291,15 @@ impl Node {
 
     pub fn is_empty(&self) -> bool {
         self.sets.is_empty() && self.alias.is_none()
+    }
+
+    /// Replaces the set of `rtype` (or removes it when `set` is `None`), keeping type order.
+    fn replace_set(&mut self, rtype: RecordType, set: Option<RecordSet>) {
+        let mut sets = std::mem::take(&mut self.sets).into_vec();
+        sets.retain(|s| s.rtype != rtype);
+        sets.extend(set);
+        sets.sort_by_key(|s| u16::from(s.rtype));
+        self.sets = sets.into_boxed_slice();
     }
 }
 
@@ -65,6 +315,8 @@ pub struct Zone {
     pub cuts: std::collections::BTreeSet<Owner>,
     /// The apex's key.
     pub apex: Owner,
+    /// The first record `put` or `add` could not store; `validate` reports it.
+    pub unstorable: Option<Box<ZoneError>>,
 }
 
 /// Why a zone version is not acceptable.
@@ -95,6 +347,7 @@ impl Zone {
             origin,
             nodes: BTreeMap::new(),
             cuts: Default::default(),
+            unstorable: None,
         }
     }
 
@@ -102,11 +355,24 @@ impl Zone {
         self.nodes.get(Owner::new(name).key())
     }
 
-    pub fn soa(&self) -> Option<(&SOA, u32)> {
+    pub fn soa(&self) -> Option<(SOA, u32)> {
         let set = self.nodes.get(&self.apex)?.get(RecordType::SOA)?;
-        match set.rdatas.first() {
+        match set.first() {
             Some(RData::SOA(soa)) => Some((soa, set.ttl)),
             _ => None,
+        }
+    }
+
+    fn note_unstorable(&mut self, name: &Name, e: EncodeError) {
+        if self.unstorable.is_none() {
+            self.unstorable = Some(Box::new(ZoneError::new(
+                name,
+                e.rtype,
+                format!(
+                    "{}: the record data cannot be written in DNS wire format ({})",
+                    e.rdata, e.reason
+                ),
+            )));
         }
     }
 
@@ -119,36 +385,150 @@ impl Zone {
         self.note_cut(name, rtype, !rdatas.is_empty());
         let owner = Owner::new(name);
         let node = self.nodes.entry(owner.clone()).or_default();
-        node.sets.retain(|s| s.rtype != rtype);
-        if !rdatas.is_empty() {
-            node.sets.push(RecordSet { rtype, ttl, rdatas });
-            node.sets.sort_by_key(|s| u16::from(s.rtype));
-        }
+        let mut failed = None;
+        let set = if rdatas.is_empty() {
+            None
+        } else {
+            RecordSet::new(rtype, ttl, &rdatas)
+                .map_err(|e| failed = Some(e))
+                .ok()
+        };
+        node.replace_set(rtype, set);
         if node.is_empty() {
             self.nodes.remove(&owner);
         }
+        if let Some(e) = failed {
+            self.note_unstorable(name, e);
+        }
+    }
+
+    /// Puts a stored set as it is (a set copied from another version of the zone).
+    pub fn put_set(&mut self, name: &Name, set: RecordSet) {
+        self.note_cut(name, set.rtype, !set.is_empty());
+        let owner = Owner::new(name);
+        let node = self.nodes.entry(owner.clone()).or_default();
+        node.replace_set(set.rtype, (!set.is_empty()).then_some(set));
+        if node.is_empty() {
+            self.nodes.remove(&owner);
+        }
+    }
+
+    /// Adds what `bulk` gathered. Into an empty zone the name tree is built at once from the
+    /// sorted records; otherwise record by record.
+    pub fn add_bulk(&mut self, bulk: Bulk) {
+        let Bulk { wire, mut records } = bulk;
+        let one = |r: &BulkRecord| &wire[r.at as usize..r.at as usize + usize::from(r.len)];
+        if !self.nodes.is_empty() {
+            for r in &records {
+                let decoder = Rdatas {
+                    rtype: r.rtype,
+                    rest: &[],
+                };
+                if let Some(rdata) = decoder.decode(one(r)) {
+                    self.add(&r.owner.name(), r.rtype, r.ttl, rdata);
+                }
+            }
+            return;
+        }
+        // By owner, then type; records of one set stay in file order (`at` grows with it).
+        // Keys share a prefix (the apex's, in a zone that passes validation); the eight bytes
+        // after the shared prefix, compared as one number, decide most comparisons without a
+        // `memcmp` (sorting was a third of a big zone's load time). Consistent with key order:
+        // where the numbers differ, the keys differ at that byte (or one ends there).
+        let skip = records.first().map_or(0, |f| {
+            records.iter().fold(f.owner.key().len(), |n, r| {
+                let (a, b) = (&f.owner.key()[..n], r.owner.key());
+                a.iter().zip(b).take_while(|(x, y)| x == y).count()
+            })
+        });
+        let head = |k: &[u8]| {
+            let mut b = [0u8; 8];
+            let tail = k.get(skip..).unwrap_or_default();
+            let n = tail.len().min(8);
+            b[..n].copy_from_slice(&tail[..n]);
+            u64::from_be_bytes(b)
+        };
+        for r in records.iter_mut() {
+            r.head = head(r.owner.key());
+        }
+        records.sort_unstable_by(|a, b| {
+            a.head.cmp(&b.head).then_with(|| {
+                (a.owner.key(), u16::from(a.rtype), a.at).cmp(&(
+                    b.owner.key(),
+                    u16::from(b.rtype),
+                    b.at,
+                ))
+            })
+        });
+        let mut nodes: Vec<(Owner, Node)> = Vec::new();
+        let mut sets: Vec<RecordSet> = Vec::new();
+        let mut data: Vec<u8> = Vec::new();
+        let mut kept: Vec<(usize, usize)> = Vec::new();
+        let mut i = 0;
+        while i < records.len() {
+            let first = &records[i];
+            let mut j = i;
+            while j < records.len() && records[j].owner == first.owner {
+                let rtype = records[j].rtype;
+                let mut k = j;
+                data.clear();
+                kept.clear();
+                while k < records.len()
+                    && records[k].rtype == rtype
+                    && records[k].owner == first.owner
+                {
+                    let w = one(&records[k]);
+                    let have = kept.iter().map(|&(s, e)| &data[s..e]);
+                    if !holds(rtype, have, w) {
+                        data.extend_from_slice(&records[k].len.to_be_bytes());
+                        kept.push((data.len(), data.len() + w.len()));
+                        data.extend_from_slice(w);
+                    }
+                    k += 1;
+                }
+                sets.push(RecordSet {
+                    rtype,
+                    ttl: records[k - 1].ttl,
+                    data: Box::from(&data[..]),
+                });
+                j = k;
+            }
+            let owner = first.owner.clone();
+            if owner != self.apex && sets.iter().any(|s| s.rtype == RecordType::NS) {
+                self.cuts.insert(owner.clone());
+            }
+            nodes.push((
+                owner,
+                Node {
+                    sets: std::mem::take(&mut sets).into_boxed_slice(),
+                    alias: None,
+                },
+            ));
+            i = j;
+        }
+        drop(records);
+        self.nodes = nodes.into_iter().collect();
     }
 
     /// Adds one record to a set (as a master file or an UPDATE adds records one by one).
     /// The set's TTL becomes the newest record's, as BIND does.
     pub fn add(&mut self, name: &Name, rtype: RecordType, ttl: u32, rdata: RData) {
         self.note_cut(name, rtype, true);
-        let node = self.nodes.entry(Owner::new(name)).or_default();
-        match node.sets.iter_mut().find(|s| s.rtype == rtype) {
+        let owner = Owner::new(name);
+        let node = self.nodes.entry(owner.clone()).or_default();
+        let done = match node.sets.iter_mut().find(|s| s.rtype == rtype) {
             Some(set) => {
                 set.ttl = ttl;
-                if !set.rdatas.contains(&rdata) {
-                    set.rdatas.push(rdata);
-                }
+                set.push(&rdata)
             }
-            None => {
-                node.sets.push(RecordSet {
-                    rtype,
-                    ttl,
-                    rdatas: vec![rdata],
-                });
-                node.sets.sort_by_key(|s| u16::from(s.rtype));
-            }
+            None => RecordSet::new(rtype, ttl, std::slice::from_ref(&rdata))
+                .map(|set| node.replace_set(rtype, Some(set))),
+        };
+        if node.is_empty() {
+            self.nodes.remove(&owner);
+        }
+        if let Err(e) = done {
+            self.note_unstorable(name, e);
         }
     }
 
@@ -180,10 +560,15 @@ impl Zone {
     pub fn set_serial(&mut self, serial: u32) {
         if let Some(node) = self.nodes.get_mut(&self.apex) {
             for set in node.sets.iter_mut().filter(|s| s.rtype == RecordType::SOA) {
-                for r in set.rdatas.iter_mut() {
+                let mut rdatas = set.rdatas();
+                for r in rdatas.iter_mut() {
                     if let RData::SOA(soa) = r {
                         soa.serial = serial;
                     }
+                }
+                // The same SOA with another serial has a wire form if the old one had.
+                if let Ok(new) = RecordSet::new(set.rtype, set.ttl, &rdatas) {
+                    *set = new;
                 }
             }
         }
@@ -191,12 +576,15 @@ impl Zone {
 
     /// Every rule a zone version must satisfy.
     pub fn validate(&self) -> Result<(), ZoneError> {
+        if let Some(e) = &self.unstorable {
+            return Err((**e).clone());
+        }
         match self
             .nodes
             .get(&self.apex)
             .and_then(|n| n.get(RecordType::SOA))
         {
-            Some(s) if s.rdatas.len() == 1 => {}
+            Some(s) if s.len() == 1 => {}
             Some(_) => {
                 return Err(ZoneError::new(
                     &self.origin,
@@ -249,7 +637,7 @@ impl Zone {
                         "an SOA record belongs only at the zone apex",
                     ));
                 }
-                if set.rtype == RecordType::CNAME && set.rdatas.len() > 1 {
+                if set.rtype == RecordType::CNAME && set.len() > 1 {
                     return Err(ZoneError::new(
                         &name(),
                         "CNAME",
@@ -294,10 +682,7 @@ impl Zone {
     pub fn record_count(&self) -> usize {
         self.nodes
             .values()
-            .map(|n| {
-                n.sets.iter().map(|s| s.rdatas.len()).sum::<usize>()
-                    + usize::from(n.alias.is_some())
-            })
+            .map(|n| n.sets.iter().map(|s| s.len()).sum::<usize>() + usize::from(n.alias.is_some()))
             .sum()
     }
 }
@@ -330,5 +715,80 @@ pub fn default_apex(zone: &mut Zone, nameservers: &[Name]) {
             .map(|n| RData::NS(hickory_proto::rr::rdata::NS(n)))
             .collect();
         zone.put(&origin, RecordType::NS, 172_800, rdatas);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone_file::rdata_from_value;
+
+    /// Every kind of record Portico accepts reads back from its stored wire form as it was
+    /// given, including the CAA forms hickory parses into structures (parameters, iodef,
+    /// unknown tags, the critical flag) and names in upper case.
+    #[test]
+    fn stored_records_decode_to_what_was_stored() {
+        let origin = Name::from_ascii("example.com.").unwrap();
+        let cases = [
+            (RecordType::A, "192.0.2.1"),
+            (RecordType::AAAA, "2001:db8::1"),
+            (RecordType::CNAME, "Target.Example.NET."),
+            (RecordType::NS, "ns1"),
+            (RecordType::PTR, "host.example.com."),
+            (RecordType::MX, "10 Mail"),
+            (RecordType::SRV, "10 5 5060 sip"),
+            (
+                RecordType::SOA,
+                "ns1 hostmaster 2024010101 7200 900 1209600 300",
+            ),
+            (RecordType::TXT, "hello world"),
+            (RecordType::TXT, r#""a" "b" "" "\210\000x""#),
+            (RecordType::CAA, r#"0 issue "letsencrypt.org""#),
+            (RecordType::CAA, r#"0 issue ";""#),
+            (
+                RecordType::CAA,
+                r#"128 issue "letsencrypt.org; accounturi=https://acme-v02.api.letsencrypt.org/acme/acct/1; validationmethods=dns-01""#,
+            ),
+            (RecordType::CAA, r#"0 issuewild "example.net""#),
+            (RecordType::CAA, r#"0 iodef "mailto:security@example.com""#),
+            (RecordType::CAA, r#"0 tbs "Unknown""#),
+        ];
+        for (rtype, value) in cases {
+            let rdata = rdata_from_value(rtype, value, &origin).unwrap();
+            let set = RecordSet::new(rtype, 300, std::slice::from_ref(&rdata)).unwrap();
+            assert_eq!(set.rdatas(), vec![rdata.clone()], "{rtype} {value}");
+            assert_eq!(set.len(), 1);
+            assert!(set.contains(&rdata));
+        }
+    }
+
+    #[test]
+    fn a_set_holds_each_record_once_names_compared_without_case() {
+        let rtype = RecordType::CNAME;
+        let origin = Name::from_ascii("example.com.").unwrap();
+        let lower = rdata_from_value(rtype, "target.example.net.", &origin).unwrap();
+        let upper = rdata_from_value(rtype, "TARGET.example.net.", &origin).unwrap();
+        let mut set = RecordSet::new(rtype, 60, std::slice::from_ref(&lower)).unwrap();
+        set.push(&upper).unwrap();
+        assert_eq!(set.len(), 1);
+        let mut a = RecordSet::new(RecordType::A, 60, &[]).unwrap();
+        for v in ["192.0.2.1", "192.0.2.2", "192.0.2.1"] {
+            a.push(&rdata_from_value(RecordType::A, v, &origin).unwrap())
+                .unwrap();
+        }
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn a_record_without_a_wire_form_is_reported_not_dropped() {
+        use hickory_proto::rr::rdata::TXT;
+        let origin = Name::from_ascii("example.com.").unwrap();
+        let mut z = Zone::new(&origin);
+        default_apex(&mut z, &[]);
+        z.validate().unwrap();
+        let long = RData::TXT(TXT::new(vec!["x".repeat(300)]));
+        z.add(&origin, RecordType::TXT, 60, long);
+        let e = z.validate().unwrap_err();
+        assert!(e.reason.contains("wire format"), "{e}");
     }
 }

@@ -253,7 +253,14 @@ impl HostedZones {
                     let next = old.serial().wrapping_add(1).max(1);
                     zone.set_serial(next.max(zone.serial()));
                 }
-                match self.persist(&zone, stored.as_ref()) {
+                // A zone that is exactly its master file is stored as that file's text: the
+                // first load of a big zone is not spent writing it out again record by record.
+                let text = fingerprints
+                    .get(&origin)
+                    .filter(|d| d.state_is_imported)
+                    .and_then(|d| d.imported.as_deref())
+                    .map(|t| format!("$TTL {FILE_DEFAULT_TTL}\n{t}"));
+                match self.persist(&zone, stored.as_ref(), text) {
                     Ok(()) => {}
                     Err(PersistError::Conflict(e)) => {
                         // Another node wrote the zone first: its version arrives through the store.
@@ -318,7 +325,7 @@ impl HostedZones {
         zone.set_serial(old.serial().wrapping_add(1).max(1));
         zone.validate()
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        self.persist(&zone, Some(old)).map_err(|e| match e {
+        self.persist(&zone, Some(old), None).map_err(|e| match e {
             PersistError::Conflict(m) => ChangeError::Conflict(m),
             PersistError::Io(m) => ChangeError::Storage(m),
         })?;
@@ -451,8 +458,13 @@ impl HostedZones {
     /// Writes the zone file (temp, fsync, rename) and records the difference for IXFR. With a
     /// shared store, the zone is first written there, only if it still holds what this node last
     /// saw; otherwise the change is a conflict and nothing is written.
-    fn persist(&self, zone: &Zone, old: Option<&Zone>) -> Result<(), PersistError> {
-        let text = zone_file::export(zone);
+    fn persist(
+        &self,
+        zone: &Zone,
+        old: Option<&Zone>,
+        text: Option<String>,
+    ) -> Result<(), PersistError> {
+        let text = text.unwrap_or_else(|| zone_file::export(zone));
         if let Some(dir) = self.write_dir() {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| PersistError::Io(format!("cannot create {}: {e}", dir.display())))?;
@@ -660,7 +672,7 @@ fn apply_batch(zone: &mut Zone, batch: &[RecordChange]) -> Result<(), ChangeErro
                     node.alias.as_ref().map(|a| &a.target) == alias.as_ref().map(|a| &a.target)
                 } else {
                     node.get(rtype)
-                        .is_some_and(|s| s.ttl == c.ttl && same_values(&s.rdatas, &rdatas))
+                        .is_some_and(|s| s.ttl == c.ttl && same_values(&s.rdatas(), &rdatas))
                 };
                 if !matches {
                     return Err(bad(
@@ -784,7 +796,7 @@ fn apply_file_diff(zone: &mut Zone, old: Option<&Zone>, new: &Zone) {
         let name = || key.name();
         for set in &node.sets {
             if before.and_then(|b| b.get(set.rtype)) != Some(set) {
-                zone.put(&name(), set.rtype, set.ttl, set.rdatas.clone());
+                zone.put_set(&name(), set.clone());
             }
         }
         if node.alias.is_some() && before.and_then(|b| b.alias.as_ref()) != node.alias.as_ref() {
@@ -820,7 +832,12 @@ struct Past<'a> {
 struct Applied {
     fingerprints: HashSet<String>,
     imported: Option<String>,
+    /// The zone is exactly what `imported` says (a new zone from its master file alone).
+    state_is_imported: bool,
 }
+
+/// The TTL of master-file records that give none and follow no `$TTL`.
+const FILE_DEFAULT_TTL: u32 = 3600;
 
 /// The zone as config and state say together. A fresh zone is the master file plus the
 /// `[[zone.record]]`s. A stored zone (state directory) is kept; what the config manages is
@@ -840,7 +857,7 @@ fn build_zone(
     let mut out = Applied::default();
     let parse_file = |text: &str, label: &str, issues: &mut Vec<ConfigIssue>| {
         let mut z = Zone::new(origin);
-        match zone_file::parse_into(&mut z, text, 3600) {
+        match zone_file::parse_into(&mut z, text, FILE_DEFAULT_TTL) {
             Ok(()) => Some(z),
             Err(e) => {
                 issues.push(ConfigIssue::new(
@@ -904,6 +921,7 @@ fn build_zone(
     if issues.len() > before {
         return None;
     }
+    let from_file_alone = past.stored.is_none() && file_zone.is_some() && managed.is_empty();
     let mut zone = match past.stored {
         None => file_zone.take().unwrap_or_else(|| Zone::new(origin)),
         Some(stored) => {
@@ -911,7 +929,9 @@ fn build_zone(
             if let (true, Some(new)) = (file_changed, &file_zone) {
                 let old = past.imported.as_deref().and_then(|t| {
                     let mut z = Zone::new(origin);
-                    zone_file::parse_into(&mut z, t, 3600).ok().map(|_| z)
+                    zone_file::parse_into(&mut z, t, FILE_DEFAULT_TTL)
+                        .ok()
+                        .map(|_| z)
                 });
                 apply_file_diff(&mut zone, old.as_ref(), new);
             }
@@ -969,6 +989,11 @@ fn build_zone(
             ),
         }
     }
+    let apex_complete = zone.soa().is_some()
+        && zone
+            .node(&zone.origin)
+            .is_some_and(|n| n.get(RecordType::NS).is_some());
+    out.state_is_imported = from_file_alone && apex_complete && out.imported.is_some();
     default_apex(&mut zone, &nameservers);
     if let Err(e) = zone.validate() {
         issues.push(ConfigIssue::new(path!["zone", i], e.to_string()));
@@ -991,9 +1016,8 @@ pub fn transfer_records(zone: &Zone) -> Vec<Record> {
         let name = key.name();
         for set in node.sets.iter().filter(|s| s.rtype != RecordType::SOA) {
             out.extend(
-                set.rdatas
-                    .iter()
-                    .map(|r| Record::from_rdata(name.clone(), set.ttl, r.clone())),
+                set.iter()
+                    .map(|r| Record::from_rdata(name.clone(), set.ttl, r)),
             );
         }
     }

@@ -689,7 +689,7 @@ impl ZonesDns01 {
                 let cname = zone
                     .node(&cur)
                     .and_then(|node| node.get(RecordType::CNAME))
-                    .and_then(|set| set.rdatas.first().cloned());
+                    .and_then(|set| set.first());
                 match cname {
                     Some(RData::CNAME(t)) => {
                         cur = t.0.to_lowercase();
@@ -748,7 +748,7 @@ impl ZonesDns01 {
                 } else if let Some(set) =
                     z.node(&lower).and_then(|n| n.get(RecordType::TXT)).cloned()
                 {
-                    let rest = set.rdatas.into_iter().filter(|r| r != &rdata).collect();
+                    let rest = set.iter().filter(|r| r != &rdata).collect();
                     z.put(&lower, RecordType::TXT, set.ttl, rest);
                 }
                 Ok(())
@@ -863,7 +863,7 @@ impl ZonesDns01 {
             let ours = zone
                 .node(&zone.origin)
                 .and_then(|n| n.get(RecordType::NS))
-                .map(|set| ns_names(set.rdatas.iter()))
+                .map(|set| ns_names(set.rdatas().iter()))
                 .unwrap_or_default();
             (zone.origin.clone(), ours)
         };

@@ -392,7 +392,7 @@ async fn zone_get(State(ctx): State<Ctx>, UrlPath(zone): UrlPath<String>) -> Api
                 "name": name.to_string(),
                 "type": set.rtype.to_string(),
                 "ttl": set.ttl,
-                "values": set.rdatas.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                "values": set.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
             }));
         }
         if let Some(a) = &node.alias {
