@@ -170,7 +170,10 @@ pub async fn run(opts: &Options) -> Report {
     if let Some(f) = check_name(&domain, opts.ca) {
         let fatal = f.severity == Severity::Fatal;
         findings.push(f);
-        if fatal {
+        // A private name is well formed, only not for a public CA: the checks that do not
+        // depend on one (resolution, propagation, the HTTP-01 path, HTTPS) still run.
+        let private_name = check_name(&domain, CaKind::Private).is_none();
+        if fatal && !private_name {
             return report(findings);
         }
     }
@@ -340,9 +343,14 @@ pub fn check_name(domain: &str, ca: CaKind) -> Option<Finding> {
             }
             None
         }
-        _ => invalid(format!(
-            "is not under a public suffix (.{} is not a public top-level domain): a public CA cannot issue for it; use issuer = \"internal\"",
-            labels.last().unwrap_or(&"")
+        _ => Some(finding(
+            Severity::Fatal,
+            "InvalidDomain",
+            format!(
+                "{domain:?} is not under a public suffix (.{} is not a public top-level domain): a public CA cannot issue for it",
+                labels.last().unwrap_or(&"")
+            ),
+            "a private name takes a certificate from Portico's internal CA: set issuer = \"internal\" on its [[certificate]] and run the doctor with --private-ca (or use a name under a public suffix)",
         )),
     }
 }

@@ -91,6 +91,9 @@ impl Snapshot {
         cert_names.extend(config.certificates.iter().map(|c| c.name.clone()));
 
         let mut target_groups = HashMap::new();
+        // Groups whose own errors are reported: a listener forwarding to one is not told again
+        // that no such group exists.
+        let mut invalid_groups = HashSet::new();
         for (i, tg) in config.target_groups.iter().enumerate() {
             let at = |k: &str| path!["target_group", i, k];
             if target_groups.contains_key(&tg.name) {
@@ -100,8 +103,13 @@ impl Snapshot {
                 ));
                 continue;
             }
-            if let Some(g) = target_group(tg, i, registry, &mut issues) {
-                target_groups.insert(tg.name.clone(), Arc::new(g));
+            match target_group(tg, i, registry, &mut issues) {
+                Some(g) => {
+                    target_groups.insert(tg.name.clone(), Arc::new(g));
+                }
+                None => {
+                    invalid_groups.insert(tg.name.clone());
+                }
             }
         }
 
@@ -117,7 +125,10 @@ impl Snapshot {
             }
             let ctx = ListenerCtx {
                 index: i,
-                groups: &target_groups,
+                groups: &Groups {
+                    built: &target_groups,
+                    invalid: &invalid_groups,
+                },
                 cert_names: &cert_names,
                 store,
             };
@@ -293,9 +304,16 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("target {address:?} resolves to no address"))
 }
 
+/// The target groups a listener's actions may name.
+struct Groups<'a> {
+    built: &'a HashMap<String, Arc<TargetGroup>>,
+    /// Defined, but with errors of their own (already reported).
+    invalid: &'a HashSet<String>,
+}
+
 struct ListenerCtx<'a> {
     index: usize,
-    groups: &'a HashMap<String, Arc<TargetGroup>>,
+    groups: &'a Groups<'a>,
     cert_names: &'a HashSet<String>,
     store: &'a Arc<CertStore>,
 }
@@ -435,7 +453,7 @@ fn listener(
 fn rule(
     r: &RuleConfig,
     at: &dyn Fn(&str) -> Vec<PathSeg>,
-    groups: &HashMap<String, Arc<TargetGroup>>,
+    groups: &Groups<'_>,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Rule> {
     let before = issues.len();
@@ -494,7 +512,7 @@ fn rule(
 fn action(
     a: &ActionConfig,
     at: Vec<PathSeg>,
-    groups: &HashMap<String, Arc<TargetGroup>>,
+    groups: &Groups<'_>,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Action> {
     let sub = |k: &str| {
@@ -520,11 +538,12 @@ fn action(
             }
             let mut out = Vec::new();
             for (name, weight) in wanted {
-                match groups.get(&name) {
+                match groups.built.get(&name) {
                     Some(g) if weight > 0 => out.push((g.clone(), weight.min(999))),
                     Some(_) => {}
+                    None if groups.invalid.contains(&name) => return None,
                     None => {
-                        let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+                        let known: Vec<&str> = groups.built.keys().map(String::as_str).collect();
                         issues.push(
                             ConfigIssue::new(
                                 sub("forward"),

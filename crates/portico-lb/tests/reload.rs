@@ -59,6 +59,22 @@ async fn invalid_reload_keeps_the_old_config() {
         "{issues:?}"
     );
     assert_eq!(get(l, "x", "/version").await.body, "v1");
+
+    // A target group with an error of its own is reported once, not again at each listener
+    // that forwards to it.
+    let bad_group = config(0, b.addr, "v4").replace(
+        "targets = [",
+        "health_check = { interval = \"5s\", timeout = \"5s\" }\ntargets = [",
+    );
+    let issues = apply(&lb, &bad_group, dir.path()).await.unwrap_err();
+    let text: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
+    assert_eq!(text.len(), 1, "{text:#?}");
+    assert!(
+        text[0].contains("target_group[0].health_check")
+            && text[0].contains("timeout must be shorter than interval"),
+        "{text:#?}"
+    );
+    assert_eq!(get(l, "x", "/version").await.body, "v1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

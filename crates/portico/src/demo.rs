@@ -121,6 +121,8 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         println!("   {line}");
     }
     println!();
+    // A user who ran `cargo run --release -- demo` has no `portico` on the PATH: name this binary.
+    let me = command_name();
     println!("Try:");
     println!("  curl -i http://localhost:{}/", args.http_port);
     println!(
@@ -141,14 +143,14 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     );
     println!("  dig @127.0.0.1 -p {} app.demo.test", args.dns_port);
     println!("  dig @127.0.0.1 -p {} demo.test A", args.dns_port);
-    println!("  portico certs list -c {}", config_path.display());
+    println!("  {me} certs list -c {}", config_path.display());
     println!(
-        "  portico records upsert --zone demo.test --name api --type A --value 127.0.0.2 -c {}",
+        "  {me} records upsert --zone demo.test --name api --type A --value 127.0.0.2 -c {}",
         config_path.display()
     );
-    println!("  portico targets list -c {}", config_path.display());
+    println!("  {me} targets list -c {}", config_path.display());
     println!(
-        "  portico doctor app.demo.test --private-ca --resolver 127.0.0.1:{d} --dns-port {d} --http-port {} --https-port {} --ca-roots {} -c {}",
+        "  {me} doctor app.demo.test --private-ca --resolver 127.0.0.1:{d} --dns-port {d} --http-port {} --https-port {} --ca-roots {} -c {}",
         args.http_port,
         args.https_port,
         ca_path.display(),
@@ -169,6 +171,22 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         std::process::id()
     );
     server.run_until_signal().await
+}
+
+/// `portico` when that name on the PATH is this binary, else this binary's path.
+fn command_name() -> String {
+    let Ok(me) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "portico".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths)
+            .any(|d| d.join("portico").canonicalize().is_ok_and(|p| p == me))
+    });
+    if on_path {
+        "portico".into()
+    } else {
+        me.display().to_string()
+    }
 }
 
 fn say(line: &str) {

@@ -161,8 +161,9 @@ pub fn zones_list(t: &crate::admin::client::Target) -> anyhow::Result<()> {
         println!(
             "{:<40} {:>12} {:>10}",
             z["name"].as_str().unwrap_or(""),
-            z["serial"],
-            z["records"]
+            // As numbers: a JSON value's Display ignores width and alignment.
+            z["serial"].as_u64().unwrap_or(0),
+            z["records"].as_u64().unwrap_or(0)
         );
     }
     Ok(())
@@ -465,11 +466,25 @@ pub fn init_tracing(config: &PorticoConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Colour in logs only on a terminal, and not when `NO_COLOR` is set to anything but the empty
+/// string (no-color.org): a file or a pipe gets plain text.
+fn log_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal
+        && match no_color {
+            None => true,
+            Some(v) => v.is_empty(),
+        }
 }
 
 /// A running Portico: the parts wired together and serving.
@@ -1229,5 +1244,17 @@ fn write_pid_file(state_dir: &Path) {
     });
     if let Err(e) = result {
         tracing::warn!(state_dir = %state_dir.display(), error = %e, "cannot write the pid file; `portico reload` will not find this process (send SIGHUP instead)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_colour_only_on_a_terminal_without_no_color() {
+        use super::log_colour;
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some("".into())));
+        assert!(!log_colour(true, Some("1".into())));
+        assert!(!log_colour(false, None));
     }
 }

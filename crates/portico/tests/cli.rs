@@ -298,6 +298,11 @@ async fn serve_reloads_on_sighup_and_reload_and_drains_on_sigterm() {
     p.signal(libc::SIGHUP);
     p.wait_output("reload refused").await;
     assert!(
+        !p.output().contains('\u{1b}'),
+        "no colour codes in logs written to a pipe: {}",
+        p.output()
+    );
+    assert!(
         p.output()
             .contains("no [[target_group]] named \\\"nope\\\"")
             || p.output().contains("no [[target_group]] named \"nope\""),
@@ -384,6 +389,16 @@ async fn demo_serves_https_in_front_of_its_targets() {
     assert!(
         p.output().contains("Issued and serving:"),
         "the validation step is shown: {}",
+        p.output()
+    );
+    // The "Try:" lines name this binary, not a `portico` the user may not have on the PATH.
+    let me = std::path::Path::new(env!("CARGO_BIN_EXE_portico"))
+        .canonicalize()
+        .unwrap();
+    assert!(
+        p.output()
+            .contains(&format!("  {} certs list -c ", me.display())),
+        "{}",
         p.output()
     );
     // The doctor's report for app.demo.test, all OK.
@@ -521,6 +536,18 @@ fn zones_list_and_export_read_the_state_without_writing() {
         out.contains("example.test.") && out.contains(" 1 "),
         "{out}"
     );
+    // The SERIAL and RECORDS columns end where their headings end.
+    let head = out.lines().find(|l| l.starts_with("ZONE")).unwrap();
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("example.test."))
+        .unwrap();
+    assert_eq!(
+        head.find("SERIAL").map(|i| i + 6),
+        row.find(" 1 ").map(|i| i + 2),
+        "{out}"
+    );
+    assert_eq!(head.len(), row.len(), "{out}");
     let (code, out) = run(&[
         "zones",
         "export",
@@ -1846,6 +1873,20 @@ default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
     assert!(has(&rows, "FATAL", "ReservedAddress"), "{rows:#?}");
     let (_, rows) = doctor("192.0.2.1", &common, &[]);
     assert!(has(&rows, "FATAL", "InvalidDomain"), "{rows:#?}");
+    // A private name without --private-ca is said to be one, and the checks that do not need a
+    // public CA still run (here: resolution, which Portico refuses for a zone it does not host).
+    let (code, rows) = doctor("app.example.test", &common, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        rows.iter()
+            .any(|r| r.1 == "InvalidDomain" && r.2.contains("not under a public suffix")),
+        "{rows:#?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| ["DNSLookupFailed", "NoRecords", "Resolves"].contains(&r.1.as_str())),
+        "{rows:#?}"
+    );
 
     // The text report: a fix line under each problem and a final line.
     let (code, out) = run(&[
