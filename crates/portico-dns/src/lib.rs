@@ -6,6 +6,7 @@ pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod owner;
+pub mod reply;
 pub mod server;
 pub mod transfer;
 mod udp_batch;

@@ -2,24 +2,22 @@
 //! until it serves the change: that is when the change becomes INSYNC.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::net::UdpSocket;
 
-use crate::zones::HostedZones;
-
 /// How long a secondary has to pick up a change before we stop watching (the change stays PENDING).
 const WATCH_FOR: Duration = Duration::from_secs(120);
 
+/// Notifies `secondaries` of `serial` and calls `insync` once every one of them serves it.
 pub fn spawn(
-    zones: Arc<HostedZones>,
     zone: Name,
     serial: u32,
     change: String,
     secondaries: Vec<SocketAddr>,
+    insync: impl FnOnce() + Send + 'static,
 ) {
     tokio::spawn(async move {
         let mut set = tokio::task::JoinSet::new();
@@ -32,7 +30,7 @@ pub fn spawn(
             all_ok &= r.unwrap_or(false);
         }
         if all_ok {
-            zones.mark_insync(&change);
+            insync();
             tracing::info!(%zone, serial, %change, "change INSYNC on every secondary");
         } else {
             tracing::warn!(%zone, serial, %change, "a secondary did not pick up the change; it stays PENDING");

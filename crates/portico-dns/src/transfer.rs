@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 
-use crate::handler::{error, response, Ctx, Reply};
+use crate::reply::{error, response, Ctx, Reply};
 use crate::zone::Zone;
 use crate::zones::transfer_records;
 
@@ -100,7 +100,7 @@ pub fn soa_only(ctx: &Ctx, msg: &Message) -> Vec<u8> {
     let mut res = response(msg);
     res.metadata.authoritative = true;
     res.answers = vec![soa];
-    crate::handler::encode(res, msg, false)
+    crate::reply::encode(res, msg, false)
 }
 
 fn soa_record(zone: &Zone) -> Option<Record> {

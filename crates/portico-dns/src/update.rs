@@ -9,7 +9,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::tsig::TsigError;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigResponseContext};
 
-use crate::handler::{encode, response, Ctx};
+use crate::reply::{encode, response, Ctx};
 use crate::zone::Zone;
 use crate::zones::ChangeError;
 

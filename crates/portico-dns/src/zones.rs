@@ -354,12 +354,13 @@ impl HostedZones {
         }
         tracing::info!(zone = %origin, serial, change = %info.id, "zone changed");
         if !secondaries.is_empty() {
+            let (zones, id) = (self.clone(), info.id.clone());
             crate::notify::spawn(
-                self.clone(),
                 origin.clone(),
                 serial,
                 info.id.clone(),
                 secondaries,
+                move || zones.mark_insync(&id),
             );
         }
         Ok(info)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::target_group::TargetGroup;
+use crate::target_group::{interleave, TargetGroup};
 
 #[derive(Debug)]
 pub enum Action {
@@ -38,26 +38,6 @@ impl Forward {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
         self.sequence.get(i)
     }
-}
-
-/// Repeats each item `weight` times, spreading the copies evenly (smooth weighted round robin,
-/// computed once at build time so that the hot path is one atomic increment).
-pub fn interleave<T: Clone>(items: Vec<(T, u32)>) -> Vec<T> {
-    let total: i64 = items.iter().map(|(_, w)| *w as i64).sum();
-    let mut current: Vec<i64> = vec![0; items.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, (_, w)) in items.iter().enumerate() {
-            current[i] += *w as i64;
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        out.push(items[best].0.clone());
-    }
-    out
 }
 
 /// A redirect with ALB-style placeholders.

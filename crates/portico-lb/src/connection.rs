@@ -18,7 +18,7 @@ use crate::body::RequestBody;
 use crate::h1;
 use crate::idle::{Activity, IdleIo};
 use crate::proxy::{handle, ConnCtx};
-use crate::server::LoadBalancer;
+use crate::serving::Serving;
 use crate::snapshot::Listener;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ enum Mode {
 }
 
 pub async fn serve(
-    lb: Arc<LoadBalancer>,
+    lb: Arc<Serving>,
     listener: Arc<Listener>,
     generation: u64,
     stream: TcpStream,

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::RequestBody;
 use crate::proxy::{handle, ConnCtx, ProxyBody};
+use crate::wire::{put_chunk_size, put_header};
 use Outcome::Closed;
 
 /// As many request headers as hyper accepts by default.
@@ -405,29 +406,6 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> io::Resu
         out.clear();
     }
     Ok(())
-}
-
-/// One `name: value` header line (the upstream client writes its request heads with it too).
-pub(crate) fn put_header(out: &mut impl BufMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
-}
-
-/// A chunk's size line (`1f4\r\n`), without formatting a string.
-pub(crate) fn put_chunk_size(out: &mut impl BufMut, n: usize) {
-    let (mut digits, mut i, mut n) = ([0u8; 16], 16, n);
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
-    out.put_slice(b"\r\n");
 }
 
 /// The `date` header, formatted once a second per thread (as hyper and nginx cache it).

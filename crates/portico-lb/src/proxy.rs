@@ -22,6 +22,7 @@ use crate::rule::RequestFacts;
 use crate::snapshot::{canonical_ip, Listener};
 use crate::target_group::{OutstandingGuard, TargetGroup};
 use crate::upstream::{self, BoxError, SendError};
+use crate::wire::HOP_BY_HOP;
 
 pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 pub type ProxyBody = LoggedBody<BoxBody>;
@@ -42,7 +43,7 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub activity: Activity,
-    pub lb: Arc<crate::LoadBalancer>,
+    pub lb: Arc<crate::serving::Serving>,
     pub metrics: Arc<crate::metrics::ListenerMetrics>,
     /// The client's address and the local port as header values, made once per connection.
     pub peer_ip_header: HeaderValue,
@@ -56,18 +57,6 @@ impl ConnCtx {
         (ip, HeaderValue::from(local.port()))
     }
 }
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
 
 pub async fn handle(
     ctx: &ConnCtx,

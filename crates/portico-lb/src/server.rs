@@ -12,33 +12,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LbConfig;
+pub use crate::serving::Http01Responder;
+use crate::serving::Serving;
 use crate::snapshot::{Listener, Snapshot};
 use crate::target_group::{health_check, TargetRegistry};
 use crate::tls::CertStore;
 use crate::workers::{self, Workers};
 use portico_config::{path, ConfigIssue};
 
-/// Answers ACME HTTP-01 challenges: the key authorization for a token, if one is pending.
-/// The certificate manager implements it; the load balancer only serves it.
-///
-/// The answer is a future because a cluster node may have to ask the shared store for a token
-/// another node published; the load balancer's worker must not block on that.
-pub trait Http01Responder: Send + Sync {
-    fn key_authorization<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + 'a>>;
-}
-
 /// The load balancer of one Portico process.
 pub struct LoadBalancer {
-    snapshot: ArcSwap<Snapshot>,
+    /// What connections read (snapshot, generation, HTTP-01, counters).
+    serving: Arc<Serving>,
     certs: Arc<CertStore>,
     registry: TargetRegistry,
     acceptors: Mutex<HashMap<BindKey, Acceptor>>,
@@ -49,14 +39,9 @@ pub struct LoadBalancer {
     connections: TaskTracker,
     apply_lock: tokio::sync::Mutex<()>,
     workers: Workers,
-    http01: arc_swap::ArcSwapOption<Box<dyn Http01Responder>>,
     /// Targets removed from their group (deregistered) with requests still in flight: no new
     /// requests reach them; they are reported as draining until the last one finishes.
     drained_targets: Mutex<Vec<(String, SocketAddr, Arc<crate::target_group::TargetState>)>>,
-    metrics: crate::metrics::LbMetrics,
-    /// Bumped after every snapshot swap: a connection whose listener came from the current
-    /// generation uses it as is, without a lookup and an `Arc` clone per request.
-    generation: std::sync::atomic::AtomicU64,
 }
 
 /// What identifies a listening socket across reloads: its address, and for port 0 (a port the
@@ -96,10 +81,7 @@ impl LoadBalancer {
     /// An idle load balancer serving nothing, publishing certificates through `certs`.
     pub fn new(certs: Arc<CertStore>) -> Arc<Self> {
         Arc::new(LoadBalancer {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                listeners: Vec::new(),
-                target_groups: HashMap::new(),
-            }),
+            serving: Arc::new(Serving::new()),
             certs,
             registry: TargetRegistry::default(),
             acceptors: Mutex::default(),
@@ -108,10 +90,7 @@ impl LoadBalancer {
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             apply_lock: tokio::sync::Mutex::new(()),
-            http01: arc_swap::ArcSwapOption::empty(),
             drained_targets: Mutex::default(),
-            metrics: Default::default(),
-            generation: Default::default(),
             workers: Workers::start(workers::default_count())
                 .expect("cannot start worker threads (is the process out of threads?)"),
         })
@@ -119,23 +98,17 @@ impl LoadBalancer {
 
     /// Serves HTTP-01 challenges from `responder` on every HTTP listener.
     pub fn set_http01_responder(&self, responder: Box<dyn Http01Responder>) {
-        self.http01.store(Some(Arc::new(responder)));
-    }
-
-    /// The key authorization for an HTTP-01 token, if one is pending.
-    pub(crate) async fn http01(&self, token: &str) -> Option<String> {
-        let responder = self.http01.load_full()?;
-        responder.key_authorization(token).await
+        self.serving.http01.store(Some(Arc::new(responder)));
     }
 
     /// Counters of one listener (kept by name across reloads).
     pub fn listener_metrics(&self, listener: &str) -> Arc<crate::metrics::ListenerMetrics> {
-        self.metrics.listener(listener)
+        self.serving.listener_metrics(listener)
     }
 
     /// Appends the load balancer's metrics in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
-        self.metrics.render(out, &self.registry.all());
+        self.serving.metrics.render(out, &self.registry.all());
         use std::fmt::Write;
         let _ = writeln!(
             out,
@@ -159,7 +132,7 @@ impl LoadBalancer {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.serving.snapshot.load_full()
     }
 
     /// Validates `config` and, if it is valid and every new address can be bound, serves it.
@@ -214,8 +187,7 @@ impl LoadBalancer {
         }
 
         let snapshot = Arc::new(built.snapshot);
-        let old = self.snapshot.swap(snapshot.clone());
-        self.generation.fetch_add(1, Ordering::Release);
+        let old = self.serving.swap(snapshot.clone());
         {
             let mut draining = lock(&self.drained_targets);
             for (name, g) in &old.target_groups {
@@ -273,7 +245,7 @@ impl LoadBalancer {
 
     /// The addresses a listener actually listens on (the kernel's port when the config says 0).
     pub fn local_addrs(&self, listener: &str) -> Vec<SocketAddr> {
-        let snapshot = self.snapshot.load();
+        let snapshot = self.serving.snapshot.load();
         let Some(l) = snapshot.listener(listener) else {
             return Vec::new();
         };
@@ -286,7 +258,7 @@ impl LoadBalancer {
 
     /// Health of each target of a group, in configuration order.
     pub fn target_health(&self, group: &str) -> Vec<TargetHealth> {
-        let snapshot = self.snapshot.load();
+        let snapshot = self.serving.snapshot.load();
         snapshot
             .target_groups
             .get(group)
@@ -342,7 +314,7 @@ impl LoadBalancer {
     }
 
     fn listener_for(&self, key: &BindKey) -> Option<Arc<Listener>> {
-        let snapshot = self.snapshot.load();
+        let snapshot = self.serving.snapshot.load();
         match &key.listener {
             Some(name) => snapshot.listener(name).cloned(),
             None => snapshot
@@ -351,15 +323,6 @@ impl LoadBalancer {
                 .find(|l| l.binds.contains(&key.addr))
                 .cloned(),
         }
-    }
-
-    /// The snapshot generation (see the field).
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn listener_named(&self, name: &str) -> Option<Arc<Listener>> {
-        self.snapshot.load().listener(name).cloned()
     }
 }
 
@@ -404,7 +367,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let generation = lb.generation();
+        let generation = lb.serving.generation();
         let Some(listener) = lb.listener_for(&key) else {
             continue;
         };
@@ -424,13 +387,12 @@ async fn accept_loop(
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let lb2 = lb.clone();
+        let (serving, draining) = (lb.serving.clone(), lb.draining.clone());
         let conn = lb.connections.track_future(async move {
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
-            let draining = lb2.draining.clone();
-            crate::connection::serve(lb2, listener, generation, stream, peer, draining).await;
+            crate::connection::serve(serving, listener, generation, stream, peer, draining).await;
             drop(slot);
         });
         lb.workers.next().spawn(conn);

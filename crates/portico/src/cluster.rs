@@ -21,7 +21,7 @@ use portico_dns::zones::{PersistError, ZoneGuard};
 use portico_store::{mode_for, LocalDir, Store};
 
 /// What nodes share (keys under these prefixes).
-const SHARED: [&str; 5] = [
+pub(crate) const SHARED: [&str; 5] = [
     "certificates/",
     "acme/accounts/",
     "ca/",
@@ -332,72 +332,8 @@ fn serial_ge(a: u32, b: u32) -> bool {
     a == b || (a.wrapping_sub(b) as i32) > 0
 }
 
-/// Follows the shared store until `stop`: brings other nodes' writes in and tells the parts,
-/// and pushes this node's own.
-pub async fn follow(
-    cluster: Arc<Cluster>,
-    core: Arc<crate::server::Core>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut watched = SHARED.to_vec();
-    watched.push(portico_certs::challenge::SHARED_TLS_ALPN01);
-    let mut woken = cluster.store.watch(&watched);
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let beat = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => true,
-            Some(()) = changed(woken.as_mut()) => false,
-        };
-        let (c, certs) = (cluster.clone(), core.certs.clone());
-        let Ok(arrived) = tokio::task::spawn_blocking(move || {
-            if let Err(e) = certs.mirror_challenges() {
-                tracing::debug!(error = %e, "cannot read the shared TLS-ALPN-01 challenges");
-            }
-            c.pull()
-        })
-        .await
-        else {
-            continue;
-        };
-        for z in &arrived.zones {
-            if let Ok(mut origin) = hickory_proto::rr::Name::from_ascii(z) {
-                origin.set_fqdn(true);
-                if let Err(e) = core.zones.reload_stored(&origin.to_lowercase()).await {
-                    tracing::warn!(zone = %z, error = %e, "cannot serve the zone another node stored");
-                }
-            }
-        }
-        for name in &arrived.certificates {
-            core.certs.refresh(name);
-        }
-        if arrived.runtime {
-            core.reload_runtime().await;
-        }
-        // The heartbeat carries the served serials, so a zone that just arrived is reported at
-        // once (a change is INSYNC when every node's heartbeat has its serial).
-        if !beat && arrived.zones.is_empty() {
-            continue;
-        }
-        let serials: HashMap<String, u32> = core
-            .zones
-            .catalog()
-            .zones
-            .iter()
-            .map(|(n, z)| (n.to_string(), z.serial()))
-            .collect();
-        let c = cluster.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            c.push();
-            c.heartbeat(&serials);
-        })
-        .await;
-    }
-}
-
 /// Resolves when the store's change signal fires; never when there is none (or it closed).
-async fn changed(rx: Option<&mut tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+pub(crate) async fn changed(rx: Option<&mut tokio::sync::watch::Receiver<u64>>) -> Option<()> {
     match rx {
         Some(rx) => match rx.changed().await {
             Ok(()) => Some(()),

@@ -1,10 +1,11 @@
-//! The state store the config names: the state directory, or etcd (`[store]`, feature `etcd`);
-//! and `portico store migrate`, which copies one into the other.
+//! The state store the config names: the state directory, or etcd (`[store]`, feature `etcd`).
+//! `portico store migrate` (cli/store.rs) copies one into the other.
 
 use std::path::Path;
 
+#[cfg(feature = "etcd")]
 use anyhow::Context;
-use portico_store::{LocalDir, Store};
+use portico_store::Store;
 
 use crate::config::{PorticoConfig, StoreConfig};
 
@@ -45,42 +46,4 @@ fn connect(_: &StoreConfig, _: &Path) -> anyhow::Result<Box<dyn Store>> {
     anyhow::bail!(
         "this build of portico has no etcd support: build with `--features etcd` (needs protoc: apt-get install protobuf-compiler)"
     )
-}
-
-/// Which way `portico store migrate` copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Direction {
-    /// From the state directory into the configured etcd.
-    Etcd,
-    /// From the configured etcd into the state directory.
-    Dir,
-}
-
-pub fn migrate(config_path: &Path, to: Direction) -> anyhow::Result<()> {
-    let source = crate::config::Source::read(config_path)?;
-    let config = source.parse()?;
-    let shared = shared(&config, &source.base_dir())?.with_context(|| {
-        format!(
-            "{}: no [store] section names the etcd to migrate {}",
-            config_path.display(),
-            if to == Direction::Etcd {
-                "into"
-            } else {
-                "from"
-            }
-        )
-    })?;
-    let dir = LocalDir::new(&config.state_dir);
-    let (from, into): (&dyn Store, &dyn Store) = match to {
-        Direction::Etcd => (&dir, shared.as_ref()),
-        Direction::Dir => (shared.as_ref(), &dir),
-    };
-    let n = portico_store::migrate(from, into)
-        .with_context(|| format!("copying {} into {}", from.describe(), into.describe()))?;
-    println!(
-        "copied {n} keys from {} into {}",
-        from.describe(),
-        into.describe()
-    );
-    Ok(())
 }

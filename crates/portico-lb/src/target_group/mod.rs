@@ -62,7 +62,7 @@ impl TargetGroup {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
-        let sequence = crate::action::interleave(
+        let sequence = interleave(
             targets
                 .iter()
                 .enumerate()
@@ -131,7 +131,7 @@ pub struct TargetState {
     passive_failures: AtomicU32,
     reason: Mutex<String>,
     /// Responses this target gave, by status class (for `/metrics`).
-    pub responses: crate::metrics::ByClass,
+    pub responses: crate::counters::ByClass,
 }
 
 impl TargetState {
@@ -257,6 +257,26 @@ impl TargetRegistry {
         let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|(g, a), _| keep(g, *a));
     }
+}
+
+/// Repeats each item `weight` times, spreading the copies evenly (smooth weighted round robin,
+/// computed once at build time so that the hot path is one atomic increment).
+pub fn interleave<T: Clone>(items: Vec<(T, u32)>) -> Vec<T> {
+    let total: i64 = items.iter().map(|(_, w)| *w as i64).sum();
+    let mut current: Vec<i64> = vec![0; items.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, (_, w)) in items.iter().enumerate() {
+            current[i] += *w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(items[best].0.clone());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
-use crate::h1::{put_chunk_size, put_header};
+use crate::wire::{put_chunk_size, put_header, HOP_BY_HOP};
 pub use body::UpstreamBody;
 use body::{BodyIo, Chunk, Framing};
 pub use pool::Conn;
@@ -175,7 +175,7 @@ fn answer(h: Head, body: UpstreamBody, upgraded: Option<Conn>) -> Answer {
 
 /// Hop-by-hop response headers (RFC 9110 §7.6.1), and Upgrade: never passed on to the client.
 fn is_hop_by_hop(name: &http::HeaderName) -> bool {
-    name == header::UPGRADE || crate::proxy::HOP_BY_HOP.contains(name)
+    name == header::UPGRADE || HOP_BY_HOP.contains(name)
 }
 
 /// Writes the request line, the headers and the framing header the body needs.

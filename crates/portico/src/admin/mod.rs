@@ -5,7 +5,6 @@
 //! batches, certificates, listeners and targets through [`Core::change_runtime`], which merges
 //! them with the config file, validates the whole, applies it and persists it before answering.
 
-pub mod client;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -24,8 +23,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminConfig, ConfigError};
+use crate::node::{Core, RuntimeChangeError};
 use crate::runtime::Runtime;
-use crate::server::Core;
 
 pub const TOKEN_FILE: &str = "admin.token";
 const OPENAPI: &str = include_str!("openapi.json");
@@ -91,6 +90,17 @@ impl ApiError {
     }
 }
 
+impl From<RuntimeChangeError<ApiError>> for ApiError {
+    fn from(e: RuntimeChangeError<ApiError>) -> Self {
+        match e {
+            RuntimeChangeError::Edit(e) => e,
+            RuntimeChangeError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            RuntimeChangeError::Config(e) => ApiError::config(e),
+            RuntimeChangeError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.error });
@@ -102,6 +112,15 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// Where `serve` writes the URL its admin API really listens on, for the CLI.
+pub const URL_FILE: &str = "admin.url";
+
+/// Writes the URL the admin API really listens on, for the CLI (removed when serve stops).
+pub fn write_url(state_dir: &Path, addr: std::net::SocketAddr, tls: bool) {
+    let url = format!("{}://{addr}\n", if tls { "https" } else { "http" });
+    let _ = portico_config::files::write_atomic(&state_dir.join(URL_FILE), url.as_bytes(), 0o644);
+}
 
 /// The token from the state directory, made (0600) on first start.
 pub fn token(state_dir: &Path) -> std::io::Result<String> {

@@ -1,0 +1,71 @@
+//! Cluster mode: what another node changed in the shared store reaches this node's parts (zones,
+//! certificates, the API's additions).
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use std::collections::HashMap;
+
+use crate::cluster::{changed, Cluster, POLL, SHARED};
+use crate::node::Core;
+
+/// Follows the shared store until `stop`: brings other nodes' writes in and tells the parts,
+/// and pushes this node's own.
+pub async fn follow(cluster: Arc<Cluster>, core: Arc<Core>, stop: CancellationToken) {
+    let mut watched = SHARED.to_vec();
+    watched.push(portico_certs::challenge::SHARED_TLS_ALPN01);
+    let mut woken = cluster.store.watch(&watched);
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let beat = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => true,
+            Some(()) = changed(woken.as_mut()) => false,
+        };
+        let (c, certs) = (cluster.clone(), core.certs.clone());
+        let Ok(arrived) = tokio::task::spawn_blocking(move || {
+            if let Err(e) = certs.mirror_challenges() {
+                tracing::debug!(error = %e, "cannot read the shared TLS-ALPN-01 challenges");
+            }
+            c.pull()
+        })
+        .await
+        else {
+            continue;
+        };
+        for z in &arrived.zones {
+            if let Ok(mut origin) = hickory_proto::rr::Name::from_ascii(z) {
+                origin.set_fqdn(true);
+                if let Err(e) = core.zones.reload_stored(&origin.to_lowercase()).await {
+                    tracing::warn!(zone = %z, error = %e, "cannot serve the zone another node stored");
+                }
+            }
+        }
+        for name in &arrived.certificates {
+            core.certs.refresh(name);
+        }
+        if arrived.runtime {
+            core.reload_runtime().await;
+        }
+        // The heartbeat carries the served serials, so a zone that just arrived is reported at
+        // once (a change is INSYNC when every node's heartbeat has its serial).
+        if !beat && arrived.zones.is_empty() {
+            continue;
+        }
+        let serials: HashMap<String, u32> = core
+            .zones
+            .catalog()
+            .zones
+            .iter()
+            .map(|(n, z)| (n.to_string(), z.serial()))
+            .collect();
+        let c = cluster.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            c.push();
+            c.heartbeat(&serials);
+        })
+        .await;
+    }
+}

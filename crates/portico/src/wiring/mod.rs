@@ -1,0 +1,6 @@
+//! How the parts are connected to each other inside one process, apart from the serving core
+//! that composes them (`server.rs`).
+
+pub mod dns01;
+pub mod follow;
+pub mod listeners;
