@@ -10,9 +10,9 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{json, Value};
 
-use super::super::support::{get, send, Backend};
-use super::super::{free_port, Proc};
-use super::AdminEnv;
+use crate::common::admin::AdminEnv;
+use crate::common::support::{get, send, Backend};
+use crate::common::{free_port, Proc};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 

@@ -1,11 +1,15 @@
-//! Cluster mode on a real etcd (Debian's etcd-server) started by the tests on loopback.
+//! Cluster mode on a real etcd (Debian's etcd-server) started by the tests on loopback (feature
+//! `etcd`).
+#![cfg(feature = "etcd")]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::support::TempDir;
-use super::{free_port, run, Proc};
+use common::support::{self, TempDir};
+use common::{free_port, run, Proc};
 
 /// An etcd on loopback with its own data directory, killed when the test ends.
 pub struct EtcdProc {
@@ -113,7 +117,7 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_migrate_copies_a_state_directory_into_etcd_and_back_unchanged() {
     let etcd = start_etcd();
-    let env = super::admin::AdminEnv::start("migrate").await;
+    let env = common::admin::AdminEnv::start("migrate").await;
     // Some state worth keeping: an API record change, an internal certificate, a registered target.
     let (s, _) = env
         .call(
@@ -135,12 +139,12 @@ async fn store_migrate_copies_a_state_directory_into_etcd_and_back_unchanged() {
         .dir
         .path()
         .join("state/certificates/live/m/fullchain.pem");
-    super::support::eventually("the certificate is issued", Duration::from_secs(30), || {
+    support::eventually("the certificate is issued", Duration::from_secs(30), || {
         let exists = live.exists();
         async move { exists }
     })
     .await;
-    let super::admin::AdminEnv {
+    let common::admin::AdminEnv {
         dir,
         config,
         mut server,
@@ -252,7 +256,7 @@ struct Node {
 impl Node {
     /// Node `n` (1..=3) from the single-node config of `env`: its own loopback address, state
     /// directory and admin API, the shared store.
-    fn configure(env: &super::AcmeEnv, n: u8, etcd: &str) -> Node {
+    fn configure(env: &common::AcmeEnv, n: u8, etcd: &str) -> Node {
         let text = std::fs::read_to_string(&env.config).unwrap();
         let ip = format!("127.0.0.{n}");
         let state = env.dir.path().join(format!("node{n}"));
@@ -326,7 +330,7 @@ impl Node {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        super::admin::call(self.admin, Some(&self.token), method, path, body).await
+        common::admin::call(self.admin, Some(&self.token), method, path, body).await
     }
 
     fn output(&self) -> String {
@@ -378,7 +382,7 @@ async fn wait_dig(nodes: &[Node], port: u16, name: &str, want: &str) {
     for n in nodes {
         let ip = n.ip;
         let (name, want) = (name.to_string(), want.to_string());
-        super::support::eventually(
+        support::eventually(
             &format!("{name} answers {want} on {ip}"),
             Duration::from_secs(10),
             || {
@@ -396,7 +400,7 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     let mut etcd = start_etcd();
     // tls-alpn-01 here (http-01 in the lock test below): the name points at node 2, and the
     // handshake cannot wait for the store, so node 2 answers from the challenge it mirrored.
-    let env = super::acme_env_full(
+    let env = common::acme_env_full(
         "",
         &[],
         r#"challenge = "tls-alpn-01""#,
@@ -417,17 +421,17 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
         let addr = std::net::SocketAddr::new(n.ip, env.https);
         let client = client.clone();
         let out = n.output();
-        super::support::eventually(
+        support::eventually(
             &format!("{} serves the certificate", n.ip),
             Duration::from_secs(120),
             || {
                 let client = client.clone();
                 async move {
-                    super::support::send_tls(
+                    support::send_tls(
                         addr,
                         "app.example.test",
                         client,
-                        super::support::request("GET", "app.example.test", "/"),
+                        support::request("GET", "app.example.test", "/"),
                     )
                     .await
                     .is_ok_and(|r| r.status == 200)
@@ -470,7 +474,7 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
             n.ip, env.http
         );
         let tls = std::net::SocketAddr::new(n.ip, env.https);
-        super::support::eventually(
+        support::eventually(
             &format!("{} answers both shared challenges", n.ip),
             Duration::from_secs(10),
             || {
@@ -488,7 +492,7 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     );
     for n in &nodes {
         let tls = std::net::SocketAddr::new(n.ip, env.https);
-        super::support::eventually(
+        support::eventually(
             &format!("{} stops answering the removed challenge", n.ip),
             Duration::from_secs(10),
             || {
@@ -512,13 +516,13 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     // INSYNC once every live node serves the new serial.
     let id = v["id"].as_str().unwrap().to_string();
     let (admin, token) = (nodes[0].admin, nodes[0].token.clone());
-    super::support::eventually(
+    support::eventually(
         "the change is INSYNC on every node",
         Duration::from_secs(10),
         || {
             let (token, id) = (token.clone(), id.clone());
             async move {
-                let (_, c) = super::admin::call(
+                let (_, c) = common::admin::call(
                     admin,
                     Some(&token),
                     "GET",
@@ -576,13 +580,13 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     assert_eq!(s, 200, "{v}");
     for n in &nodes[..2] {
         let (admin, token) = (n.admin, n.token.clone());
-        super::support::eventually(
+        support::eventually(
             "the registration reaches every node",
             Duration::from_secs(10),
             || {
                 let token = token.clone();
                 async move {
-                    let (_, g) = super::admin::call(
+                    let (_, g) = common::admin::call(
                         admin,
                         Some(&token),
                         "GET",
@@ -614,11 +618,11 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     while Instant::now() < end {
         for n in &nodes {
             let addr = std::net::SocketAddr::new(n.ip, env.https);
-            let r = super::support::send_tls(
+            let r = support::send_tls(
                 addr,
                 "app.example.test",
                 client.clone(),
-                super::support::request("GET", "app.example.test", "/"),
+                support::request("GET", "app.example.test", "/"),
             )
             .await;
             assert!(
@@ -675,10 +679,10 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
     // etcd back (same data): a change made afterwards reaches every node.
     etcd.start();
     let (admin, token) = (nodes[2].admin, nodes[2].token.clone());
-    super::support::eventually("changes are accepted again", Duration::from_secs(30), || {
+    support::eventually("changes are accepted again", Duration::from_secs(30), || {
         let token = token.clone();
         async move {
-            let (s, _) = super::admin::call(
+            let (s, _) = common::admin::call(
                 admin,
                 Some(&token),
                 "POST",
@@ -700,7 +704,7 @@ async fn three_nodes_on_etcd_order_once_share_zones_and_survive_an_etcd_outage()
 async fn a_node_that_dies_holding_the_order_lock_is_replaced_after_its_lease() {
     let etcd = start_etcd();
     // Validation takes a moment (Pebble's VA sleeps up to 3 s), so the order is caught mid-way.
-    let env = super::acme_env_full(
+    let env = common::acme_env_full(
         "",
         &[("PEBBLE_VA_NOSLEEP", "0"), ("PEBBLE_VA_SLEEPTIME", "3")],
         "",
@@ -758,10 +762,10 @@ async fn a_node_that_dies_holding_the_order_lock_is_replaced_after_its_lease() {
     // As an operator would: the name points at a live node (the CA validates there).
     let live = nodes.iter().find(|n| n.proc.is_some()).unwrap();
     let (admin, token, ip) = (live.admin, live.token.clone(), live.ip);
-    super::support::eventually("the name points at a live node", Duration::from_secs(20), || {
+    support::eventually("the name points at a live node", Duration::from_secs(20), || {
         let token = token.clone();
         async move {
-            let (s, _) = super::admin::call(
+            let (s, _) = common::admin::call(
                 admin,
                 Some(&token),
                 "POST",
@@ -779,17 +783,17 @@ async fn a_node_that_dies_holding_the_order_lock_is_replaced_after_its_lease() {
     for n in nodes.iter().filter(|n| n.proc.is_some()) {
         let addr = std::net::SocketAddr::new(n.ip, env.https);
         let client = client.clone();
-        super::support::eventually(
+        support::eventually(
             &format!("{} serves the certificate after the holder died", n.ip),
             Duration::from_secs(120),
             || {
                 let client = client.clone();
                 async move {
-                    super::support::send_tls(
+                    support::send_tls(
                         addr,
                         "app.example.test",
                         client,
-                        super::support::request("GET", "app.example.test", "/"),
+                        support::request("GET", "app.example.test", "/"),
                     )
                     .await
                     .is_ok_and(|r| r.status == 200)

@@ -1,162 +1,22 @@
 //! The admin API, its CLI and `/metrics` against a real `portico serve`, with `dig` as the DNS
 //! client; and the web console driven in Debian's headless Chromium through ChromeDriver.
 
+#[path = "admin/browser.rs"]
+mod browser;
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use serde_json::{json, Value};
 
-mod browser;
-
-use super::support::{eventually, get, send, Backend, TempDir};
-use super::{free_port, run, Proc};
-
-/// A running server with its admin API.
-pub struct AdminEnv {
-    pub dir: TempDir,
-    pub config: PathBuf,
-    pub server: Proc,
-    pub admin: SocketAddr,
-    pub token: String,
-    pub http: u16,
-    pub dns: u16,
-}
-
-pub fn admin_config(dir: &Path, http: u16, dns: u16) -> String {
-    format!(
-        r#"state_dir = "{state}"
-shutdown_timeout = "5s"
-[admin]
-listen = "127.0.0.1:0"
-[dns]
-listen = ["127.0.0.1:{dns}"]
-[[zone]]
-name = "example.test"
-nameservers = ["ns1.example.test."]
-[[zone.record]]
-name = "ns1"
-type = "A"
-values = ["127.0.0.1"]
-[[target_group]]
-name = "web"
-targets = []
-[target_group.health_check]
-path = "/health"
-interval = "1s"
-timeout = "500ms"
-healthy_threshold = 1
-unhealthy_threshold = 1
-[[listener]]
-name = "http"
-bind = "127.0.0.1:{http}"
-protocol = "http"
-default_action = {{ forward = "web" }}
-"#,
-        state = dir.join("state").display(),
-    )
-}
-
-impl AdminEnv {
-    pub async fn start(tag: &str) -> AdminEnv {
-        let dir = TempDir::new(tag);
-        let (http, dns) = (free_port(), free_port());
-        let config = dir.path().join("portico.toml");
-        std::fs::write(&config, admin_config(dir.path(), http, dns)).unwrap();
-        let (server, admin, token) = serve(&config, dir.path()).await;
-        AdminEnv {
-            dir,
-            config,
-            server,
-            admin,
-            token,
-            http,
-            dns,
-        }
-    }
-
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        call(self.admin, Some(&self.token), method, path, body).await
-    }
-
-    pub fn dig(&self, name: &str, rtype: &str) -> String {
-        dig(self.dns, name, rtype)
-    }
-}
-
-/// Starts `portico serve` and waits for its admin API (the URL file it writes).
-pub async fn serve(config: &Path, dir: &Path) -> (Proc, SocketAddr, String) {
-    let url_file = dir.join("state/admin.url");
-    let _ = std::fs::remove_file(&url_file);
-    let mut server = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !url_file.exists() {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("portico serve exited ({status}):\n{}", server.output());
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no admin API after 30 s:\n{}",
-            server.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let url = std::fs::read_to_string(&url_file).unwrap();
-    let admin: SocketAddr = url.trim().strip_prefix("http://").unwrap().parse().unwrap();
-    let token = std::fs::read_to_string(dir.join("state/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    (server, admin, token)
-}
-
-pub async fn call(
-    admin: SocketAddr,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", admin.to_string());
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let bytes = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Bytes::from(serde_json::to_vec(&b).unwrap())
-        }
-        None => Bytes::new(),
-    };
-    let reply = send(admin, req.body(Full::new(bytes)).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let v = serde_json::from_str(&reply.body).unwrap_or(Value::String(reply.body));
-    (reply.status, v)
-}
-
-pub fn dig(port: u16, name: &str, rtype: &str) -> String {
-    let out = std::process::Command::new("dig")
-        .args([
-            "+short",
-            "+time=2",
-            "+tries=1",
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            name,
-            rtype,
-        ])
-        .output()
-        .expect("dig is missing: apt-get install bind9-dnsutils (scripts/test installs it)");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use common::admin::*;
+use common::support::{self, eventually, get, Backend, TempDir};
+use common::{free_port, run, Proc};
 
 /// `name{labels} value` from a Prometheus text page (0 when absent).
 fn metric(page: &str, series: &str) -> f64 {
@@ -745,9 +605,9 @@ async fn admin_api_every_route_auth_errors_dns_targets_metrics_and_restart() {
         "the API's listener serves after restart",
         Duration::from_secs(20),
         || async move {
-            super::support::send(
+            support::send(
                 SocketAddr::from(([127, 0, 0, 1], extra)),
-                super::support::request("GET", "x", "/"),
+                support::request("GET", "x", "/"),
             )
             .await
             .is_ok_and(|r| r.body == "from-api")
@@ -794,7 +654,7 @@ async fn admin_api_on_a_public_address_needs_tls_and_serves_it() {
     );
 
     // With cert_file and key_file it serves HTTPS.
-    let ca = super::support::TestCa::new();
+    let ca = support::TestCa::new();
     ca.issue(dir.path(), "admin", &["localhost"]);
     std::fs::write(
         &config,
@@ -829,7 +689,7 @@ async fn admin_api_on_a_public_address_needs_tls_and_serves_it() {
         .header("authorization", format!("Bearer {}", token.trim()))
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let r = super::support::send_tls(addr, "localhost", client.clone(), req)
+    let r = support::send_tls(addr, "localhost", client.clone(), req)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", server.output()));
     assert_eq!((r.status, r.body.as_str()), (200, "[]"));
@@ -838,7 +698,7 @@ async fn admin_api_on_a_public_address_needs_tls_and_serves_it() {
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let r = super::support::send_tls(addr, "localhost", client, req)
+    let r = support::send_tls(addr, "localhost", client, req)
         .await
         .unwrap();
     assert_eq!(r.status, 401);

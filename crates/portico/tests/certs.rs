@@ -1,0 +1,944 @@
+//! Certificates against Pebble (Let's Encrypt's test CA): HTTP-01, TLS-ALPN-01 and DNS-01 (through
+//! Portico's zones, a CNAME into them, RFC 2136 to BIND), the internal CA, renewal, ARI and rate
+//! limits through a fault-injecting proxy, EAB, self-checks that fail fast.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::support::*;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_http01_against_pebble_and_internal_issuer() {
+    // RSA through the ACME path (our own CSR, finalize_csr); the internal one stays ECDSA.
+    let env = acme_env(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "key_type = \"rsa\"\nrsa_key_size = 3072",
+    )
+    .await;
+    let d = env.dir.path();
+    let config = env.config.clone();
+    let mut portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    let live = env.live();
+    eventually(
+        "Pebble issued the ACME certificate",
+        Duration::from_secs(90),
+        || {
+            let f = live.join("app/fullchain.pem");
+            async move { f.exists() }
+        },
+    )
+    .await;
+    eventually(
+        "the internal certificate is issued",
+        Duration::from_secs(20),
+        || {
+            let f = live.join("private/fullchain.pem");
+            async move { f.exists() }
+        },
+    )
+    .await;
+
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
+    let a = env.https();
+    let served = send_tls(
+        a,
+        "app.example.test",
+        client.clone(),
+        request("GET", "app.example.test", "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(served.backend(), "app");
+    // key_type = "rsa": the served leaf carries a 3072-bit RSA key; the private key file is RSA.
+    let leaf = std::fs::read_to_string(live.join("app/cert.pem")).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(leaf.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("openssl is missing: apt-get install openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rsaEncryption") && text.contains("3072 bit"),
+        "{text}"
+    );
+    let internal_leaf = std::fs::read_to_string(live.join("private/cert.pem")).unwrap();
+    assert!(!internal_leaf.is_empty());
+
+    // The internal issuer's certificate chains to the internal root.
+    let internal = client_trusting(&std::fs::read(d.join("state/ca/root.pem")).unwrap());
+    let r = send_tls(
+        a,
+        "private.internal",
+        internal,
+        request("GET", "private.internal", "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+
+    // certbot's layout: numbered archive files, live links, private keys 0600.
+    use std::os::unix::fs::PermissionsExt;
+    assert!(d
+        .join("state/certificates/archive/app/fullchain1.pem")
+        .exists());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&live.join("app/privkey.pem")), 0o600);
+    assert_eq!(mode(&d.join("state/ca/root.key")), 0o600);
+    let account = std::fs::read_dir(d.join("state/acme/accounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(mode(&account.join("account.json")), 0o600);
+
+    let (code, out) = run(&["certs", "list", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("app ") && l.contains("ISSUED") && l.contains("acme")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("private ") && l.contains("ISSUED") && l.contains("internal")),
+        "{out}"
+    );
+    let (code, out) = run(&["certs", "trust", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("state/ca/root.pem"), "{out}");
+    let (code, out) = run(&["certs", "show", "app", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("status:      ISSUED") && out.contains("live/app/fullchain.pem"),
+        "{out}"
+    );
+    let (code, out) = run(&["certs", "show", "nope", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no certificate \"nope\""), "{out}");
+
+    // Restart: the stored certificate is served at once and not ordered again.
+    portico.signal(libc::SIGTERM);
+    let code = tokio::task::spawn_blocking(move || portico.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let again = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    env.wait_served(&client).await;
+    again.wait_output("portico serving").await;
+    assert!(
+        !again.output().contains("obtaining certificate"),
+        "{}",
+        again.output()
+    );
+    assert!(!d
+        .join("state/certificates/archive/app/fullchain2.pem")
+        .exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_renew_under_load_with_hooks_and_bad_nonces() {
+    let hook_log = std::env::temp_dir().join(format!("portico-hook-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&hook_log);
+    // 20-second certificates (renewed at half), and Pebble rejecting 20 % of nonces.
+    let env = acme_env(
+        r#", "certificateValidityPeriod": 20"#,
+        &[("PEBBLE_WFE_NONCEREJECT", "20")],
+        &format!(
+            "deploy_hook = 'echo \"$RENEWED_LINEAGE|$RENEWED_DOMAINS\" >> {}'",
+            hook_log.display()
+        ),
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    let archive = env.dir.path().join("state/certificates/archive/app");
+    eventually("first certificate", Duration::from_secs(90), || {
+        let f = archive.join("fullchain1.pem");
+        async move { f.exists() }
+    })
+    .await;
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
+    let a = env.https();
+    let first = served_leaf(a, client.clone()).await.unwrap();
+
+    // A client loop over fresh TLS connections while the certificate is renewed under it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let looping = {
+        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match send_tls(
+                    a,
+                    "app.example.test",
+                    client.clone(),
+                    request("GET", "app.example.test", "/"),
+                )
+                .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while served_leaf(a, client.clone())
+        .await
+        .is_none_or(|leaf| leaf == first)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the served certificate was not renewed within 90 s:\n{}",
+            portico.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    looping.await.unwrap();
+    assert!(archive.join("fullchain2.pem").exists());
+    assert!(ok.load(std::sync::atomic::Ordering::Relaxed) > 10);
+    assert_eq!(
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "requests failed during renewal"
+    );
+    let hooks = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    let _ = std::fs::remove_file(&hook_log);
+    assert!(
+        hooks.lines().count() >= 2,
+        "deploy hook after issuance and renewal: {hooks}"
+    );
+    assert!(
+        hooks
+            .lines()
+            .all(|l| l.ends_with("certificates/live/app|app.example.test")),
+        "{hooks}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_dns01_with_a_wildcard_through_portico_zones() {
+    // The resolver the self-check asks about the zone's delegation: Portico itself, as the
+    // CA (Pebble, -dnsserver) sees it.
+    let env = acme_env_full(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        r#"challenge = "dns-01""#,
+        r#"["app.example.test", "*.example.test"]"#,
+        r#"resolver = "@DNS@""#,
+    )
+    .await;
+    let (portico, client) = env.serve_until_issued().await;
+    assert!(
+        portico
+            .output()
+            .contains("dns-01 self-check: the zone is delegated to Portico"),
+        "{}",
+        portico.output()
+    );
+    // Progress names each nameserver as it answers the record.
+    assert!(
+        portico.output().contains(&format!(
+            "nameserver 127.0.0.1:{} answers _acme-challenge.example.test. (1 of 1)",
+            env.dns
+        )),
+        "{}",
+        portico.output()
+    );
+    // The wildcard covers any name in the zone.
+    let a = env.https();
+    let r = send_tls(
+        a,
+        "anything.example.test",
+        client,
+        request("GET", "anything.example.test", "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let out = portico.output();
+    assert!(
+        out.contains("dns-01: TXT record served by every nameserver"),
+        "{out}"
+    );
+    // The challenge records are cleaned up afterwards.
+    let (code, zone) = run(&[
+        "zones",
+        "export",
+        "example.test",
+        "-c",
+        env.config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{zone}");
+    assert!(!zone.contains("_acme-challenge"), "{zone}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_tls_alpn01_on_the_https_listener() {
+    let env = acme_env(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        r#"challenge = "tls-alpn-01""#,
+    )
+    .await;
+    let (_portico, client) = env.serve_until_issued().await;
+    // Without a challenge in flight, acme-tls/1 gets no certificate at all.
+    let acme_only = {
+        let mut c = (*client).clone();
+        c.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+        Arc::new(c)
+    };
+    assert!(tls_connect(env.https(), "app.example.test", acme_only)
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_unreachable_then_back_fails_cleanly_and_recovers() {
+    let mut env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    env.stop_pebble();
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    portico.wait_output("certificate request failed").await;
+    // Nothing half-written: no lineage until a certificate exists; the failure is recorded.
+    assert!(!env.live().join("app").exists());
+    let (code, out) = run(&["certs", "list", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("app ") && l.contains("FAILED")),
+        "{out}"
+    );
+    assert!(out.contains("last error:"), "{out}");
+    // The CA comes back: the retry (exponential backoff from 10 s) succeeds by itself.
+    env.start_pebble().await;
+    wait_file(
+        &env.live().join("app/fullchain.pem"),
+        Duration::from_secs(60),
+        "not issued after the CA came back",
+        &portico,
+    )
+    .await;
+    let client = env.pebble_client().await;
+    env.wait_served(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_check_fails_fast_naming_the_record_that_points_elsewhere() {
+    let env = acme_env_for(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "",
+        r#"["elsewhere.example.test"]"#,
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    portico.wait_output("certificate request failed").await;
+    let (code, out) = run(&["certs", "list", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("app ") && l.contains("FAILED")),
+        "{out}"
+    );
+    assert!(
+        out.contains("self-check: elsewhere.example.test has the A record 127.0.0.2"),
+        "the reason names the record: {out}"
+    );
+    assert!(
+        !portico.output().contains("ACME account created"),
+        "no order placed: {}",
+        portico.output()
+    );
+}
+
+/// dns-01 for a zone whose public delegation names other nameservers (the registrar's, here a
+/// second Portico answering for example.test with its own NS set): the self-check refuses
+/// before any order, naming the nameservers the CA would ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_self_check_fails_fast_when_the_zone_is_delegated_elsewhere() {
+    let registrar = TempDir::new("registrar");
+    let registrar_dns = free_port();
+    let registrar_config = registrar.path().join("registrar.toml");
+    std::fs::write(
+        &registrar_config,
+        format!(
+            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{registrar_dns}\"]\n\
+             [[zone]]\nname = \"example.test\"\nnameservers = [\"ns1.registrar.test\", \"ns2.registrar.test\"]\n",
+            registrar.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let registrar_proc = Proc::spawn(&["serve", "-c", registrar_config.to_str().unwrap()]);
+    registrar_proc.wait_output("portico serving").await;
+    let env = acme_env_full(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        r#"challenge = "dns-01""#,
+        r#"["app.example.test"]"#,
+        &format!("resolver = \"127.0.0.1:{registrar_dns}\""),
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    portico.wait_output("certificate request failed").await;
+    let (code, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(
+        out.contains("example.test. is delegated to ns1.registrar.test., ns2.registrar.test.")
+            && out.contains("set the zone's NS records at the registrar"),
+        "the reason names the nameservers the CA would ask: {out}"
+    );
+    assert!(
+        !portico.output().contains("order created"),
+        "no order placed: {}",
+        portico.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_with_a_ca_that_requires_it() {
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let env = acme_env_full(
+        &format!(r#", "externalAccountBindingRequired": true, "externalAccountMACKeys": {{"kid-1": "{key}"}}"#),
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "",
+        r#"["app.example.test"]"#,
+        &format!("eab_kid = \"kid-1\"\neab_hmac_key = \"{key}\""),
+    )
+    .await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    wait_file(
+        &env.live().join("app/fullchain.pem"),
+        Duration::from_secs(60),
+        "not issued with EAB",
+        &portico,
+    )
+    .await;
+    // Without the binding the CA's problem document is what the user sees.
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("eab_kid = \"kid-1\"\n", "")
+        .replace(&format!("eab_hmac_key = \"{key}\""), "");
+    let other = TempDir::new("noeab");
+    let config = other.path().join("portico.toml");
+    let state = env.dir.path().join("state").display().to_string();
+    let moved = text
+        .replace(&state, &other.path().join("state").display().to_string())
+        .replace(
+            "ca.pem",
+            &env.dir.path().join("ca.pem").display().to_string(),
+        );
+    std::fs::write(&config, moved).unwrap();
+    drop(portico);
+    let p2 = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    p2.wait_output("certificate request failed").await;
+    let (_, out) = run(&["certs", "list", "-c", config.to_str().unwrap()]);
+    assert!(
+        out.contains("externalAccountRequired"),
+        "the CA's problem type is shown: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_dns01_through_rfc2136_to_a_bind_primary() {
+    let dir = TempDir::new("rfc2136");
+    let d = dir.path();
+    let secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
+    let (bind_port, acme, mgmt, http, https) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    // BIND: the primary for example.test, accepting updates signed with the key.
+    std::fs::write(
+        d.join("example.test.db"),
+        "$TTL 60\n@ SOA ns1.example.test. hostmaster.example.test. 1 60 60 600 60\n@ NS ns1.example.test.\nns1 A 127.0.0.1\napp A 127.0.0.1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("named.conf"),
+        format!(
+            r#"key "certbot" {{ algorithm hmac-sha256; secret "{secret}"; }};
+options {{ directory "{d}"; pid-file "{d}/named.pid"; listen-on port {bind_port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }}; recursion no; dnssec-validation no; notify no; allow-query {{ any; }}; }};
+zone "example.test" {{ type primary; file "{d}/example.test.db"; allow-update {{ key "certbot"; }}; }};
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let _bind = start_bind(&d.join("named.conf"), bind_port).await;
+    // Pebble resolves through BIND.
+    let ca = TestCa::new();
+    ca.issue(d, "pebble", &["localhost", "127.0.0.1"]);
+    std::fs::write(d.join("ca.pem"), pem_of(&ca.der)).unwrap();
+    std::fs::write(
+        d.join("pebble.json"),
+        format!(
+            r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme}", "managementListenAddress": "127.0.0.1:{mgmt}",
+              "certificate": "{d}/pebble.crt", "privateKey": "{d}/pebble.key", "httpPort": {http}, "tlsPort": {https},
+              "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let bind_addr = format!("127.0.0.1:{bind_port}");
+    let _pebble = Proc::spawn_program(
+        "pebble",
+        &[
+            "-config",
+            d.join("pebble.json").to_str().unwrap(),
+            "-dnsserver",
+            &bind_addr,
+            "-strict=false",
+        ],
+        &[
+            ("PEBBLE_VA_NOSLEEP", "1"),
+            ("PEBBLE_WFE_NONCEREJECT", "0"),
+            ("PEBBLE_AUTHZREUSE", "0"),
+        ],
+    );
+    wait_listening(acme).await;
+    let config = d.join("portico.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+[acme]
+directory = "https://localhost:{acme}/dir"
+ca_roots = ["ca.pem"]
+[[tsig_key]]
+name = "certbot"
+secret = "{secret}"
+[[certificate]]
+name = "wild"
+domains = ["*.example.test"]
+challenge = "dns-01"
+dns_server = "{bind_addr}"
+dns_key = "certbot"
+[[listener]]
+name = "https"
+bind = "127.0.0.1:{https}"
+protocol = "https"
+certificates = ["wild"]
+default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
+"#,
+            state = d.join("state").display()
+        ),
+    )
+    .unwrap();
+    let portico = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+    wait_file(
+        &d.join("state/certificates/live/wild/fullchain.pem"),
+        Duration::from_secs(90),
+        "not issued through RFC 2136",
+        &portico,
+    )
+    .await;
+    assert!(
+        portico
+            .output()
+            .contains("dns-01: TXT record added by RFC 2136 and served"),
+        "{}",
+        portico.output()
+    );
+    // The TXT record was removed from BIND afterwards.
+    let dig = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &bind_port.to_string(),
+            "+short",
+            "_acme-challenge.example.test",
+            "TXT",
+        ])
+        .output()
+        .unwrap();
+    let mut left = String::from_utf8_lossy(&dig.stdout).trim().to_string();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !left.is_empty() && std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &bind_port.to_string(),
+                "+short",
+                "_acme-challenge.example.test",
+                "TXT",
+            ])
+            .output()
+            .unwrap();
+        left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    assert!(left.is_empty(), "challenge record left behind: {left}");
+}
+
+/// RFC 9773 §4.1 identifier of a PEM certificate, computed independently with `openssl`.
+fn ari_id_with_openssl(pem: &Path) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-serial",
+            "-ext",
+            "authorityKeyIdentifier",
+            "-in",
+        ])
+        .arg(pem)
+        .output()
+        .expect("openssl runs (Debian: apt-get install openssl)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = |h: &str| -> Vec<u8> {
+        let h: String = h.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut serial = hex(text
+        .lines()
+        .find_map(|l| l.strip_prefix("serial="))
+        .unwrap());
+    if serial[0] & 0x80 != 0 {
+        serial.insert(0, 0); // DER INTEGER is signed
+    }
+    let aki = hex(text
+        .lines()
+        .skip_while(|l| !l.contains("Authority Key Identifier"))
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_start_matches("keyid:"));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{}.{}", b64.encode(aki), b64.encode(serial))
+}
+
+/// Through the fault-injecting proxy (a test double: Pebble has neither ARI nor rate limits):
+/// a rate-limited new order is retried no sooner than the CA's Retry-After, longer than the
+/// backoff alone; the issued certificate is renewed at once when the CA's renewal window has
+/// begun, the new order names it in `replaces`; the next window is the one shown and used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ari_window_and_rate_limit_retry_after_through_a_fault_injecting_proxy() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let d = env.dir.path();
+    let proxy = common::fault_proxy::FaultProxy::start(
+        &d.join("pebble.crt"),
+        &d.join("pebble.key"),
+        format!("127.0.0.1:{}", env.acme).parse().unwrap(),
+        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
+    )
+    .await;
+    {
+        let mut s = proxy.state();
+        s.rate_limited_orders = 1;
+        s.retry_after_secs = 15;
+    }
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let direct = format!("https://localhost:{}/dir", env.acme);
+    assert!(text.contains(&direct));
+    std::fs::write(
+        &env.config,
+        text.replace(&direct, &format!("https://localhost:{}/dir", proxy.port)),
+    )
+    .unwrap();
+
+    let (portico, _client) = env.serve_until_issued().await;
+    {
+        let s = proxy.state();
+        assert!(s.orders.len() >= 2, "{} orders", s.orders.len());
+        let gap = s.orders[1].0 - s.orders[0].0;
+        assert!(
+            gap >= Duration::from_millis(14_500),
+            "retried {gap:?} after a 429 with Retry-After: 15 (the backoff alone is 10 s)"
+        );
+    }
+    // The proxy says the first certificate's window has begun: renewed, naming it in `replaces`.
+    let archive = d.join("state/certificates/archive/app");
+    wait_file(
+        &archive.join("cert2.pem"),
+        Duration::from_secs(60),
+        "not renewed inside the CA's renewal window",
+        &portico,
+    )
+    .await;
+    let first = ari_id_with_openssl(&archive.join("cert1.pem"));
+    {
+        let s = proxy.state();
+        assert_eq!(s.ari_queries.first(), Some(&first), "{:?}", s.ari_queries);
+        assert_eq!(
+            s.orders.last().unwrap().1.as_deref(),
+            Some(first.as_str()),
+            "the renewal's new order names the replaced certificate"
+        );
+    }
+    // The second certificate's window (20–21 days ahead) is what `certs show` reports and uses.
+    let second = ari_id_with_openssl(&archive.join("cert2.pem"));
+    let config = env.config.clone();
+    eventually(
+        "the new window is recorded",
+        Duration::from_secs(20),
+        || {
+            let config = config.clone();
+            async move {
+                let (_, out) = run(&["certs", "show", "app", "-c", config.to_str().unwrap()]);
+                out.contains("CA window:") && out.contains("ISSUED")
+            }
+        },
+    )
+    .await;
+    assert!(proxy.state().ari_queries.contains(&second));
+    let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    let renew_after = out
+        .lines()
+        .find_map(|l| l.strip_prefix("renew after:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let at = humantime::parse_rfc3339(&renew_after).unwrap();
+    let ahead = at.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        ahead > Duration::from_secs(19 * 86_400) && ahead < Duration::from_secs(22 * 86_400),
+        "renew after {renew_after} is not inside the CA's window:\n{out}"
+    );
+    assert_eq!(proxy.state().orders.len(), 3, "no further order");
+}
+
+/// dns-01 through an `_acme-challenge` CNAME (what ACM's validation CNAME does): the domain's zone
+/// stays at another DNS server (BIND here, also the recursive resolver Pebble asks), which holds
+/// `_acme-challenge.shop.customer.test CNAME shop.acme.example.test.`; Portico finds the CNAME
+/// through `[acme] resolver`, writes the TXT record into its own zone example.test, and Pebble
+/// validates by following the CNAME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_dns01_through_an_acme_challenge_cname_into_a_portico_zone() {
+    let bind_port = free_port();
+    let mut env = acme_env_full(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "challenge = \"dns-01\"",
+        r#"["shop.customer.test"]"#,
+        &format!("resolver = \"127.0.0.1:{bind_port}\"\ndns_port = {bind_port}"),
+    )
+    .await;
+    let d = env.dir.path().to_path_buf();
+    std::fs::write(
+        d.join("customer.test.db"),
+        "$TTL 60\n@ SOA ns1.customer.test. hostmaster.customer.test. 1 60 60 600 60\n\
+         @ NS ns1.customer.test.\n@ NS ns2.customer.test.\nns1 A 127.0.0.1\nns2 A 127.0.0.2\n\
+         shop A 127.0.0.1\n_acme-challenge.shop CNAME shop.acme.example.test.\n",
+    )
+    .unwrap();
+    // The customer zone's second nameserver (a Portico on 127.0.0.2) has not got the CNAME yet.
+    let lagging = d.join("lagging.toml");
+    let lagging_config = |with_cname: bool| {
+        let cname = if with_cname {
+            "[[zone.record]]\nname = \"_acme-challenge.shop\"\ntype = \"CNAME\"\nvalues = [\"shop.acme.example.test.\"]\n"
+        } else {
+            ""
+        };
+        format!(
+            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.2:{bind_port}\"]\n[[zone]]\nname = \"customer.test\"\n\
+             nameservers = [\"ns1.customer.test\", \"ns2.customer.test\"]\n\
+             [[zone.record]]\nname = \"shop\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n{cname}",
+            d.join("lagging-state").display()
+        )
+    };
+    std::fs::write(&lagging, lagging_config(false)).unwrap();
+    let mut lagging_proc = Proc::spawn(&["serve", "-c", lagging.to_str().unwrap()]);
+    lagging_proc.wait_output("portico serving").await;
+    std::fs::write(
+        d.join("named.conf"),
+        format!(
+            r#"options {{ directory "{d}"; pid-file "{d}/named.pid"; listen-on port {bind_port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }}; recursion yes; allow-recursion {{ any; }}; dnssec-validation no; notify no;
+  allow-query {{ any; }}; max-ncache-ttl 1; }};
+zone "customer.test" {{ type primary; file "{d}/customer.test.db"; }};
+zone "example.test" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {dns}; }}; }};
+"#,
+            d = d.display(),
+            dns = env.dns
+        ),
+    )
+    .unwrap();
+    let _bind = start_bind(&d.join("named.conf"), bind_port).await;
+    // Pebble resolves through BIND.
+    env.stop_pebble();
+    assert_eq!(env.pebble_args[2], "-dnsserver");
+    env.pebble_args[3] = format!("127.0.0.1:{bind_port}");
+    env.start_pebble().await;
+
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    // Not every nameserver of customer.test has the CNAME: refused before any order.
+    portico.wait_output("certificate request failed").await;
+    let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!(
+            "ns2.customer.test. (127.0.0.2:{bind_port}), a nameserver of customer.test., answers Non-Existent Domain without the CNAME"
+        )),
+        "the lagging nameserver is named: {out}"
+    );
+    assert!(
+        !portico.output().contains("order created"),
+        "{}",
+        portico.output()
+    );
+    // It gets the record; the next try (after the backoff) orders and succeeds.
+    drop(lagging_proc);
+    std::fs::write(&lagging, lagging_config(true)).unwrap();
+    lagging_proc = Proc::spawn(&["serve", "-c", lagging.to_str().unwrap()]);
+    lagging_proc.wait_output("portico serving").await;
+    wait_file(
+        &env.live().join("app/fullchain.pem"),
+        Duration::from_secs(90),
+        "not issued through the CNAME",
+        &portico,
+    )
+    .await;
+    assert!(
+        portico
+            .output()
+            .contains("following the _acme-challenge CNAME"),
+        "{}",
+        portico.output()
+    );
+    assert!(
+        portico
+            .output()
+            .contains("dns-01 self-check: every nameserver of the zone answers the CNAME"),
+        "{}",
+        portico.output()
+    );
+    drop(lagging_proc);
+    let client = env.pebble_client().await;
+    env.wait_served_for(&client, "shop.customer.test").await;
+    // The TXT record was written under the CNAME's target and removed afterwards.
+    let (_, zone) = run(&[
+        "zones",
+        "export",
+        "example.test",
+        "-c",
+        env.config.to_str().unwrap(),
+    ]);
+    assert!(!zone.contains("shop.acme"), "cleaned up:\n{zone}");
+}
+
+/// `portico certs renew` asks the running server's manager: --dry-run orders and discards,
+/// a renewal stores a new version that is served at once; without a server it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_renew_and_dry_run_through_the_running_server() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let (portico, client) = env.serve_until_issued().await;
+    let config = env.config.to_str().unwrap().to_string();
+    let archive = env.dir.path().join("state/certificates/archive/app");
+    let first = served_leaf(env.https(), client.clone()).await.unwrap();
+
+    let c = config.clone();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "--dry-run", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", portico.output());
+    assert!(out.contains("nothing was stored"), "{out}");
+    assert!(
+        !archive.join("cert2.pem").exists(),
+        "a dry run stores nothing"
+    );
+
+    let c = config.clone();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", portico.output());
+    assert!(
+        out.contains("renewed:") && out.contains("version 2"),
+        "{out}"
+    );
+    // Live progress: the order's steps, then the final line.
+    assert!(
+        out.contains("app: order created for app.example.test") && out.contains("app: validating"),
+        "{out}"
+    );
+    assert!(archive.join("cert2.pem").exists());
+    let a = env.https();
+    eventually(
+        "the renewed certificate is served",
+        Duration::from_secs(10),
+        || {
+            let (client, first) = (client.clone(), first.clone());
+            async move { served_leaf(a, client).await.is_some_and(|l| l != first) }
+        },
+    )
+    .await;
+
+    // Revocation at Pebble, then an immediate replacement.
+    let serial2 = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(archive.join("cert2.pem"))
+        .output()
+        .expect("openssl");
+    let serial2 = String::from_utf8_lossy(&serial2.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let c = config.clone();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "revoke", "app", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(
+        code,
+        0,
+        "{out}
+{}",
+        portico.output()
+    );
+    assert!(
+        out.contains("revoked and replaced") && out.contains("version 3"),
+        "{out}"
+    );
+    let status = send_tls(
+        format!("127.0.0.1:{}", env.mgmt).parse().unwrap(),
+        "localhost",
+        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
+        request(
+            "GET",
+            "localhost",
+            &format!("/cert-status-by-serial/{serial2}"),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(status.body.contains("Revoked"), "Pebble: {}", status.body);
+
+    drop(portico);
+    let (code, out) = run(&["certs", "renew", "app", "-c", &config]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("start it"), "{out}");
+    let (code, out) = run(&["certs", "renew", "nope", "-c", &config]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no [[certificate]] named \"nope\""), "{out}");
+}

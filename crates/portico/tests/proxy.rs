@@ -1,0 +1,96 @@
+//! `portico proxy`: nginx + certbot in one command, against Pebble.
+
+mod common;
+
+use std::time::Duration;
+
+use common::support::*;
+use common::*;
+
+/// `portico proxy` against Pebble: one command obtains the certificate over HTTP-01 (resolving the
+/// name through Portico DNS, as Pebble does), redirects HTTP to HTTPS and forwards to the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_obtains_a_certificate_from_pebble_and_serves_the_target() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let d = env.dir.path();
+    // The name's DNS: a Portico serving only the zone, where Pebble and the self-check ask.
+    let dns_only = d.join("dns.toml");
+    std::fs::write(
+        &dns_only,
+        format!(
+            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{}\"]\n[[zone]]\nname = \"example.test\"\n[[zone.record]]\nname = \"api\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n",
+            d.join("dns-state").display(),
+            env.dns
+        ),
+    )
+    .unwrap();
+    let _dns = Proc::spawn(&["serve", "-c", dns_only.to_str().unwrap()]);
+    let target = Backend::start("app-server").await;
+    let state = d.join("proxy-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let proxy = Proc::spawn(&[
+        "proxy",
+        "--domain",
+        "api.example.test",
+        "--to",
+        &target.addr.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--http-port",
+        &env.http.to_string(),
+        "--https-port",
+        &env.https.to_string(),
+        "--acme-dir",
+        &format!("https://localhost:{}/dir", env.acme),
+        "--ca-roots",
+        d.join("ca.pem").to_str().unwrap(),
+        "--resolver",
+        &format!("127.0.0.1:{}", env.dns),
+        "--email",
+        "ops@example.test",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    wait_file(
+        &state.join("certificates/live/api.example.test/fullchain.pem"),
+        Duration::from_secs(90),
+        "portico proxy did not obtain a certificate",
+        &proxy,
+    )
+    .await;
+    proxy.wait_output("ready: https://api.example.test").await;
+    let client = env.pebble_client().await;
+    let a = env.https();
+    eventually(
+        "HTTPS forwards to the target",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                send_tls(
+                    a,
+                    "api.example.test",
+                    client,
+                    request("GET", "api.example.test", "/hello"),
+                )
+                .await
+                .is_ok_and(|r| r.status == 200 && r.backend() == "app-server")
+            }
+        },
+    )
+    .await;
+    let r = get(
+        format!("127.0.0.1:{}", env.http).parse().unwrap(),
+        "api.example.test",
+        "/x?y=1",
+    )
+    .await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.headers["location"],
+        format!("https://api.example.test:{}/x?y=1", env.https).as_str()
+    );
+    // The config it wrote is a valid `portico serve` config.
+    let (code, out) = run(&["check", "-c", state.join("proxy.toml").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
