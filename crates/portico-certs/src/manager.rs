@@ -3,6 +3,9 @@
 //! the names asked for, or has a third of its lifetime left (half, below ten days). Failures are
 //! recorded with the CA's problem and retried with exponential backoff; the old certificate keeps
 //! serving until a new one is stored and swapped in. It is the only writer of certificate files.
+//!
+//! Over 600 lines on purpose: one certificate's lifecycle (load, publish, order, renew, back off,
+//! revoke) is one state machine, easier to follow in one file; about 115 lines are tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

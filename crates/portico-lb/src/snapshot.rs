@@ -3,6 +3,9 @@
 //! [`Snapshot::build`] is the whole of validation: it either returns a snapshot plus the imported
 //! certificates to publish, or every problem it found, each naming its TOML path. A reload builds a
 //! new snapshot beside the serving one and swaps it in only when the build succeeded.
+//!
+//! About 600 lines on purpose: every rule the load balancer's config must satisfy is checked in
+//! this one pass, so that a reload either builds a whole snapshot or names every problem.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};

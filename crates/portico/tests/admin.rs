@@ -1,5 +1,8 @@
 //! The admin API, its CLI and `/metrics` against a real `portico serve`, with `dig` as the DNS
 //! client; and the web console driven in Debian's headless Chromium through ChromeDriver.
+//!
+//! Over 600 lines on purpose: each test builds its whole case (real CA, DNS, processes) end to
+//! end and asserts the journey step by step; the shared set-up is in tests/common.
 
 #[path = "admin/browser.rs"]
 mod browser;

@@ -1,6 +1,9 @@
 //! Certificates against Pebble (Let's Encrypt's test CA): HTTP-01, TLS-ALPN-01 and DNS-01 (through
 //! Portico's zones, a CNAME into them, RFC 2136 to BIND), the internal CA, renewal, ARI and rate
 //! limits through a fault-injecting proxy, EAB, self-checks that fail fast.
+//!
+//! Over 600 lines on purpose: each test builds its whole case (real CA, DNS, processes) end to
+//! end and asserts the journey step by step; the shared set-up is in tests/common.
 
 mod common;
 

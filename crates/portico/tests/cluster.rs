@@ -1,5 +1,8 @@
 //! Cluster mode on a real etcd (Debian's etcd-server) started by the tests on loopback (feature
 //! `etcd`).
+//!
+//! Over 600 lines on purpose: each test builds its whole case (real CA, DNS, processes) end to
+//! end and asserts the journey step by step; the shared set-up is in tests/common.
 #![cfg(feature = "etcd")]
 
 mod common;

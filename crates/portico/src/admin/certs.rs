@@ -1,0 +1,223 @@
+//! `/api/v1/certificates…`: status, requests and deletions (the API's additions), renew, revoke.
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{json_body, ApiError, ApiResult, Ctx};
+
+pub(super) fn cert_view(ctx: &Ctx, name: &str, source: &str, domains: &[String]) -> Value {
+    let r = ctx.core.certs.storage().record(name).unwrap_or_default();
+    let mut v = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
+    v["name"] = json!(name);
+    v["source"] = json!(source);
+    if r.status.is_empty() {
+        v["status"] = json!("PENDING_VALIDATION");
+        v["domains"] = json!(domains);
+    }
+    let live = ctx.core.certs.storage().live(name);
+    if live.join("fullchain.pem").exists() {
+        v["fullchain"] = json!(live.join("fullchain.pem"));
+    }
+    v
+}
+
+/// Certificates the manager obtains: (name, domains, "config" | "api").
+pub(super) async fn managed(ctx: &Ctx) -> Vec<(String, Vec<String>, &'static str)> {
+    ctx.core
+        .current(|c| {
+            let api: Vec<&str> = c
+                .runtime
+                .certificate
+                .iter()
+                .filter_map(|t| t.get("name").and_then(|n| n.as_str()))
+                .collect();
+            c.config
+                .certificate
+                .iter()
+                .filter(|cert| !cert.domains.is_empty())
+                .map(|cert| {
+                    (
+                        cert.name.clone(),
+                        cert.domains.clone(),
+                        if api.contains(&cert.name.as_str()) {
+                            "api"
+                        } else {
+                            "config"
+                        },
+                    )
+                })
+                .collect()
+        })
+        .await
+}
+
+pub(super) async fn certs_list(State(ctx): State<Ctx>) -> Json<Value> {
+    let list = managed(&ctx).await;
+    Json(Value::Array(
+        list.iter()
+            .map(|(n, d, s)| cert_view(&ctx, n, s, d))
+            .collect(),
+    ))
+}
+
+pub(super) async fn cert_get(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    let list = managed(&ctx).await;
+    let (n, d, s) = list.iter().find(|(n, _, _)| *n == name).ok_or_else(|| {
+        ApiError::not_found(format!("no certificate {name:?}"))
+            .hint("GET /api/v1/certificates lists them; POST there requests one")
+    })?;
+    Ok(Json(cert_view(&ctx, n, s, d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertSpec {
+    name: String,
+    domains: Vec<String>,
+    issuer: Option<String>,
+    challenge: Option<String>,
+    deploy_hook: Option<String>,
+    key_type: Option<String>,
+    rsa_key_size: Option<u32>,
+}
+
+pub(super) async fn cert_request(
+    State(ctx): State<Ctx>,
+    body: Result<Json<CertSpec>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let spec = json_body(body)?;
+    if spec.name.trim().is_empty() || spec.domains.is_empty() {
+        return Err(ApiError::bad(
+            "a certificate needs a name and at least one domain",
+        ));
+    }
+    let name = spec.name.clone();
+    ctx.core
+        .change_runtime(|rt, current| {
+            if current.certificate.iter().any(|c| c.name == spec.name) {
+                return Err(ApiError::conflict(format!(
+                    "a certificate named {:?} exists already",
+                    spec.name
+                ))
+                .hint("POST /api/v1/certificates/{name}/renew renews it"));
+            }
+            let mut t = toml::Table::new();
+            t.insert("name".into(), spec.name.into());
+            t.insert(
+                "domains".into(),
+                toml::Value::Array(spec.domains.into_iter().map(Into::into).collect()),
+            );
+            for (k, v) in [
+                ("issuer", spec.issuer),
+                ("challenge", spec.challenge),
+                ("deploy_hook", spec.deploy_hook),
+            ] {
+                if let Some(v) = v {
+                    t.insert(k.into(), v.into());
+                }
+            }
+            if let Some(k) = spec.key_type {
+                t.insert("key_type".into(), k.into());
+            }
+            if let Some(bits) = spec.rsa_key_size {
+                t.insert("rsa_key_size".into(), i64::from(bits).into());
+            }
+            rt.certificate.push(t);
+            Ok(())
+        })
+        .await?;
+    tracing::info!(event = "certificate_requested", certificate = %name, "certificate requested through the admin API");
+    let list = managed(&ctx).await;
+    let (n, d, s) = list
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .cloned()
+        .unwrap_or((name, Vec::new(), "api"));
+    Ok((StatusCode::ACCEPTED, Json(cert_view(&ctx, &n, s, &d))))
+}
+
+pub(super) async fn cert_delete(
+    State(ctx): State<Ctx>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult {
+    ctx.core
+        .change_runtime(|rt, current| {
+            let before = rt.certificate.len();
+            rt.certificate
+                .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
+            if rt.certificate.len() == before {
+                return Err(if current.certificate.iter().any(|c| c.name == name) {
+                    ApiError::conflict(format!(
+                        "certificate {name:?} is declared in the config file"
+                    ))
+                    .hint("remove its [[certificate]] from the config file, then reload")
+                } else {
+                    ApiError::not_found(format!("no certificate {name:?}"))
+                });
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(event = "certificate_deleted", certificate = %name, "certificate deleted through the admin API");
+    Ok(Json(json!({
+        "deleted": name,
+        "note": "no longer renewed or served; its files stay under live/ and archive/ in the state directory",
+    })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RenewQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub(super) async fn cert_renew(
+    State(ctx): State<Ctx>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<RenewQuery>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    use portico_certs::storage::RenewRequest;
+    let what = if q.dry_run {
+        RenewRequest::DryRun
+    } else {
+        RenewRequest::Renew
+    };
+    renewal(&ctx, &name, what).await
+}
+
+pub(super) async fn cert_revoke(
+    State(ctx): State<Ctx>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    renewal(&ctx, &name, portico_certs::storage::RenewRequest::Revoke).await
+}
+
+pub(super) async fn renewal(
+    ctx: &Ctx,
+    name: &str,
+    what: portico_certs::storage::RenewRequest,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    use portico_certs::storage::RenewRequest;
+    let list = managed(ctx).await;
+    let Some((n, d, s)) = list.iter().find(|(n, _, _)| n == name) else {
+        return Err(ApiError::not_found(format!(
+            "no certificate {name:?} with domains (imported certificates are renewed by whoever issued them)"
+        )));
+    };
+    let record = ctx.core.certs.storage().record(name).unwrap_or_default();
+    if what == RenewRequest::Revoke && record.version == 0 {
+        return Err(ApiError::conflict(format!(
+            "{name}: no certificate has been issued yet, nothing to revoke"
+        )));
+    }
+    ctx.core
+        .certs
+        .storage()
+        .request_renewal(name, what)
+        .map_err(|e| ApiError::internal(format!("cannot leave the renewal request: {e}")))?;
+    ctx.core.kick_certs().await;
+    Ok((StatusCode::ACCEPTED, Json(cert_view(ctx, n, s, d))))
+}

@@ -1,0 +1,178 @@
+//! `/api/v1/target-groups…`: target groups with their targets' health; register, deregister.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{json_body, ApiError, ApiResult, Ctx};
+use crate::runtime::Runtime;
+
+pub(super) async fn group_view(ctx: &Ctx, name: &str) -> Option<Value> {
+    let (exists, api) = ctx
+        .core
+        .current(|c| {
+            (
+                c.config.target_group.iter().any(|g| g.name == name),
+                c.runtime
+                    .targets
+                    .get(name)
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(Runtime::target_address)
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+        .await;
+    if !exists {
+        return None;
+    }
+    let targets: Vec<Value> = ctx
+        .core
+        .lb
+        .target_health(name)
+        .into_iter()
+        .map(|t| {
+            let addr = t.addr.to_string();
+            json!({
+                "address": addr,
+                "state": if t.draining { "draining" } else if t.healthy { "healthy" } else { "unhealthy" },
+                "reason": t.reason,
+                "in_flight": t.outstanding,
+                "registered_by": if api.iter().any(|a| a == &addr || resolves_to(a, t.addr)) { "api" } else { "config" },
+            })
+        })
+        .collect();
+    Some(json!({"name": name, "targets": targets}))
+}
+
+pub(super) fn resolves_to(written: &str, addr: SocketAddr) -> bool {
+    written.parse::<SocketAddr>().is_ok_and(|a| a == addr)
+}
+
+pub(super) async fn groups_list(State(ctx): State<Ctx>) -> Json<Value> {
+    let names: Vec<String> = ctx
+        .core
+        .current(|c| {
+            c.config
+                .target_group
+                .iter()
+                .map(|g| g.name.clone())
+                .collect()
+        })
+        .await;
+    let mut out = Vec::new();
+    for n in names {
+        if let Some(v) = group_view(&ctx, &n).await {
+            out.push(v);
+        }
+    }
+    Json(Value::Array(out))
+}
+
+pub(super) fn no_group(name: &str) -> ApiError {
+    ApiError::not_found(format!("no target group {name:?}"))
+        .hint("GET /api/v1/target-groups lists them; groups are declared with [[target_group]] in the config")
+}
+
+pub(super) async fn group_get(State(ctx): State<Ctx>, UrlPath(name): UrlPath<String>) -> ApiResult {
+    group_view(&ctx, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| no_group(&name))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Registration {
+    targets: Vec<TargetSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TargetSpec {
+    address: String,
+    weight: Option<u32>,
+}
+
+pub(super) async fn targets_register(
+    State(ctx): State<Ctx>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<Registration>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let reg = json_body(body)?;
+    if reg.targets.is_empty() {
+        return Err(ApiError::bad("no targets given"));
+    }
+    let added: Vec<String> = reg.targets.iter().map(|t| t.address.clone()).collect();
+    ctx.core
+        .change_runtime(|rt, current| {
+            if !current.target_group.iter().any(|g| g.name == name) {
+                return Err(no_group(&name));
+            }
+            let list = rt.targets.entry(name.clone()).or_default();
+            for t in reg.targets {
+                list.retain(|v| Runtime::target_address(v) != Some(t.address.as_str()));
+                list.push(match t.weight {
+                    None => toml::Value::String(t.address),
+                    Some(w) => {
+                        let mut tab = toml::Table::new();
+                        tab.insert("address".into(), t.address.into());
+                        tab.insert("weight".into(), i64::from(w).into());
+                        toml::Value::Table(tab)
+                    }
+                });
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(event = "targets_registered", target_group = %name, targets = ?added, "targets registered through the admin API");
+    group_view(&ctx, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| no_group(&name))
+}
+
+pub(super) async fn target_deregister(
+    State(ctx): State<Ctx>,
+    UrlPath((name, address)): UrlPath<(String, String)>,
+) -> ApiResult {
+    ctx.core
+        .change_runtime(|rt, current| {
+            let Some(group) = current.target_group.iter().find(|g| g.name == name) else {
+                return Err(no_group(&name));
+            };
+            let list = rt.targets.entry(name.clone()).or_default();
+            let before = list.len();
+            list.retain(|v| Runtime::target_address(v) != Some(address.as_str()));
+            if list.is_empty() {
+                rt.targets.remove(&name);
+            }
+            if rt.targets.get(&name).map_or(0, Vec::len) == before {
+                let in_file = group.targets.iter().any(|t| match t {
+                    portico_lb::config::TargetConfig::Address(a) => *a == address,
+                    portico_lb::config::TargetConfig::Weighted(w) => w.address == address,
+                });
+                return Err(if in_file {
+                    ApiError::conflict(format!(
+                        "target {address} of {name:?} is declared in the config file"
+                    ))
+                    .hint("remove it from the group's targets in the config file, then reload")
+                } else {
+                    ApiError::not_found(format!("target {address} is not registered in {name:?}"))
+                });
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(event = "target_deregistered", target_group = %name, target = %address, "target deregistered through the admin API");
+    group_view(&ctx, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| no_group(&name))
+}
