@@ -46,6 +46,9 @@ pub struct CertRequest {
     pub deploy_hook: Option<String>,
     /// The certificate's private key: ECDSA P-256 unless the config says RSA.
     pub key_type: crate::keys::KeyType,
+    /// The ACME profile to order (RFC draft `acme-profiles`), checked against the directory;
+    /// every renewal orders it again, never another one.
+    pub profile: Option<String>,
 }
 
 /// `[acme]`.
@@ -368,6 +371,7 @@ impl CertManager {
                     let c = self.current(&req);
                     rec = self.storage.record(&req.name).unwrap_or(rec);
                     rec.status = "ISSUED".into();
+                    rec.profile = req.profile.clone();
                     rec.last_error = None;
                     rec.next_attempt = None;
                     rec.renewal_window = None;
@@ -527,6 +531,7 @@ impl CertManager {
         };
         let mut rec = self.storage.record(&req.name).unwrap_or_default();
         rec.progress.clear();
+        rec.profile = req.profile.clone();
         let _ = self.storage.save_record(&rec);
         Ok(match req.issuer {
             IssuerKind::Internal => {
@@ -557,6 +562,7 @@ impl CertManager {
                             req.key_type,
                             Solver::Http01(&self.tokens),
                             replaces,
+                            req.profile.as_deref(),
                             &progress,
                         )
                         .await?
@@ -573,6 +579,7 @@ impl CertManager {
                                     .map(|l| (l, settings.tls_port)),
                             ),
                             replaces,
+                            req.profile.as_deref(),
                             &progress,
                         )
                         .await?
@@ -602,6 +609,7 @@ impl CertManager {
                             req.key_type,
                             Solver::Dns01(dns.as_ref()),
                             replaces,
+                            req.profile.as_deref(),
                             &progress,
                         )
                         .await?
@@ -778,6 +786,7 @@ mod tests {
             dns_publisher: None,
             deploy_hook: None,
             key_type: crate::keys::KeyType::default(),
+            profile: None,
         };
         manager.manage(None, vec![req.clone()]);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

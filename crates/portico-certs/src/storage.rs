@@ -34,6 +34,9 @@ pub struct Record {
     /// The steps of the order in progress (order created, record published, validating…).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub progress: Vec<String>,
+    /// The ACME profile the certificate was issued under, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// The outcome of the last `portico certs renew --dry-run` ("ok at …" or the error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<String>,

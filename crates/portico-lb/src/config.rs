@@ -45,6 +45,9 @@ pub struct CertificateConfig {
     pub key_type: Option<String>,
     /// 2048 (default), 3072 or 4096 with `key_type = "rsa"`.
     pub rsa_key_size: Option<usize>,
+    /// The ACME CA's certificate profile (`classic`, `tlsserver`, `shortlived` at Let's
+    /// Encrypt); `[acme] profile` when absent, else the CA's default.
+    pub profile: Option<String>,
 }
 
 /// `[[target_group]]`.

@@ -230,6 +230,31 @@ impl PorticoConfig {
                     continue;
                 }
             };
+            let profile = c
+                .profile
+                .clone()
+                .or_else(|| self.acme.as_ref().and_then(|a| a.profile.clone()))
+                .filter(|_| issuer == IssuerKind::Acme);
+            if c.profile.is_some() && issuer != IssuerKind::Acme {
+                issues.push(
+                    ConfigIssue::new(at("profile"), "a profile is chosen from an ACME CA's offer")
+                        .hint("remove profile = (the internal CA has one kind of certificate) or use issuer = \"acme\""),
+                );
+                continue;
+            }
+            if let Some(p) = &profile {
+                if p.is_empty()
+                    || !p
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    issues.push(
+                        ConfigIssue::new(at("profile"), format!("{p:?} is not a profile name"))
+                            .hint("e.g. profile = \"tlsserver\" (the names the CA's directory lists under meta.profiles)"),
+                    );
+                    continue;
+                }
+            }
             let key_type = match portico_certs::keys::KeyType::parse(
                 c.key_type.as_deref(),
                 c.rsa_key_size,
@@ -340,6 +365,7 @@ impl PorticoConfig {
                 },
                 deploy_hook: c.deploy_hook.clone(),
                 key_type,
+                profile,
             });
         }
         if issues.is_empty() {
@@ -470,6 +496,9 @@ pub struct AcmeConfig {
     /// The DNS resolver the self-check asks for names outside Portico's hosted zones
     /// ("192.0.2.53" or "192.0.2.53:5353"); default: the system's.
     pub resolver: Option<String>,
+    /// The certificate profile to order when a `[[certificate]]` names none (Let's Encrypt:
+    /// `classic`, `tlsserver`, `shortlived`); checked against the CA's directory.
+    pub profile: Option<String>,
 }
 
 impl AcmeConfig {

@@ -945,3 +945,74 @@ async fn certs_renew_and_dry_run_through_the_running_server() {
     assert_eq!(code, 1);
     assert!(out.contains("no [[certificate]] named \"nope\""), "{out}");
 }
+
+/// Certificate profiles: `profile` is checked against the CA's directory before ordering, sent
+/// with every order (renewals included) and shown by `certs show`. Debian's Pebble 2.4 offers no
+/// profiles: against it the order fails with the reason; the fault-injecting proxy (a test
+/// double) advertises profiles for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_profiles_checked_against_the_directory_kept_on_renewal_and_shown() {
+    // A CA without profiles: no order is placed, the record says why.
+    let plain = acme_env("", &[], "profile = \"tlsserver\"").await;
+    let portico = Proc::spawn(&["serve", "-c", plain.config.to_str().unwrap()]);
+    let config = plain.config.clone();
+    eventually(
+        "the order fails naming the profile",
+        Duration::from_secs(60),
+        || {
+            let config = config.clone();
+            async move {
+                let (_, out) = run(&["certs", "show", "app", "-c", config.to_str().unwrap()]);
+                out.contains("FAILED")
+                    && out.contains("profile \"tlsserver\"")
+                    && out.contains("offers no profiles")
+            }
+        },
+    )
+    .await;
+    drop(portico);
+
+    // A CA that offers profiles: ordered with it, and renewed with it (the proxy's ARI says the
+    // first certificate's window has begun).
+    let env = acme_env(
+        "",
+        &[("PEBBLE_WFE_NONCEREJECT", "0")],
+        "profile = \"tlsserver\"",
+    )
+    .await;
+    let d = env.dir.path();
+    let proxy = common::fault_proxy::FaultProxy::start(
+        &d.join("pebble.crt"),
+        &d.join("pebble.key"),
+        format!("127.0.0.1:{}", env.acme).parse().unwrap(),
+        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
+    )
+    .await;
+    proxy.state().profiles = vec![
+        ("classic".into(), "90 days".into()),
+        ("tlsserver".into(), "45 days".into()),
+    ];
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let direct = format!("https://localhost:{}/dir", env.acme);
+    std::fs::write(
+        &env.config,
+        text.replace(&direct, &format!("https://localhost:{}/dir", proxy.port)),
+    )
+    .unwrap();
+    let (portico, _client) = env.serve_until_issued().await;
+    wait_file(
+        &d.join("state/certificates/archive/app/cert2.pem"),
+        Duration::from_secs(60),
+        "not renewed inside the CA's renewal window",
+        &portico,
+    )
+    .await;
+    let profiles = proxy.state().order_profiles.clone();
+    assert!(profiles.len() >= 2, "{profiles:?}");
+    assert!(
+        profiles.iter().all(|p| p.as_deref() == Some("tlsserver")),
+        "every order, the renewal too, asks for the profile: {profiles:?}"
+    );
+    let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    assert!(out.contains("profile:     tlsserver"), "{out}");
+}

@@ -200,6 +200,7 @@ impl AcmeIssuer {
         key_type: crate::keys::KeyType,
         solver: Solver<'_>,
         replaces: Option<&[u8]>,
+        profile: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<Issued, String> {
         let (tokens, dns01, alpn) = match solver {
@@ -210,16 +211,40 @@ impl AcmeIssuer {
         let mut alpn_names: Vec<String> = Vec::new();
         let account = self.account().await?;
         let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        if let Some(p) = profile {
+            let offered: Vec<&str> = account.profiles().map(|m| m.name).collect();
+            if !offered.contains(&p) {
+                return Err(if offered.is_empty() {
+                    format!(
+                        "profile {p:?}: the CA at {} offers no profiles (its directory has no meta.profiles); remove profile = to take its default certificate",
+                        self.directory
+                    )
+                } else {
+                    format!(
+                        "profile {p:?} is not offered by the CA at {}: it offers {}",
+                        self.directory,
+                        offered.join(", ")
+                    )
+                });
+            }
+        }
+        fn order<'a>(ids: &'a [Identifier], profile: Option<&'a str>) -> NewOrder<'a> {
+            let o = NewOrder::new(ids);
+            match profile {
+                Some(p) => o.profile(p),
+                None => o,
+            }
+        }
         let replaced = replaces.map(certificate_id).transpose()?;
         let ordered = match replaced {
-            Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
-                // The CA has no renewal information: a plain order.
+            Some(id) => match account.new_order(&order(&ids, profile).replaces(id)).await {
+                // The CA has no renewal information: a plain order (same profile).
                 Err(instant_acme::Error::Unsupported(_)) => {
-                    account.new_order(&NewOrder::new(&ids)).await
+                    account.new_order(&order(&ids, profile)).await
                 }
                 other => other,
             },
-            None => account.new_order(&NewOrder::new(&ids)).await,
+            None => account.new_order(&order(&ids, profile)).await,
         };
         let mut order = ordered.map_err(|e| format!("new order: {}", describe(&e)))?;
         progress(format!("order created for {}", domains.join(", ")));

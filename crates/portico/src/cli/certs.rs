@@ -208,6 +208,9 @@ pub fn certs_show(t: &Target, name: &str) -> anyhow::Result<()> {
     println!("name:        {name}");
     println!("status:      {}", field(&r, "status"));
     println!("issuer:      {}", field(&r, "issuer"));
+    if r.get("profile").is_some_and(|p| !p.is_null()) {
+        println!("profile:     {}", field(&r, "profile"));
+    }
     println!("domains:     {}", list("domains").join(", "));
     println!("not after:   {}", field(&r, "not_after"));
     println!("renew after: {}", field(&r, "renew_after"));

@@ -7,6 +7,8 @@
 //! - The directory gains `renewalInfo` at `/renewal-info`.
 //! - `GET /renewal-info/<id>`: the first certificate id asked about gets a window that has already
 //!   begun ("renew now"); every other id a window 20–21 days ahead. `Retry-After: 60`.
+//! - With `profiles` set, the directory's `meta.profiles` lists them (Debian's Pebble 2.4 has no
+//!   certificate profiles); each newOrder's `profile` is recorded and reflected in the order.
 //! - `POST /order-plz` (Pebble's newOrder): `replaces` is reflected in the order; the next `rate_limited_orders` answer 429
 //!   `rateLimited` with `Retry-After: retry_after_secs`; every order's arrival time and its
 //!   `replaces` field are recorded.
@@ -33,6 +35,10 @@ pub struct FaultState {
     pub orders: Vec<(Instant, Option<String>)>,
     /// Each renewal-information request: the certificate id.
     pub ari_queries: Vec<String>,
+    /// Profiles the directory advertises (name, description); none when empty.
+    pub profiles: Vec<(String, String)>,
+    /// Each newOrder's `profile` field.
+    pub order_profiles: Vec<Option<String>>,
 }
 
 pub struct FaultProxy {
@@ -148,11 +154,17 @@ async fn handle(
             .unwrap();
     }
     if path == "/order-plz" {
-        let replaces = jws_payload(&body)
-            .and_then(|p| p.get("replaces").and_then(|r| r.as_str()).map(String::from));
+        let payload = jws_payload(&body);
+        let field = |k: &str| {
+            payload
+                .as_ref()
+                .and_then(|p| p.get(k).and_then(|r| r.as_str()).map(String::from))
+        };
+        let (replaces, profile) = (field("replaces"), field("profile"));
         let limited = {
             let mut s = st.lock().unwrap();
             s.orders.push((Instant::now(), replaces));
+            s.order_profiles.push(profile);
             if s.rate_limited_orders > 0 {
                 s.rate_limited_orders -= 1;
                 Some(s.retry_after_secs)
@@ -197,16 +209,33 @@ async fn handle(
     let mut body = reply.body;
     if path == "/order-plz" && reply.status == 201 {
         // An ARI CA reflects `replaces` in the order (RFC 9773 §5); Pebble does not know it.
-        let replaces = st.lock().unwrap().orders.last().and_then(|o| o.1.clone());
+        let (replaces, profile) = {
+            let s = st.lock().unwrap();
+            (
+                s.orders.last().and_then(|o| o.1.clone()),
+                s.order_profiles.last().cloned().flatten(),
+            )
+        };
+        let mut order: serde_json::Value = serde_json::from_str(&body).unwrap();
         if let Some(r) = replaces {
-            let mut order: serde_json::Value = serde_json::from_str(&body).unwrap();
             order["replaces"] = r.into();
-            body = order.to_string();
         }
+        if let Some(p) = profile {
+            order["profile"] = p.into();
+        }
+        body = order.to_string();
     }
     if path == "/dir" {
         let mut dir: serde_json::Value = serde_json::from_str(&body).unwrap();
         dir["renewalInfo"] = format!("https://{host}/renewal-info").into();
+        let profiles = st.lock().unwrap().profiles.clone();
+        if !profiles.is_empty() {
+            let map: serde_json::Map<String, serde_json::Value> = profiles
+                .into_iter()
+                .map(|(n, d)| (n, serde_json::Value::String(d)))
+                .collect();
+            dir["meta"]["profiles"] = serde_json::Value::Object(map);
+        }
         body = dir.to_string();
     }
     out.body(Full::new(Bytes::from(body))).unwrap()
