@@ -440,27 +440,7 @@ fn default_store_prefix() -> String {
     "portico/".into()
 }
 
-/// `[admin]`: where the admin API, `/metrics` and the console listen.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    #[serde(default = "default_admin_listen")]
-    pub listen: String,
-    /// TLS for the admin API: required when `listen` is not a loopback address, since the bearer
-    /// token would otherwise cross the network in clear.
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
-}
-
-impl AdminConfig {
-    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
-        self.listen.trim().parse().ok()
-    }
-}
-
-fn default_admin_listen() -> String {
-    "127.0.0.1:9180".into()
-}
+pub use portico_admin::AdminConfig;
 
 /// `[acme]`: the ACME CA that `issuer = "acme"` certificates come from.
 #[derive(Debug, Clone, Deserialize)]

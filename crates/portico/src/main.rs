@@ -1,6 +1,5 @@
 //! The `portico` binary: the command line, and the wiring of the parts into one process.
 
-mod admin;
 mod cli;
 mod cluster;
 mod config;

@@ -12,7 +12,11 @@ use portico_lb::target_group::TargetRegistry;
 use portico_lb::tls::CertStore;
 use portico_lb::{LoadBalancer, Snapshot};
 
+use futures_util::future::BoxFuture;
+use portico_admin::{ApiError, Applied, Edit, StoreStatus};
+
 use crate::config::{ConfigError, PorticoConfig, Source};
+use crate::runtime::{Compose, Runtime};
 
 /// Why a run-time change (an API call) was not applied; nothing changed in any case.
 pub enum RuntimeChangeError<E> {
@@ -109,8 +113,22 @@ pub struct Core {
 /// The config as last applied: the file's text, the API's additions, and the two merged.
 pub struct Current {
     pub source: Source,
-    pub runtime: crate::runtime::Runtime,
+    pub runtime: Runtime,
     pub config: PorticoConfig,
+}
+
+impl Current {
+    /// What the admin API reads of it.
+    fn applied(&self) -> Applied {
+        Applied {
+            file_text: self.source.text.clone(),
+            base_dir: self.source.base_dir(),
+            runtime: self.runtime.clone(),
+            listeners: self.config.listener.clone(),
+            target_groups: self.config.target_group.clone(),
+            certificates: self.config.certificate.clone(),
+        }
+    }
 }
 
 impl Core {
@@ -119,7 +137,7 @@ impl Core {
     async fn apply(
         &self,
         source: &Source,
-        runtime: &crate::runtime::Runtime,
+        runtime: &Runtime,
     ) -> Result<PorticoConfig, ConfigError> {
         let file_config = source.parse()?;
         let config = runtime.merge(source, &self.state_dir)?;
@@ -178,7 +196,7 @@ impl Core {
     /// last applied, then persisted before it is acknowledged. On error nothing changes.
     pub async fn change_runtime<T, E>(
         &self,
-        edit: impl FnOnce(&mut crate::runtime::Runtime, &PorticoConfig) -> Result<T, E>,
+        edit: impl FnOnce(&mut Runtime, &Current) -> Result<T, E>,
     ) -> Result<T, RuntimeChangeError<E>> {
         let mut cur = self.current.lock().await;
         if let Some(c) = self.cluster.as_ref().filter(|c| !c.reachable()) {
@@ -188,7 +206,7 @@ impl Core {
             )));
         }
         let mut runtime = cur.runtime.clone();
-        let out = edit(&mut runtime, &cur.config).map_err(RuntimeChangeError::Edit)?;
+        let out = edit(&mut runtime, &cur).map_err(RuntimeChangeError::Edit)?;
         let source = cur.source.clone();
         let config = self
             .apply(&source, &runtime)
@@ -221,7 +239,7 @@ impl Core {
     /// Applies the API's additions as another node left them in the shared store.
     pub async fn reload_runtime(&self) {
         let mut cur = self.current.lock().await;
-        let runtime = match crate::runtime::Runtime::load(&self.state_dir) {
+        let runtime = match crate::runtime::load(&self.state_dir) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the API's additions another node stored");
@@ -260,5 +278,68 @@ impl Core {
             self.certs
                 .manage(cur.config.acme_settings(&cur.source.base_dir()), requests);
         }
+    }
+}
+
+/// A refused config as the API answers it: each problem with its hint.
+fn refused(e: ConfigError) -> ApiError {
+    ApiError::refused(e.problems.into_iter().map(|p| (p.message, p.hint)))
+}
+
+/// The admin API acts on the node through this (the `portico-admin` crate does not know the
+/// binary's config composition).
+impl portico_admin::Node for Core {
+    fn lb(&self) -> &LoadBalancer {
+        &self.lb
+    }
+    fn zones(&self) -> &Arc<HostedZones> {
+        &self.zones
+    }
+    fn certs(&self) -> &CertManager {
+        &self.certs
+    }
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+    fn config_path(&self) -> &Path {
+        &self.source_path
+    }
+    fn store(&self) -> Option<StoreStatus> {
+        self.cluster.as_ref().map(|c| StoreStatus {
+            describe: c.describe(),
+            reachable: c.reachable(),
+        })
+    }
+    fn served_everywhere(&self, zone: &str, serial: u32) -> BoxFuture<'_, bool> {
+        let zone = zone.to_string();
+        Box::pin(async move {
+            let Some(c) = self.cluster.clone() else {
+                return true;
+            };
+            tokio::task::spawn_blocking(move || c.served_everywhere(&zone, serial))
+                .await
+                .unwrap_or(false)
+        })
+    }
+    fn applied(&self) -> BoxFuture<'_, Applied> {
+        Box::pin(self.current(Current::applied))
+    }
+    fn change(&self, edit: Edit) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            self.change_runtime(|rt, cur| edit(rt, &cur.applied()))
+                .await
+                .map_err(|e| match e {
+                    RuntimeChangeError::Edit(e) => e,
+                    RuntimeChangeError::Unavailable(m) => ApiError::unavailable(m),
+                    RuntimeChangeError::Config(e) => refused(e),
+                    RuntimeChangeError::Internal(m) => ApiError::internal(m),
+                })
+        })
+    }
+    fn reload(&self) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { Core::reload(self).await.map_err(refused) })
+    }
+    fn kick_certs(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Core::kick_certs(self))
     }
 }

@@ -1,76 +1,43 @@
-//! What the admin API adds to the config file: certificates requested, listeners created and
-//! targets registered at run time, kept in `<state_dir>/runtime.toml` in the config file's own
-//! shape (`[[certificate]]`, `[[listener]]`, and targets by group).
+//! How the admin API's additions ([`Runtime`], `<state_dir>/runtime.toml`, defined with the API
+//! in `portico-admin`) combine with the config file.
 //!
-//! How the two combine: the config file owns what it declares, the API owns what it creates.
-//! Every apply (start, reload, API change) merges both and validates the result on the same path
-//! as a config reload, so an API change that the config would refuse is refused too, and a reload
-//! never drops what the API made. A certificate or listener name declared in both is refused
-//! with the way out named, not silently shadowed. Records are not here: a record change goes
-//! into the zone's own state (see `HostedZones::load` for how config records combine with it).
+//! The config file owns what it declares, the API owns what it creates. Every apply (start,
+//! reload, API change) merges both and validates the result on the same path as a config
+//! reload, so an API change that the config would refuse is refused too, and a reload never
+//! drops what the API made. A certificate or listener name declared in both is refused with the
+//! way out named, not silently shadowed. Records are not here: a record change goes into the
+//! zone's own state (see `HostedZones::load` for how config records combine with it).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub use portico_admin::node::runtime_path as path;
+pub use portico_admin::node::RUNTIME_FILE as FILE;
+pub use portico_admin::Runtime;
 use portico_lb::ConfigIssue;
-use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, PorticoConfig, Problem, Source};
 
-pub const FILE: &str = "runtime.toml";
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Runtime {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub certificate: Vec<toml::Table>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub listener: Vec<toml::Table>,
-    /// Registered targets by target group: `"host:port"` or `{ address, weight }`, as in config.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub targets: BTreeMap<String, Vec<toml::Value>>,
+/// The API's changes from the state directory (none yet when the file does not exist).
+pub fn load(state_dir: &Path) -> Result<Runtime, ConfigError> {
+    Runtime::load(state_dir).map_err(|e| problem(&e.path, e.message, e.hint))
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
+/// The merged config and where its problems are: the config file with the API's additions.
+pub trait Compose {
+    fn merge(&self, source: &Source, state_dir: &Path) -> Result<PorticoConfig, ConfigError>;
+    fn locate(
+        &self,
+        source: &Source,
+        file_config: &PorticoConfig,
+        state_dir: &Path,
+        issues: &[ConfigIssue],
+    ) -> ConfigError;
 }
 
-impl Runtime {
-    /// The API's changes from the state directory (none yet when the file does not exist).
-    pub fn load(state_dir: &Path) -> Result<Self, ConfigError> {
-        let p = path(state_dir);
-        match std::fs::read_to_string(&p) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Runtime::default()),
-            Err(e) => Err(problem(&p, format!("cannot read: {e}"), None)),
-            Ok(text) => toml::from_str(&text).map_err(|e| {
-                problem(
-                    &p,
-                    e.message().trim().to_string(),
-                    Some("this file is written by the admin API; restore it from a backup or remove the broken entry".into()),
-                )
-            }),
-        }
-    }
-
-    /// Written atomically (temp, fsync, rename) before an API change is acknowledged.
-    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        let text = toml::to_string(self).map_err(std::io::Error::other)?;
-        std::fs::create_dir_all(state_dir)?;
-        portico_config::files::write_atomic(&path(state_dir), text.as_bytes(), 0o600)
-    }
-
-    /// Address of a registered target entry.
-    pub fn target_address(v: &toml::Value) -> Option<&str> {
-        match v {
-            toml::Value::String(s) => Some(s),
-            toml::Value::Table(t) => t.get("address").and_then(|a| a.as_str()),
-            _ => None,
-        }
-    }
-
+impl Compose for Runtime {
     /// The config file with the API's additions, as one config. Problems in the file are located
     /// in it; problems of the additions name the API's entry.
-    pub fn merge(&self, source: &Source, state_dir: &Path) -> Result<PorticoConfig, ConfigError> {
+    fn merge(&self, source: &Source, state_dir: &Path) -> Result<PorticoConfig, ConfigError> {
         let file_config = source.parse()?;
         if *self == Runtime::default() {
             return Ok(file_config);
@@ -127,8 +94,8 @@ impl Runtime {
                 .or_insert_with(|| toml::Value::Array(Vec::new()));
             if let Some(list) = list.as_array_mut() {
                 for t in targets {
-                    let addr = Self::target_address(t);
-                    if !list.iter().any(|v| Self::target_address(v) == addr) {
+                    let addr = Runtime::target_address(t);
+                    if !list.iter().any(|v| Runtime::target_address(v) == addr) {
                         list.push(t.clone());
                     }
                 }
@@ -161,7 +128,7 @@ impl Runtime {
 
     /// Locates validation issues of a merged config: those of the file's own entries in the
     /// file, those of the API's additions by their place in the merged config.
-    pub fn locate(
+    fn locate(
         &self,
         source: &Source,
         file_config: &PorticoConfig,

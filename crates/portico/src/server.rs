@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::runtime::Compose;
 use anyhow::Context;
 use portico_lb::tls::CertStore;
 use portico_lb::LoadBalancer;
@@ -58,7 +59,7 @@ pub struct Server {
     pub core: Arc<Core>,
     pub lb: Arc<LoadBalancer>,
     pub dns: Option<DnsServer>,
-    admin: Option<crate::admin::AdminServer>,
+    admin: Option<portico_admin::AdminServer>,
 }
 
 impl Server {
@@ -79,7 +80,7 @@ impl Server {
             }
             None => None,
         };
-        let runtime = crate::runtime::Runtime::load(&state_dir)?;
+        let runtime = crate::runtime::load(&state_dir)?;
         let config = runtime.merge(&source, &state_dir)?;
         let locate = |issues: &[portico_lb::ConfigIssue]| {
             runtime.locate(&source, &file_config, &state_dir, issues)
@@ -164,8 +165,8 @@ impl Server {
         });
         let admin = match admin_config {
             Some(a) => {
-                let server = crate::admin::AdminServer::start(core.clone(), &a).await?;
-                crate::admin::write_url(&state_dir, server.addr, a.cert_file.is_some());
+                let server = portico_admin::AdminServer::start(core.clone(), &a).await?;
+                portico_admin::write_url(&state_dir, server.addr, a.cert_file.is_some());
                 Some(server)
             }
             None => None,
@@ -224,7 +225,7 @@ impl Server {
         }
         let _ = std::fs::remove_file(self.core.state_dir.join(PID_FILE));
         if self.admin.is_some() {
-            let _ = std::fs::remove_file(self.core.state_dir.join(crate::admin::URL_FILE));
+            let _ = std::fs::remove_file(self.core.state_dir.join(portico_admin::URL_FILE));
         }
         tracing::info!("stopped");
         Ok(())

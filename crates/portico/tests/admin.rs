@@ -39,11 +39,12 @@ fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
     out
 }
 
-/// Route paths as the router in src/admin/mod.rs declares them (`.route("…"`).
+/// Route paths as the router in crates/portico-admin/src/lib.rs declares them (`.route("…"`).
 fn routed_paths() -> BTreeSet<String> {
-    let src =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/admin/mod.rs"))
-            .unwrap();
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../portico-admin/src/lib.rs"),
+    )
+    .unwrap();
     let mut out = BTreeSet::new();
     let mut rest = src.as_str();
     while let Some(i) = rest.find(".route(") {

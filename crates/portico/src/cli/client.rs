@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::Value;
 
-use crate::admin::URL_FILE;
+use portico_admin::URL_FILE;
 
 /// Where the admin API is and the token to use.
 pub struct Admin {
@@ -64,7 +64,7 @@ impl Admin {
         let token = match &t.token {
             Some(tok) => tok.clone(),
             None => {
-                let p = state_dir()?.join(crate::admin::TOKEN_FILE);
+                let p = state_dir()?.join(portico_admin::TOKEN_FILE);
                 std::fs::read_to_string(&p)
                     .with_context(|| {
                         format!(

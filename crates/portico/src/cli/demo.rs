@@ -161,7 +161,7 @@ async fn demo(args: DemoArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         println!();
         println!(
             "Console: http://{admin}/  (sign in with the token in {}; the API is under /api/v1, metrics at /metrics)",
-            state_dir.join(crate::admin::TOKEN_FILE).display()
+            state_dir.join(portico_admin::TOKEN_FILE).display()
         );
     }
     println!();

@@ -8,33 +8,28 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{json_body, ApiError, ApiResult, Ctx};
-use crate::runtime::Runtime;
+use crate::Runtime;
 
 pub(super) async fn group_view(ctx: &Ctx, name: &str) -> Option<Value> {
-    let (exists, api) = ctx
-        .core
-        .current(|c| {
-            (
-                c.config.target_group.iter().any(|g| g.name == name),
-                c.runtime
-                    .targets
-                    .get(name)
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(Runtime::target_address)
-                            .map(str::to_string)
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default(),
-            )
+    let c = ctx.node.applied().await;
+    let exists = c.target_groups.iter().any(|g| g.name == name);
+    let api: Vec<String> = c
+        .runtime
+        .targets
+        .get(name)
+        .map(|v| {
+            v.iter()
+                .filter_map(Runtime::target_address)
+                .map(str::to_string)
+                .collect()
         })
-        .await;
+        .unwrap_or_default();
     if !exists {
         return None;
     }
     let targets: Vec<Value> = ctx
-        .core
-        .lb
+        .node
+        .lb()
         .target_health(name)
         .into_iter()
         .map(|t| {
@@ -57,15 +52,13 @@ pub(super) fn resolves_to(written: &str, addr: SocketAddr) -> bool {
 
 pub(super) async fn groups_list(State(ctx): State<Ctx>) -> Json<Value> {
     let names: Vec<String> = ctx
-        .core
-        .current(|c| {
-            c.config
-                .target_group
-                .iter()
-                .map(|g| g.name.clone())
-                .collect()
-        })
-        .await;
+        .node
+        .applied()
+        .await
+        .target_groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
     let mut out = Vec::new();
     for n in names {
         if let Some(v) = group_view(&ctx, &n).await {
@@ -110,26 +103,29 @@ pub(super) async fn targets_register(
         return Err(ApiError::bad("no targets given"));
     }
     let added: Vec<String> = reg.targets.iter().map(|t| t.address.clone()).collect();
-    ctx.core
-        .change_runtime(|rt, current| {
-            if !current.target_group.iter().any(|g| g.name == name) {
-                return Err(no_group(&name));
+    ctx.node
+        .change(Box::new({
+            let name = name.clone();
+            move |rt, current| {
+                if !current.target_groups.iter().any(|g| g.name == name) {
+                    return Err(no_group(&name));
+                }
+                let list = rt.targets.entry(name.clone()).or_default();
+                for t in reg.targets {
+                    list.retain(|v| Runtime::target_address(v) != Some(t.address.as_str()));
+                    list.push(match t.weight {
+                        None => toml::Value::String(t.address),
+                        Some(w) => {
+                            let mut tab = toml::Table::new();
+                            tab.insert("address".into(), t.address.into());
+                            tab.insert("weight".into(), i64::from(w).into());
+                            toml::Value::Table(tab)
+                        }
+                    });
+                }
+                Ok(())
             }
-            let list = rt.targets.entry(name.clone()).or_default();
-            for t in reg.targets {
-                list.retain(|v| Runtime::target_address(v) != Some(t.address.as_str()));
-                list.push(match t.weight {
-                    None => toml::Value::String(t.address),
-                    Some(w) => {
-                        let mut tab = toml::Table::new();
-                        tab.insert("address".into(), t.address.into());
-                        tab.insert("weight".into(), i64::from(w).into());
-                        toml::Value::Table(tab)
-                    }
-                });
-            }
-            Ok(())
-        })
+        }))
         .await?;
     tracing::info!(event = "targets_registered", target_group = %name, targets = ?added, "targets registered through the admin API");
     group_view(&ctx, &name)
@@ -142,33 +138,39 @@ pub(super) async fn target_deregister(
     State(ctx): State<Ctx>,
     UrlPath((name, address)): UrlPath<(String, String)>,
 ) -> ApiResult {
-    ctx.core
-        .change_runtime(|rt, current| {
-            let Some(group) = current.target_group.iter().find(|g| g.name == name) else {
-                return Err(no_group(&name));
-            };
-            let list = rt.targets.entry(name.clone()).or_default();
-            let before = list.len();
-            list.retain(|v| Runtime::target_address(v) != Some(address.as_str()));
-            if list.is_empty() {
-                rt.targets.remove(&name);
+    ctx.node
+        .change(Box::new({
+            let name = name.clone();
+            let address = address.clone();
+            move |rt, current| {
+                let Some(group) = current.target_groups.iter().find(|g| g.name == name) else {
+                    return Err(no_group(&name));
+                };
+                let list = rt.targets.entry(name.clone()).or_default();
+                let before = list.len();
+                list.retain(|v| Runtime::target_address(v) != Some(address.as_str()));
+                if list.is_empty() {
+                    rt.targets.remove(&name);
+                }
+                if rt.targets.get(&name).map_or(0, Vec::len) == before {
+                    let in_file = group.targets.iter().any(|t| match t {
+                        portico_lb::config::TargetConfig::Address(a) => *a == address,
+                        portico_lb::config::TargetConfig::Weighted(w) => w.address == address,
+                    });
+                    return Err(if in_file {
+                        ApiError::conflict(format!(
+                            "target {address} of {name:?} is declared in the config file"
+                        ))
+                        .hint("remove it from the group's targets in the config file, then reload")
+                    } else {
+                        ApiError::not_found(format!(
+                            "target {address} is not registered in {name:?}"
+                        ))
+                    });
+                }
+                Ok(())
             }
-            if rt.targets.get(&name).map_or(0, Vec::len) == before {
-                let in_file = group.targets.iter().any(|t| match t {
-                    portico_lb::config::TargetConfig::Address(a) => *a == address,
-                    portico_lb::config::TargetConfig::Weighted(w) => w.address == address,
-                });
-                return Err(if in_file {
-                    ApiError::conflict(format!(
-                        "target {address} of {name:?} is declared in the config file"
-                    ))
-                    .hint("remove it from the group's targets in the config file, then reload")
-                } else {
-                    ApiError::not_found(format!("target {address} is not registered in {name:?}"))
-                });
-            }
-            Ok(())
-        })
+        }))
         .await?;
     tracing::info!(event = "target_deregistered", target_group = %name, target = %address, "target deregistered through the admin API");
     group_view(&ctx, &name)

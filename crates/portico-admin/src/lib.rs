@@ -1,16 +1,19 @@
 //! The admin API (`/api/v1/…`), its OpenAPI document, Prometheus `/metrics` and the web console
 //! (`/`), served on `[admin] listen` with a bearer token from `<state_dir>/admin.token`.
 //!
-//! Every change goes through the path the config takes: records through the zones' change
-//! batches, certificates, listeners and targets through [`Core::change_runtime`], which merges
-//! them with the config file, validates the whole, applies it and persists it before answering.
+//! The API acts on the running node only through the [`Node`] trait (`node.rs`), which the
+//! binary implements on its serving core. Every change goes through the path the config takes:
+//! records through the zones' change batches, certificates, listeners and targets as an edit of
+//! the API's additions ([`Runtime`]) that the node merges with the config file, validates as a
+//! whole, applies and persists before answering.
 //!
-//! This file: errors, the token, the server, the router and authentication; the handlers are
-//! one file per resource (zones, certs, targets, listeners, status) beside it.
+//! This file: `[admin]`, errors, the token, the server, the router and authentication; the
+//! handlers are one file per resource (zones, certs, targets, listeners, status, metrics).
 
 mod certs;
 mod listeners;
 mod metrics;
+pub mod node;
 mod status;
 mod targets;
 mod zones;
@@ -35,8 +38,29 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminConfig, ConfigError};
-use crate::node::{Core, RuntimeChangeError};
+pub use node::{Applied, Edit, Node, Runtime, RuntimeFileError, StoreStatus};
+
+/// `[admin]`: where the admin API, `/metrics` and the console listen.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// TLS for the admin API: required when `listen` is not a loopback address, since the bearer
+    /// token would otherwise cross the network in clear.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+impl AdminConfig {
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9180".into()
+}
 
 pub const TOKEN_FILE: &str = "admin.token";
 const OPENAPI: &str = include_str!("openapi.json");
@@ -78,38 +102,30 @@ impl ApiError {
     pub fn internal(error: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, error)
     }
-    /// A change the config path refused: each problem with its hint.
-    pub fn config(e: ConfigError) -> Self {
-        let hint = e.problems.iter().find_map(|p| p.hint.clone());
-        let conflict = e
-            .problems
+    /// A change the config path refused: each problem (message, hint) of the merged config.
+    pub fn refused(problems: impl IntoIterator<Item = (String, Option<String>)>) -> Self {
+        let problems: Vec<(String, Option<String>)> = problems.into_iter().collect();
+        let conflict = problems
             .iter()
-            .any(|p| p.message.contains("also created through the admin API"));
+            .any(|(m, _)| m.contains("also created through the admin API"));
         let mut err = Self::new(
             if conflict {
                 StatusCode::CONFLICT
             } else {
                 StatusCode::BAD_REQUEST
             },
-            e.problems
+            problems
                 .iter()
-                .map(|p| p.message.clone())
+                .map(|(m, _)| m.clone())
                 .collect::<Vec<_>>()
                 .join("; "),
         );
-        err.hint = hint;
+        err.hint = problems.into_iter().find_map(|(_, h)| h);
         err
     }
-}
-
-impl From<RuntimeChangeError<ApiError>> for ApiError {
-    fn from(e: RuntimeChangeError<ApiError>) -> Self {
-        match e {
-            RuntimeChangeError::Edit(e) => e,
-            RuntimeChangeError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
-            RuntimeChangeError::Config(e) => ApiError::config(e),
-            RuntimeChangeError::Internal(m) => ApiError::internal(m),
-        }
+    /// The shared store cannot be reached: the change waits until it answers.
+    pub fn unavailable(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, error)
     }
 }
 
@@ -163,7 +179,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 #[derive(Clone)]
 struct Ctx {
-    core: Arc<Core>,
+    node: Arc<dyn Node>,
     token: Arc<String>,
 }
 
@@ -174,14 +190,14 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    pub async fn start(core: Arc<Core>, config: &AdminConfig) -> anyhow::Result<Self> {
+    pub async fn start(node: Arc<dyn Node>, config: &AdminConfig) -> anyhow::Result<Self> {
         use anyhow::Context;
         let listen = config
             .listen_addr()
             .context("[admin] listen is not an address:port")?;
         let tls = match (&config.cert_file, &config.key_file) {
             (Some(c), Some(k)) => {
-                let base = core.current(|c| c.source.base_dir()).await;
+                let base = node.applied().await.base_dir;
                 let served = portico_lb::tls::load_pem_files(&base.join(c), &base.join(k))
                     .context("[admin] cert_file/key_file")?;
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -195,10 +211,10 @@ impl AdminServer {
             }
             _ => None,
         };
-        let token = token(&core.state_dir).with_context(|| {
+        let token = token(node.state_dir()).with_context(|| {
             format!(
                 "cannot make the admin token {}",
-                core.state_dir.join(TOKEN_FILE).display()
+                node.state_dir().join(TOKEN_FILE).display()
             )
         })?;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -208,7 +224,7 @@ impl AdminServer {
             })?;
         let addr = listener.local_addr()?;
         let app = router(Ctx {
-            core,
+            node,
             token: Arc::new(token),
         });
         let stop = CancellationToken::new();

@@ -18,24 +18,22 @@ fn esc(v: &str) -> String {
 
 pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
     let mut out = String::with_capacity(8 * 1024);
-    let core = &ctx.core;
+    let node = &ctx.node;
 
     // Load balancer: requests, latency, connections, TLS.
-    core.lb.render_metrics(&mut out);
+    node.lb().render_metrics(&mut out);
 
     // Target health, per node (each node checks its own targets).
-    let groups: Vec<String> = core
-        .current(|c| {
-            c.config
-                .target_group
-                .iter()
-                .map(|g| g.name.clone())
-                .collect()
-        })
-        .await;
+    let groups: Vec<String> = node
+        .applied()
+        .await
+        .target_groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
     out.push_str("# HELP portico_target_healthy 1 when the target is healthy, 0 when not.\n# TYPE portico_target_healthy gauge\n");
     for g in &groups {
-        for t in core.lb.target_health(g) {
+        for t in node.lb().target_health(g) {
             let _ = writeln!(
                 out,
                 "portico_target_healthy{{target_group=\"{}\",target=\"{}\",state=\"{}\"}} {}",
@@ -54,7 +52,7 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
     }
     out.push_str("# HELP portico_target_requests_in_flight Requests a target is serving now.\n# TYPE portico_target_requests_in_flight gauge\n");
     for g in &groups {
-        for t in core.lb.target_health(g) {
+        for t in node.lb().target_health(g) {
             let _ = writeln!(
                 out,
                 "portico_target_requests_in_flight{{target_group=\"{}\",target=\"{}\"}} {}",
@@ -66,19 +64,19 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
     }
 
     // Cluster mode: is the shared store answering?
-    if let Some(c) = &core.cluster {
+    if let Some(c) = node.store() {
         let _ = writeln!(
             out,
             "# HELP portico_store_reachable 1 while the shared store (etcd) answers; 0 while this node serves from its cache and refuses changes.\n# TYPE portico_store_reachable gauge\nportico_store_reachable{{store=\"{}\"}} {}",
-            esc(&c.describe()),
-            u8::from(c.reachable())
+            esc(&c.describe),
+            u8::from(c.reachable)
         );
     }
 
     // DNS.
-    core.zones.metrics.render(&mut out);
+    node.zones().metrics.render(&mut out);
     out.push_str("# HELP portico_dns_zone_serial The SOA serial each hosted zone serves.\n# TYPE portico_dns_zone_serial gauge\n");
-    let catalog = core.zones.catalog();
+    let catalog = node.zones().catalog();
     let mut zones: Vec<_> = catalog.zones.values().collect();
     zones.sort_by_key(|z| z.origin.to_string());
     for z in zones {
@@ -91,7 +89,7 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
     }
 
     // Certificates.
-    let records = core.certs.storage().records();
+    let records = node.certs().storage().records();
     out.push_str("# HELP portico_certificate_expiry_timestamp_seconds When the served certificate expires (Unix time).\n# TYPE portico_certificate_expiry_timestamp_seconds gauge\n");
     for r in &records {
         let expiry = r
@@ -118,7 +116,7 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
         );
     }
     out.push_str("# HELP portico_certificate_renewal_failures_total Failed orders and renewals since this process started.\n# TYPE portico_certificate_renewal_failures_total counter\n");
-    for (name, n) in core.certs.failure_counts() {
+    for (name, n) in node.certs().failure_counts() {
         let _ = writeln!(
             out,
             "portico_certificate_renewal_failures_total{{certificate=\"{}\"}} {n}",

@@ -7,13 +7,9 @@ use serde_json::{json, Value};
 use super::{json_body, ApiError, ApiResult, Ctx};
 
 pub(super) async fn listener_views(ctx: &Ctx) -> Vec<Value> {
-    let (file, api, config) = ctx
-        .core
-        .current(|c| {
-            let file: toml::Table = toml::from_str(&c.source.text).unwrap_or_default();
-            (file, c.runtime.listener.clone(), c.config.listener.clone())
-        })
-        .await;
+    let c = ctx.node.applied().await;
+    let file: toml::Table = toml::from_str(&c.file_text).unwrap_or_default();
+    let (api, config) = (c.runtime.listener, c.listeners);
     let file_tables: Vec<toml::Table> = file
         .get("listener")
         .and_then(|v| v.as_array())
@@ -35,7 +31,7 @@ pub(super) async fn listener_views(ctx: &Ctx) -> Vec<Value> {
                 "name": l.name,
                 "protocol": format!("{:?}", l.protocol).to_lowercase(),
                 "bind": l.bind,
-                "listening_on": ctx.core.lb.local_addrs(&l.name).iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "listening_on": ctx.node.lb().local_addrs(&l.name).iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "certificates": l.certificates,
                 "rules": l.rules.len(),
                 "source": if from_api.is_some() { "api" } else { "config" },
@@ -83,13 +79,14 @@ pub(super) async fn listener_put(
             table.insert("name".into(), name.clone().into());
         }
     }
-    ctx.core
-        .change_runtime(|rt, current| {
+    ctx.node.change(Box::new({
+let name = name.clone();
+move |rt, current| {
             let api_owned = rt
                 .listener
                 .iter()
                 .any(|t| t.get("name").and_then(|n| n.as_str()) == Some(name.as_str()));
-            if !api_owned && current.listener.iter().any(|l| l.name == name) {
+            if !api_owned && current.listeners.iter().any(|l| l.name == name) {
                 return Err(ApiError::conflict(format!(
                     "listener {name:?} is declared in the config file"
                 ))
@@ -99,7 +96,7 @@ pub(super) async fn listener_put(
                 .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
             rt.listener.push(table);
             Ok(())
-        })
+        }}))
         .await?;
     tracing::info!(event = "listener_changed", listener = %name, "listener created or replaced through the admin API");
     listener_get(State(ctx), UrlPath(name)).await
@@ -109,21 +106,26 @@ pub(super) async fn listener_delete(
     State(ctx): State<Ctx>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult {
-    ctx.core
-        .change_runtime(|rt, current| {
-            let before = rt.listener.len();
-            rt.listener
-                .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
-            if rt.listener.len() == before {
-                return Err(if current.listener.iter().any(|l| l.name == name) {
-                    ApiError::conflict(format!("listener {name:?} is declared in the config file"))
+    ctx.node
+        .change(Box::new({
+            let name = name.clone();
+            move |rt, current| {
+                let before = rt.listener.len();
+                rt.listener
+                    .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
+                if rt.listener.len() == before {
+                    return Err(if current.listeners.iter().any(|l| l.name == name) {
+                        ApiError::conflict(format!(
+                            "listener {name:?} is declared in the config file"
+                        ))
                         .hint("remove it from the config file, then reload")
-                } else {
-                    ApiError::not_found(format!("no listener {name:?}"))
-                });
+                    } else {
+                        ApiError::not_found(format!("no listener {name:?}"))
+                    });
+                }
+                Ok(())
             }
-            Ok(())
-        })
+        }))
         .await?;
     tracing::info!(event = "listener_deleted", listener = %name, "listener deleted through the admin API");
     Ok(Json(json!({ "deleted": name })))

@@ -4,23 +4,23 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiResult, Ctx};
+use super::{ApiResult, Ctx};
 
 pub(super) async fn status(State(ctx): State<Ctx>) -> Json<Value> {
-    let store = match &ctx.core.cluster {
-        Some(c) => json!({"kind": "etcd", "describe": c.describe(), "reachable": c.reachable()}),
+    let store = match ctx.node.store() {
+        Some(c) => json!({"kind": "etcd", "describe": c.describe, "reachable": c.reachable}),
         None => {
-            json!({"kind": "state directory", "describe": ctx.core.state_dir, "reachable": true})
+            json!({"kind": "state directory", "describe": ctx.node.state_dir(), "reachable": true})
         }
     };
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "config": ctx.core.source_path,
+        "config": ctx.node.config_path(),
         "store": store,
     }))
 }
 
 pub(super) async fn reload(State(ctx): State<Ctx>) -> ApiResult {
-    ctx.core.reload().await.map_err(ApiError::config)?;
+    ctx.node.reload().await?;
     Ok(Json(json!({ "result": "reload applied" })))
 }

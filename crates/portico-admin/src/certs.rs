@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{json_body, ApiError, ApiResult, Ctx};
 
 pub(super) fn cert_view(ctx: &Ctx, name: &str, source: &str, domains: &[String]) -> Value {
-    let r = ctx.core.certs.storage().record(name).unwrap_or_default();
+    let r = ctx.node.certs().storage().record(name).unwrap_or_default();
     let mut v = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
     v["name"] = json!(name);
     v["source"] = json!(source);
@@ -17,7 +17,7 @@ pub(super) fn cert_view(ctx: &Ctx, name: &str, source: &str, domains: &[String])
         v["status"] = json!("PENDING_VALIDATION");
         v["domains"] = json!(domains);
     }
-    let live = ctx.core.certs.storage().live(name);
+    let live = ctx.node.certs().storage().live(name);
     if live.join("fullchain.pem").exists() {
         v["fullchain"] = json!(live.join("fullchain.pem"));
     }
@@ -26,32 +26,28 @@ pub(super) fn cert_view(ctx: &Ctx, name: &str, source: &str, domains: &[String])
 
 /// Certificates the manager obtains: (name, domains, "config" | "api").
 pub(super) async fn managed(ctx: &Ctx) -> Vec<(String, Vec<String>, &'static str)> {
-    ctx.core
-        .current(|c| {
-            let api: Vec<&str> = c
-                .runtime
-                .certificate
-                .iter()
-                .filter_map(|t| t.get("name").and_then(|n| n.as_str()))
-                .collect();
-            c.config
-                .certificate
-                .iter()
-                .filter(|cert| !cert.domains.is_empty())
-                .map(|cert| {
-                    (
-                        cert.name.clone(),
-                        cert.domains.clone(),
-                        if api.contains(&cert.name.as_str()) {
-                            "api"
-                        } else {
-                            "config"
-                        },
-                    )
-                })
-                .collect()
+    let c = ctx.node.applied().await;
+    let api: Vec<&str> = c
+        .runtime
+        .certificate
+        .iter()
+        .filter_map(|t| t.get("name").and_then(|n| n.as_str()))
+        .collect();
+    c.certificates
+        .iter()
+        .filter(|cert| !cert.domains.is_empty())
+        .map(|cert| {
+            (
+                cert.name.clone(),
+                cert.domains.clone(),
+                if api.contains(&cert.name.as_str()) {
+                    "api"
+                } else {
+                    "config"
+                },
+            )
         })
-        .await
+        .collect()
 }
 
 pub(super) async fn certs_list(State(ctx): State<Ctx>) -> Json<Value> {
@@ -95,9 +91,9 @@ pub(super) async fn cert_request(
         ));
     }
     let name = spec.name.clone();
-    ctx.core
-        .change_runtime(|rt, current| {
-            if current.certificate.iter().any(|c| c.name == spec.name) {
+    ctx.node
+        .change(Box::new(move |rt, current| {
+            if current.certificates.iter().any(|c| c.name == spec.name) {
                 return Err(ApiError::conflict(format!(
                     "a certificate named {:?} exists already",
                     spec.name
@@ -127,7 +123,7 @@ pub(super) async fn cert_request(
             }
             rt.certificate.push(t);
             Ok(())
-        })
+        }))
         .await?;
     tracing::info!(event = "certificate_requested", certificate = %name, "certificate requested through the admin API");
     let list = managed(&ctx).await;
@@ -143,23 +139,26 @@ pub(super) async fn cert_delete(
     State(ctx): State<Ctx>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult {
-    ctx.core
-        .change_runtime(|rt, current| {
-            let before = rt.certificate.len();
-            rt.certificate
-                .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
-            if rt.certificate.len() == before {
-                return Err(if current.certificate.iter().any(|c| c.name == name) {
-                    ApiError::conflict(format!(
-                        "certificate {name:?} is declared in the config file"
-                    ))
-                    .hint("remove its [[certificate]] from the config file, then reload")
-                } else {
-                    ApiError::not_found(format!("no certificate {name:?}"))
-                });
+    ctx.node
+        .change(Box::new({
+            let name = name.clone();
+            move |rt, current| {
+                let before = rt.certificate.len();
+                rt.certificate
+                    .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
+                if rt.certificate.len() == before {
+                    return Err(if current.certificates.iter().any(|c| c.name == name) {
+                        ApiError::conflict(format!(
+                            "certificate {name:?} is declared in the config file"
+                        ))
+                        .hint("remove its [[certificate]] from the config file, then reload")
+                    } else {
+                        ApiError::not_found(format!("no certificate {name:?}"))
+                    });
+                }
+                Ok(())
             }
-            Ok(())
-        })
+        }))
         .await?;
     tracing::info!(event = "certificate_deleted", certificate = %name, "certificate deleted through the admin API");
     Ok(Json(json!({
@@ -207,17 +206,17 @@ pub(super) async fn renewal(
             "no certificate {name:?} with domains (imported certificates are renewed by whoever issued them)"
         )));
     };
-    let record = ctx.core.certs.storage().record(name).unwrap_or_default();
+    let record = ctx.node.certs().storage().record(name).unwrap_or_default();
     if what == RenewRequest::Revoke && record.version == 0 {
         return Err(ApiError::conflict(format!(
             "{name}: no certificate has been issued yet, nothing to revoke"
         )));
     }
-    ctx.core
-        .certs
+    ctx.node
+        .certs()
         .storage()
         .request_renewal(name, what)
         .map_err(|e| ApiError::internal(format!("cannot leave the renewal request: {e}")))?;
-    ctx.core.kick_certs().await;
+    ctx.node.kick_certs().await;
     Ok((StatusCode::ACCEPTED, Json(cert_view(ctx, n, s, d))))
 }

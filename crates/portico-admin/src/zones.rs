@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{json_body, ApiError, ApiResult, Ctx};
 
 pub(super) async fn zones_list(State(ctx): State<Ctx>) -> Json<Value> {
-    let catalog = ctx.core.zones.catalog();
+    let catalog = ctx.node.zones().catalog();
     let mut zones: Vec<_> = catalog.zones.values().collect();
     zones.sort_by_key(|z| z.origin.to_string());
     Json(Value::Array(
@@ -25,8 +25,8 @@ pub(super) async fn zones_list(State(ctx): State<Ctx>) -> Json<Value> {
 
 pub(super) fn zone_of(ctx: &Ctx, zone: &str) -> ApiResult<Arc<portico_dns::zone::Zone>> {
     let name = portico_dns::zones::zone_name(zone).map_err(|e| ApiError::bad(e.to_string()))?;
-    ctx.core
-        .zones
+    ctx.node
+        .zones()
         .catalog()
         .zones
         .get(&name)
@@ -72,7 +72,7 @@ pub(super) async fn zone_export(
     UrlPath(zone): UrlPath<String>,
 ) -> ApiResult<Response> {
     zone_of(&ctx, &zone)?;
-    let text = ctx.core.zones.export(&zone).unwrap_or_default();
+    let text = ctx.node.zones().export(&zone).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
@@ -96,8 +96,8 @@ pub(super) async fn zone_change(
     zone_of(&ctx, &zone)?;
     use portico_dns::zones::ChangeError;
     let info = ctx
-        .core
-        .zones
+        .node
+        .zones()
         .change(&zone, &batch.changes)
         .await
         .map_err(|e| match e {
@@ -118,20 +118,16 @@ pub(super) async fn zone_change(
 /// the new serial (as Route 53 reports INSYNC once every authoritative server has the change).
 pub(super) async fn change_view(ctx: &Ctx, mut info: portico_dns::zones::ChangeInfo) -> Value {
     use portico_dns::zones::ChangeStatus;
-    if let (Some(c), ChangeStatus::Insync) = (&ctx.core.cluster, info.status) {
-        let (c, zone, serial) = (c.clone(), info.zone.clone(), info.serial);
-        let everywhere = tokio::task::spawn_blocking(move || c.served_everywhere(&zone, serial))
-            .await
-            .unwrap_or(false);
-        if !everywhere {
-            info.status = ChangeStatus::Pending;
-        }
+    if info.status == ChangeStatus::Insync
+        && !ctx.node.served_everywhere(&info.zone, info.serial).await
+    {
+        info.status = ChangeStatus::Pending;
     }
     serde_json::to_value(info).unwrap_or_default()
 }
 
 pub(super) async fn change_get(State(ctx): State<Ctx>, UrlPath(id): UrlPath<String>) -> ApiResult {
-    let info = ctx.core.zones.change_status(&id).ok_or_else(|| {
+    let info = ctx.node.zones().change_status(&id).ok_or_else(|| {
         ApiError::not_found(format!(
             "no change {id:?} (ids are kept while the server runs)"
         ))
