@@ -6,7 +6,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{json_body, ApiError, ApiResult, Ctx};
+use super::{json_body, ApiError, ApiResult, Ctx, Runtime};
 
 pub(super) fn cert_view(ctx: &Ctx, name: &str, source: &str, domains: &[String]) -> Value {
     let r = ctx.node.certs().storage().record(name).unwrap_or_default();
@@ -143,20 +143,14 @@ pub(super) async fn cert_delete(
         .change(Box::new({
             let name = name.clone();
             move |rt, current| {
-                let before = rt.certificate.len();
-                rt.certificate
-                    .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
-                if rt.certificate.len() == before {
-                    return Err(if current.certificates.iter().any(|c| c.name == name) {
-                        ApiError::conflict(format!(
-                            "certificate {name:?} is declared in the config file"
-                        ))
-                        .hint("remove its [[certificate]] from the config file, then reload")
-                    } else {
-                        ApiError::not_found(format!("no certificate {name:?}"))
-                    });
-                }
-                Ok(())
+                let in_file = current.certificates.iter().any(|c| c.name == name);
+                Runtime::remove_named(
+                    &mut rt.certificate,
+                    &name,
+                    "certificate",
+                    in_file,
+                    "remove its [[certificate]] from the config file, then reload",
+                )
             }
         }))
         .await?;

@@ -4,7 +4,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{json_body, ApiError, ApiResult, Ctx};
+use super::{json_body, ApiError, ApiResult, Ctx, Runtime};
 
 pub(super) async fn listener_views(ctx: &Ctx) -> Vec<Value> {
     let c = ctx.node.applied().await;
@@ -110,20 +110,14 @@ pub(super) async fn listener_delete(
         .change(Box::new({
             let name = name.clone();
             move |rt, current| {
-                let before = rt.listener.len();
-                rt.listener
-                    .retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name.as_str()));
-                if rt.listener.len() == before {
-                    return Err(if current.listeners.iter().any(|l| l.name == name) {
-                        ApiError::conflict(format!(
-                            "listener {name:?} is declared in the config file"
-                        ))
-                        .hint("remove it from the config file, then reload")
-                    } else {
-                        ApiError::not_found(format!("no listener {name:?}"))
-                    });
-                }
-                Ok(())
+                let in_file = current.listeners.iter().any(|l| l.name == name);
+                Runtime::remove_named(
+                    &mut rt.listener,
+                    &name,
+                    "listener",
+                    in_file,
+                    "remove it from the config file, then reload",
+                )
             }
         }))
         .await?;

@@ -129,6 +129,29 @@ impl Runtime {
         portico_config::files::write_atomic(&runtime_path(state_dir), text.as_bytes(), 0o600)
     }
 
+    /// Removes the API's entry named `name` from `list` (its certificates or listeners); when
+    /// the API made none, the error says whether the config file declares one (`in_file`) and
+    /// how to remove that.
+    pub fn remove_named(
+        list: &mut Vec<toml::Table>,
+        name: &str,
+        what: &str,
+        in_file: bool,
+        file_hint: &str,
+    ) -> Result<(), ApiError> {
+        let before = list.len();
+        list.retain(|t| t.get("name").and_then(|n| n.as_str()) != Some(name));
+        if list.len() < before {
+            return Ok(());
+        }
+        Err(if in_file {
+            ApiError::conflict(format!("{what} {name:?} is declared in the config file"))
+                .hint(file_hint)
+        } else {
+            ApiError::not_found(format!("no {what} {name:?}"))
+        })
+    }
+
     /// Address of a registered target entry.
     pub fn target_address(v: &toml::Value) -> Option<&str> {
         match v {

@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use portico_admin::{ApiError, Applied, Edit, StoreStatus};
 
 use crate::config::{ConfigError, PorticoConfig, Source};
-use crate::runtime::{Compose, Runtime};
+use crate::runtime::Runtime;
 
 /// Why a run-time change (an API call) was not applied; nothing changed in any case.
 pub enum RuntimeChangeError<E> {
@@ -140,9 +140,9 @@ impl Core {
         runtime: &Runtime,
     ) -> Result<PorticoConfig, ConfigError> {
         let file_config = source.parse()?;
-        let config = runtime.merge(source, &self.state_dir)?;
+        let config = crate::runtime::merge(runtime, source, &self.state_dir)?;
         let locate = |issues: &[portico_lb::ConfigIssue]| {
-            runtime.locate(source, &file_config, &self.state_dir, issues)
+            crate::runtime::locate(source, &file_config, &self.state_dir, issues)
         };
         let issues = config.own_issues();
         if !issues.is_empty() {

@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::runtime::Compose;
 use anyhow::Context;
 use portico_lb::tls::CertStore;
 use portico_lb::LoadBalancer;
@@ -81,9 +80,9 @@ impl Server {
             None => None,
         };
         let runtime = crate::runtime::load(&state_dir)?;
-        let config = runtime.merge(&source, &state_dir)?;
+        let config = crate::runtime::merge(&runtime, &source, &state_dir)?;
         let locate = |issues: &[portico_lb::ConfigIssue]| {
-            runtime.locate(&source, &file_config, &state_dir, issues)
+            crate::runtime::locate(&source, &file_config, &state_dir, issues)
         };
         let issues = config.own_issues();
         if !issues.is_empty() {
