@@ -24,13 +24,7 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
     node.lb().render_metrics(&mut out);
 
     // Target health, per node (each node checks its own targets).
-    let groups: Vec<String> = node
-        .applied()
-        .await
-        .target_groups
-        .iter()
-        .map(|g| g.name.clone())
-        .collect();
+    let groups = node.applied().await.group_names();
     out.push_str("# HELP portico_target_healthy 1 when the target is healthy, 0 when not.\n# TYPE portico_target_healthy gauge\n");
     for g in &groups {
         for t in node.lb().target_health(g) {

@@ -66,6 +66,13 @@ pub struct Applied {
     pub certificates: Vec<CertificateConfig>,
 }
 
+impl Applied {
+    /// The target groups' names, in config order.
+    pub fn group_names(&self) -> Vec<String> {
+        self.target_groups.iter().map(|g| g.name.clone()).collect()
+    }
+}
+
 /// The file the additions are kept in, in the state directory.
 pub const RUNTIME_FILE: &str = "runtime.toml";
 

@@ -51,14 +51,7 @@ pub(super) fn resolves_to(written: &str, addr: SocketAddr) -> bool {
 }
 
 pub(super) async fn groups_list(State(ctx): State<Ctx>) -> Json<Value> {
-    let names: Vec<String> = ctx
-        .node
-        .applied()
-        .await
-        .target_groups
-        .iter()
-        .map(|g| g.name.clone())
-        .collect();
+    let names = ctx.node.applied().await.group_names();
     let mut out = Vec::new();
     for n in names {
         if let Some(v) = group_view(&ctx, &n).await {
