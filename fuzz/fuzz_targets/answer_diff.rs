@@ -3,18 +3,20 @@
 //! random queries (any letter case, names below, at and above the data) are answered by
 //! `portico_dns::answer::lookup`, whose zone is keyed by canonical byte keys, and by the
 //! `Name`-keyed lookup it replaced (kept below, unchanged in what it answers). Every field of
-//! the two answers must be equal.
+//! the two answers must be equal. Then the answer as `wire.rs` writes it must mean exactly what
+//! hickory's encoder wrote for it (header, records, name case, EDNS, truncation).
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{CNAME, MX, NS, TXT, A};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use libfuzzer_sys::fuzz_target;
 use portico_dns::answer::{lookup, Answer, Catalog};
+use portico_dns::wire::{answer, answer_via_hickory, same_meaning, Sections};
 use portico_dns::zone::{default_apex, Alias, AliasTarget, Node, Zone};
 
 const LABELS: [&str; 5] = ["a", "b", "c", "*", "x"];
@@ -98,10 +100,54 @@ fuzz_target!(|data: &[u8]| {
         let qtype = TYPES[(t % 7) as usize];
         let got = lookup(&catalog, &q, qtype, &());
         let want = reference.lookup(&q, qtype);
-        let show = |a: &Answer| format!("{:?} aa={} {:?} / {:?} / {:?}", a.rcode, a.authoritative, a.answers, a.authority, a.additional);
-        assert_eq!(show(&got), show(&want), "{q} {qtype}");
+        let got_records = RefAnswer {
+            rcode: got.rcode,
+            authoritative: got.authoritative,
+            answers: Answer::records(&got.answers),
+            authority: Answer::records(&got.authority),
+            additional: Answer::records(&got.additional),
+        };
+        let show = |a: &RefAnswer| format!("{:?} aa={} {:?} / {:?} / {:?}", a.rcode, a.authoritative, a.answers, a.authority, a.additional);
+        assert_eq!(show(&got_records), show(&want), "{q} {qtype}");
+
+        // The answer written by `wire.rs` means what hickory's encoder wrote for it: every
+        // field, record and name case, with and without EDNS, over UDP (truncation) and TCP.
+        let mut req = Message::new(u16::from(t) << 8 | 0x5a, MessageType::Query, OpCode::Query);
+        req.metadata.recursion_desired = t & 1 != 0;
+        req.metadata.checking_disabled = t & 2 != 0;
+        req.add_query(Query::query(q.clone(), qtype));
+        if t & 4 != 0 {
+            let mut e = Edns::new();
+            e.set_max_payload(512 + u16::from(t & 0x38) * 16);
+            req.edns = Some(e);
+        }
+        let Ok(req) = req.to_vec().and_then(|b| Message::from_vec(&b).map_err(Into::into)) else {
+            continue;
+        };
+        let tcp = t & 8 != 0 && t & 0x10 != 0;
+        let s = Sections {
+            rcode: got.rcode,
+            authoritative: got.authoritative,
+            answers: &got.answers,
+            authority: &got.authority,
+            additional: &got.additional,
+        };
+        if let Err(e) = same_meaning(&answer(&req, &s, tcp), &answer_via_hickory(&req, &s, tcp)) {
+            panic!("{q} {qtype} tcp={tcp}: {e}");
+        }
     }
 });
+
+/// An answer as the reference gives it: records, as the answer path gave them before it
+/// answered with borrowed record sets.
+#[derive(Default)]
+struct RefAnswer {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authority: Vec<Record>,
+    additional: Vec<Record>,
+}
 
 /// The answer path before canonical keys (`answer.rs` at the commit before "dns: zones keyed
 /// by canonical byte keys"), on a `Name`-keyed copy of the zone.
@@ -124,11 +170,11 @@ impl Reference {
         }
     }
 
-    fn lookup(&self, qname: &Name, qtype: RecordType) -> Answer {
+    fn lookup(&self, qname: &Name, qtype: RecordType) -> RefAnswer {
         if !self.origin.zone_of(&qname.to_lowercase()) {
-            return Answer { rcode: ResponseCode::Refused, ..Default::default() };
+            return RefAnswer { rcode: ResponseCode::Refused, ..Default::default() };
         }
-        let mut out = Answer { rcode: ResponseCode::NoError, authoritative: true, ..Default::default() };
+        let mut out = RefAnswer { rcode: ResponseCode::NoError, authoritative: true, ..Default::default() };
         let mut name = qname.clone();
         for _ in 0..MAX_CHAIN {
             let before = out.answers.len();
@@ -146,7 +192,7 @@ impl Reference {
         out
     }
 
-    fn step(&self, qname: &Name, qtype: RecordType, out: &mut Answer) -> Option<Name> {
+    fn step(&self, qname: &Name, qtype: RecordType, out: &mut RefAnswer) -> Option<Name> {
         let lname = qname.to_lowercase();
         if let Some(cut) = self.delegation(&lname) {
             self.referral(&cut, out);
@@ -173,7 +219,7 @@ impl Reference {
         None
     }
 
-    fn answer_node(&self, node: &Node, owner: &Name, qtype: RecordType, out: &mut Answer) -> Option<Name> {
+    fn answer_node(&self, node: &Node, owner: &Name, qtype: RecordType, out: &mut RefAnswer) -> Option<Name> {
         out.rcode = ResponseCode::NoError;
         if qtype == RecordType::ANY {
             if let Some(set) = node.sets.first() {
@@ -209,7 +255,7 @@ impl Reference {
         None
     }
 
-    fn alias(&self, node: &Node, owner: &Name, qtype: RecordType, out: &mut Answer) {
+    fn alias(&self, node: &Node, owner: &Name, qtype: RecordType, out: &mut RefAnswer) {
         let Some(a) = &node.alias else { return };
         let AliasTarget::Name(n) = &a.target else { return };
         let Some(set) = self.nodes.get(&n.to_lowercase()).and_then(|t| t.get(qtype)) else { return };
@@ -239,7 +285,7 @@ impl Reference {
         (apex_labels + 1..=labels).map(|n| lname.trim_to(n)).find(|cut| self.cuts.contains(cut))
     }
 
-    fn referral(&self, cut: &Name, out: &mut Answer) {
+    fn referral(&self, cut: &Name, out: &mut RefAnswer) {
         out.authoritative = false;
         out.rcode = ResponseCode::NoError;
         if let Some(set) = self.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
@@ -259,7 +305,7 @@ impl Reference {
             .is_some_and(|(n, _)| lname.zone_of(n))
     }
 
-    fn add_soa(&self, out: &mut Answer) {
+    fn add_soa(&self, out: &mut RefAnswer) {
         if !out.authoritative {
             return;
         }

@@ -1,8 +1,8 @@
 //! Authoritative answers, the way Knot and NSD give them: NOERROR, NXDOMAIN and NODATA with the
 //! SOA in the authority section, CNAME chains followed inside the zone, wildcards (RFC 4592),
 //! referrals with glue below a zone cut, ALIAS answered as A/AAAA, a minimal answer to ANY
-//! (RFC 8482), and the query name's letter case echoed. No wire bytes here: names and records in,
-//! records out.
+//! (RFC 8482), and the query name's letter case echoed. No wire bytes here: names in, the stored
+//! record sets to answer with out (`wire.rs` writes them).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,10 +10,10 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::owner::{self, ancestors, key_into};
+use crate::wire::Rrs;
 use crate::zone::{AliasTarget, Node, RecordSet, Zone};
 
 /// Every hosted zone, by apex (lower-case, fully qualified).
@@ -43,14 +43,37 @@ impl Catalog {
     }
 }
 
-/// An answer before it becomes a message.
+/// An answer before it becomes a message: the record sets of each section, borrowed from the
+/// zone they come from.
 #[derive(Debug, Default)]
-pub struct Answer {
+pub struct Answer<'z> {
     pub rcode: ResponseCode,
     pub authoritative: bool,
-    pub answers: Vec<Record>,
-    pub authority: Vec<Record>,
-    pub additional: Vec<Record>,
+    pub answers: Vec<Rrs<'z>>,
+    pub authority: Vec<Rrs<'z>>,
+    pub additional: Vec<Rrs<'z>>,
+}
+
+impl Answer<'_> {
+    /// A section's records as hickory values.
+    pub fn records(section: &[Rrs<'_>]) -> Vec<Record> {
+        section.iter().flat_map(Rrs::records).collect()
+    }
+
+    /// The answer as wire bytes for `req` (see `wire::answer`).
+    pub fn to_wire(&self, req: &hickory_proto::op::Message, tcp: bool) -> Vec<u8> {
+        crate::wire::answer(
+            req,
+            &crate::wire::Sections {
+                rcode: self.rcode,
+                authoritative: self.authoritative,
+                answers: &self.answers,
+                authority: &self.authority,
+                additional: &self.additional,
+            },
+            tcp,
+        )
+    }
 }
 
 /// Addresses of a Portico listener, for ALIAS records that point at one.
@@ -67,12 +90,12 @@ impl ListenerAddrs for () {
 const MAX_CHAIN: usize = 8;
 
 /// Answers `qname`/`qtype` from the catalog; REFUSED for names outside every hosted zone.
-pub fn lookup(
-    catalog: &Catalog,
+pub fn lookup<'z>(
+    catalog: &'z Catalog,
     qname: &Name,
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
-) -> Answer {
+) -> Answer<'z> {
     match catalog.find(qname) {
         Some(zone) => lookup_in(zone, qname, qtype, listeners),
         None => Answer {
@@ -84,12 +107,12 @@ pub fn lookup(
 
 /// Answers `qname`/`qtype` from `zone`, the hosted zone that contains it (for a caller that has
 /// found it already).
-pub fn lookup_in(
-    zone: &Zone,
+pub fn lookup_in<'z>(
+    zone: &'z Zone,
     qname: &Name,
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
-) -> Answer {
+) -> Answer<'z> {
     let mut out = Answer {
         rcode: ResponseCode::NoError,
         authoritative: true,
@@ -115,12 +138,12 @@ pub fn lookup_in(
 }
 
 /// One name of a (possible) CNAME chain. Returns the CNAME target to follow, if any.
-fn step(
-    zone: &Zone,
+fn step<'z>(
+    zone: &'z Zone,
     qname: &Name,
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
-    out: &mut Answer,
+    out: &mut Answer<'z>,
 ) -> Option<Name> {
     // The canonical key: every comparison below is one memcmp (see `owner.rs`).
     let mut key = Vec::with_capacity(qname.len() + 1);
@@ -156,13 +179,13 @@ fn step(
     None
 }
 
-fn answer_node(
-    zone: &Zone,
-    node: &Node,
+fn answer_node<'z>(
+    zone: &'z Zone,
+    node: &'z Node,
     owner: &Name,
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
-    out: &mut Answer,
+    out: &mut Answer<'z>,
 ) -> Option<Name> {
     out.rcode = ResponseCode::NoError;
     if qtype == RecordType::ANY {
@@ -198,7 +221,7 @@ fn alias(
     owner: &Name,
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
-    out: &mut Answer,
+    out: &mut Answer<'_>,
 ) {
     let Some(a) = &node.alias else { return };
     let addrs: Vec<IpAddr> = match &a.target {
@@ -218,25 +241,31 @@ fn alias(
             .unwrap_or_default(),
     };
     for ip in addrs {
-        let rdata = match (ip, qtype) {
-            (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
-            (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
-            _ => continue,
-        };
-        out.answers
-            .push(Record::from_rdata(owner.clone(), a.ttl, rdata));
+        if matches!(
+            (ip, qtype),
+            (IpAddr::V4(_), RecordType::A) | (IpAddr::V6(_), RecordType::AAAA)
+        ) {
+            out.answers.push(Rrs::Addr {
+                owner: owner.clone(),
+                ttl: a.ttl,
+                ip,
+            });
+        }
     }
 }
 
-fn push_set(owner: &Name, set: &RecordSet, out: &mut Vec<Record>) {
-    out.extend(
-        set.iter()
-            .map(|r| Record::from_rdata(owner.clone(), set.ttl, r)),
-    );
+fn push_set<'z>(owner: &Name, set: &'z RecordSet, out: &mut Vec<Rrs<'z>>) {
+    if !set.is_empty() {
+        out.push(Rrs::Set {
+            owner: owner.clone(),
+            ttl: set.ttl,
+            set,
+        });
+    }
 }
 
 /// In-zone addresses of MX, SRV and NS targets, as Knot adds them.
-fn additional_for(zone: &Zone, set: &RecordSet, out: &mut Answer) {
+fn additional_for<'z>(zone: &'z Zone, set: &RecordSet, out: &mut Answer<'z>) {
     if !matches!(set.rtype, RecordType::MX | RecordType::SRV | RecordType::NS) {
         return;
     }
@@ -251,7 +280,7 @@ fn additional_for(zone: &Zone, set: &RecordSet, out: &mut Answer) {
     }
 }
 
-fn glue(zone: &Zone, target: &Name, out: &mut Vec<Record>) {
+fn glue<'z>(zone: &'z Zone, target: &Name, out: &mut Vec<Rrs<'z>>) {
     if let Some(node) = zone.node(target) {
         for t in [RecordType::A, RecordType::AAAA] {
             if let Some(set) = node.get(t) {
@@ -272,7 +301,7 @@ fn delegation<'k>(zone: &Zone, key: &'k [u8]) -> Option<&'k [u8]> {
         .find(|a| zone.cuts.contains(*a))
 }
 
-fn referral(zone: &Zone, cut: &[u8], out: &mut Answer) {
+fn referral<'z>(zone: &'z Zone, cut: &[u8], out: &mut Answer<'z>) {
     out.authoritative = false;
     out.rcode = ResponseCode::NoError;
     if let Some(set) = zone.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
@@ -293,16 +322,23 @@ fn has_descendant(zone: &Zone, key: &[u8]) -> bool {
 }
 
 /// Negative answers carry the SOA, its TTL capped by the SOA minimum (RFC 2308).
-fn add_soa(zone: &Zone, out: &mut Answer) {
+fn add_soa<'z>(zone: &'z Zone, out: &mut Answer<'z>) {
     if !out.authoritative {
         return;
     }
-    if let Some((soa, ttl)) = zone.soa() {
-        out.authority.push(Record::from_rdata(
-            zone.origin.clone(),
-            ttl.min(soa.minimum),
-            RData::SOA(soa),
-        ));
+    let Some(set) = zone
+        .nodes
+        .get(&zone.apex)
+        .and_then(|n| n.get(RecordType::SOA))
+    else {
+        return;
+    };
+    if let Some(minimum) = set.soa_minimum() {
+        out.authority.push(Rrs::Set {
+            owner: zone.origin.clone(),
+            ttl: set.ttl.min(minimum),
+            set,
+        });
     }
 }
 
@@ -337,8 +373,25 @@ ns.sub A 192.0.2.53
         c
     }
 
-    fn q(name: &str, t: RecordType) -> Answer {
-        lookup(&catalog(), &Name::from_ascii(name).unwrap(), t, &())
+    /// The answer's sections as records (the catalog lives only for the lookup).
+    struct Got {
+        rcode: ResponseCode,
+        authoritative: bool,
+        answers: Vec<Record>,
+        authority: Vec<Record>,
+        additional: Vec<Record>,
+    }
+
+    fn q(name: &str, t: RecordType) -> Got {
+        let c = catalog();
+        let a = lookup(&c, &Name::from_ascii(name).unwrap(), t, &());
+        Got {
+            rcode: a.rcode,
+            authoritative: a.authoritative,
+            answers: Answer::records(&a.answers),
+            authority: Answer::records(&a.authority),
+            additional: Answer::records(&a.additional),
+        }
     }
 
     #[test]

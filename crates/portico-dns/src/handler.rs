@@ -60,13 +60,7 @@ fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
         None => lookup(&catalog, q.name(), q.query_type(), ctx.listeners.as_ref()),
     };
     ctx.zones.metrics.record(zone.map(|z| &z.origin), a.rcode);
-    let mut res = response(msg);
-    res.metadata.authoritative = a.authoritative;
-    res.metadata.response_code = a.rcode;
-    res.answers = a.answers;
-    res.authorities = a.authority;
-    res.additionals = a.additional;
-    Reply::One(encode(res, msg, tcp))
+    Reply::One(a.to_wire(msg, tcp))
 }
 
 /// FORMERR for bytes that are not a DNS message: the id and opcode echoed, no question.

@@ -12,6 +12,7 @@ pub mod server;
 pub mod transfer;
 mod udp_batch;
 mod update;
+pub mod wire;
 pub mod zone;
 pub mod zone_config;
 pub mod zone_file;

@@ -160,8 +160,18 @@ impl RecordSet {
         self.iter().next()
     }
 
+    /// The SOA minimum (the last four bytes of an SOA's data), read without decoding it.
+    pub fn soa_minimum(&self) -> Option<u32> {
+        if self.rtype != RecordType::SOA {
+            return None;
+        }
+        let one = self.raw().next()?;
+        let tail: [u8; 4] = one.get(one.len().checked_sub(4)?..)?.try_into().ok()?;
+        Some(u32::from_be_bytes(tail))
+    }
+
     /// The stored wire form of each record.
-    fn raw(&self) -> impl Iterator<Item = &[u8]> {
+    pub(crate) fn raw(&self) -> impl Iterator<Item = &[u8]> {
         let mut rest = &self.data[..];
         std::iter::from_fn(move || {
             let [a, b, tail @ ..] = rest else { return None };

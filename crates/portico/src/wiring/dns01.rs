@@ -359,11 +359,17 @@ impl portico_certs::challenge::NameLookup for ZonesLookup {
                 ] {
                     let a =
                         portico_dns::answer::lookup(&catalog, &fqdn, t, self.listeners.as_ref());
-                    out.extend(a.answers.iter().filter_map(|r| match &r.data {
-                        hickory_proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
-                        hickory_proto::rr::RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
-                        _ => None,
-                    }));
+                    out.extend(
+                        portico_dns::answer::Answer::records(&a.answers)
+                            .into_iter()
+                            .filter_map(|r| match &r.data {
+                                hickory_proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                                hickory_proto::rr::RData::AAAA(a) => {
+                                    Some(std::net::IpAddr::V6(a.0))
+                                }
+                                _ => None,
+                            }),
+                    );
                 }
                 return Ok(out);
             }
