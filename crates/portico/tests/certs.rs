@@ -994,6 +994,9 @@ async fn acme_profiles_checked_against_the_directory_kept_on_renewal_and_shown()
         ("classic".into(), "90 days".into()),
         ("tlsserver".into(), "45 days".into()),
     ];
+    // Tolerant parsing: fields no RFC defines everywhere, and a challenge type Portico does not
+    // know (without a token) offered first in every authorization.
+    proxy.state().unknown_extensions = true;
     let (portico, _client) = env.serve_until_issued().await;
     wait_file(
         &d.join("state/certificates/archive/app/cert2.pem"),
@@ -1010,4 +1013,44 @@ async fn acme_profiles_checked_against_the_directory_kept_on_renewal_and_shown()
     );
     let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
     assert!(out.contains("profile:     tlsserver"), "{out}");
+    assert!(
+        proxy.state().authorizations_extended > 0,
+        "the unknown challenge type was offered"
+    );
+
+    // A profile the CA does not offer: refused before any order, naming the ones it offers.
+    drop(portico);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace("profile = \"tlsserver\"", "profile = \"shortlived\""),
+    )
+    .unwrap();
+    let orders_before = proxy.state().orders.len();
+    let _portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    let config = env.config.clone();
+    eventually(
+        "a renewal with an unknown profile is refused naming the offered ones",
+        Duration::from_secs(60),
+        || {
+            let config = config.clone();
+            async move {
+                let c = config.to_str().unwrap().to_string();
+                let (code, out) =
+                    tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "-c", &c]))
+                        .await
+                        .unwrap();
+                code != 0
+                    && out.contains("profile \"shortlived\" is not offered")
+                    && out.contains("classic")
+                    && out.contains("tlsserver")
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        proxy.state().orders.len(),
+        orders_before,
+        "no order is placed with a profile the CA does not offer"
+    );
 }

@@ -257,6 +257,13 @@ impl AcmeIssuer {
                 if authz.status == AuthorizationStatus::Valid {
                     continue;
                 }
+                // A type this client does not know (dns-persist-01, or newer) is skipped: the
+                // challenge for the configured method is chosen by its type below.
+                for c in &authz.challenges {
+                    if let ChallengeType::Unknown(t) = &c.r#type {
+                        tracing::debug!(challenge = %t, "the CA offers a challenge type Portico does not know; ignored");
+                    }
+                }
                 if let Some((answers, check)) = alpn {
                     let mut ch = authz
                         .challenge(ChallengeType::TlsAlpn01)

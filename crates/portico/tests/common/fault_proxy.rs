@@ -9,6 +9,9 @@
 //!   begun ("renew now"); every other id a window 20–21 days ahead. `Retry-After: 60`.
 //! - With `profiles` set, the directory's `meta.profiles` lists them (Debian's Pebble 2.4 has no
 //!   certificate profiles); each newOrder's `profile` is recorded and reflected in the order.
+//! - With `unknown_extensions` set, every JSON object the CA answers gains a field no RFC
+//!   defines, and every authorization gains a `dns-persist-01` challenge (a type Portico does
+//!   not know, without a `token`) before the ones Pebble offers.
 //! - `POST /order-plz` (Pebble's newOrder): `replaces` is reflected in the order; the next `rate_limited_orders` answer 429
 //!   `rateLimited` with `Retry-After: retry_after_secs`; every order's arrival time and its
 //!   `replaces` field are recorded.
@@ -39,6 +42,10 @@ pub struct FaultState {
     pub profiles: Vec<(String, String)>,
     /// Each newOrder's `profile` field.
     pub order_profiles: Vec<Option<String>>,
+    /// Unknown fields in every JSON answer and an unknown challenge type in authorizations.
+    pub unknown_extensions: bool,
+    /// Authorizations answered with the unknown challenge added.
+    pub authorizations_extended: u32,
 }
 
 pub struct FaultProxy {
@@ -237,6 +244,31 @@ async fn handle(
             dir["meta"]["profiles"] = serde_json::Value::Object(map);
         }
         body = dir.to_string();
+    }
+    if st.lock().unwrap().unknown_extensions {
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&body) {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "x-extension-from-the-future".into(),
+                    serde_json::json!({"nested": [1, 2, {"deep": true}]}),
+                );
+                if path.starts_with("/authZ/") {
+                    if let Some(list) = obj.get_mut("challenges").and_then(|c| c.as_array_mut()) {
+                        list.insert(
+                            0,
+                            serde_json::json!({
+                                "type": "dns-persist-01",
+                                "url": format!("https://{host}/chalZ/persist-not-real"),
+                                "status": "pending",
+                                "issuer-domain-names": ["ca.example"],
+                            }),
+                        );
+                        st.lock().unwrap().authorizations_extended += 1;
+                    }
+                }
+                body = v.to_string();
+            }
+        }
     }
     out.body(Full::new(Bytes::from(body))).unwrap()
 }
