@@ -213,13 +213,67 @@ impl TlsAlpn01Challenges {
 
 /// The self-signed certificate TLS-ALPN-01 answers with: the name, and the critical
 /// acmeIdentifier extension holding the SHA-256 of the key authorization (RFC 8737).
+/// The name a TLS-ALPN-01 validation of an IP address sends as SNI (RFC 8738 §6): the
+/// address's reverse-mapping name, `1.0.0.127.in-addr.arpa` or the 32 nibbles under `ip6.arpa`.
+pub fn reverse_name(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut s = String::with_capacity(72);
+            for b in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", b & 0x0f, b >> 4));
+            }
+            s.push_str("ip6.arpa");
+            s
+        }
+    }
+}
+
+/// The address a reverse-mapping name stands for (the inverse of [`reverse_name`]).
+pub fn ip_of_reverse(name: &str) -> Option<std::net::IpAddr> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(rest) = name.strip_suffix(".in-addr.arpa") {
+        let mut o: Vec<u8> = rest
+            .split('.')
+            .map(|l| l.parse().ok())
+            .collect::<Option<_>>()?;
+        if o.len() != 4 {
+            return None;
+        }
+        o.reverse();
+        return Some(std::net::IpAddr::from([o[0], o[1], o[2], o[3]]));
+    }
+    let rest = name.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<u8> = rest
+        .split('.')
+        .map(|l| {
+            (l.len() == 1)
+                .then(|| u8::from_str_radix(l, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    for (i, pair) in nibbles.chunks(2).enumerate() {
+        b[15 - i] = pair[1] << 4 | pair[0];
+    }
+    Some(std::net::IpAddr::from(b))
+}
+
+/// The TLS-ALPN-01 certificate for `domain` (RFC 8737); for an address's reverse-mapping name it
+/// carries the address itself as an iPAddress subjectAltName (RFC 8738 §6).
 fn alpn_certificate(
     domain: &str,
     digest: &[u8],
 ) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    let san = ip_of_reverse(domain).map_or_else(|| domain.to_string(), |ip| ip.to_string());
+    let mut params = rcgen::CertificateParams::new(vec![san]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
@@ -228,6 +282,22 @@ fn alpn_certificate(
         vec![cert.der().clone()],
         signer,
     )))
+}
+
+#[cfg(test)]
+#[test]
+fn reverse_names_round_trip() {
+    for ip in ["127.0.0.1", "203.0.113.7", "2001:db8::1", "::1"] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        assert_eq!(ip_of_reverse(&reverse_name(ip)), Some(ip), "{ip}");
+    }
+    assert_eq!(
+        reverse_name("203.0.113.7".parse().unwrap()),
+        "7.113.0.203.in-addr.arpa"
+    );
+    assert!(reverse_name("2001:db8::1".parse().unwrap())
+        .starts_with("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"));
+    assert_eq!(ip_of_reverse("app.example.com"), None);
 }
 
 fn hex(b: &[u8]) -> String {

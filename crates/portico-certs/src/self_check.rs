@@ -20,6 +20,23 @@ use crate::challenge::{Http01Tokens, NameLookup};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where a CA connects for `name`: the address itself for an IP identifier (or its reverse
+/// name, as TLS-ALPN-01 names it), else the name's A and AAAA records as the CA resolves them.
+async fn addresses(name: &str, lookup: &dyn NameLookup) -> Result<Vec<std::net::IpAddr>, String> {
+    if let Some(ip) = name
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| crate::challenge::ip_of_reverse(name))
+    {
+        return Ok(vec![ip]);
+    }
+    match lookup.addrs(name).await {
+        Ok(a) if !a.is_empty() => Ok(a),
+        Ok(_) => Err(format!("self-check: {name} has no A or AAAA record (NoRecords): add one pointing at this server")),
+        Err(e) => Err(format!("self-check: cannot resolve {name}: {e}")),
+    }
+}
+
 /// Checks every name; the first failure, as a sentence naming the record and the fix.
 pub async fn http01(
     domains: &[String],
@@ -32,14 +49,10 @@ pub async fn http01(
     tokens.insert(&token, &value);
     let mut result = Ok(());
     'names: for d in domains {
-        let addrs = match lookup.addrs(d).await {
-            Ok(a) if !a.is_empty() => a,
-            Ok(_) => {
-                result = Err(format!("self-check: {d} has no A or AAAA record (NoRecords): add one pointing at this server"));
-                break;
-            }
+        let addrs = match addresses(d, lookup).await {
+            Ok(a) => a,
             Err(e) => {
-                result = Err(format!("self-check: cannot resolve {d}: {e}"));
+                result = Err(e);
                 break;
             }
         };
@@ -114,11 +127,7 @@ pub async fn tls_alpn01(
     port: u16,
     digest: &[u8],
 ) -> Result<(), String> {
-    let addrs = match lookup.addrs(domain).await {
-        Ok(a) if !a.is_empty() => a,
-        Ok(_) => return Err(format!("self-check: {domain} has no A or AAAA record (NoRecords): add one pointing at this server")),
-        Err(e) => return Err(format!("self-check: cannot resolve {domain}: {e}")),
-    };
+    let addrs = addresses(domain, lookup).await?;
     let deadline = tokio::time::Instant::now() + TLS_ALPN01_SETTLE;
     for ip in addrs {
         let addr = SocketAddr::new(ip, port);

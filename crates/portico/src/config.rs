@@ -230,10 +230,21 @@ impl PorticoConfig {
                     continue;
                 }
             };
+            // Let's Encrypt issues for IP addresses only in its `shortlived` profile: that is
+            // the default for a certificate that names one, unless a profile is chosen.
+            let has_ip = c
+                .domains
+                .iter()
+                .any(|d| d.parse::<std::net::IpAddr>().is_ok());
+            let letsencrypt = self.acme.as_ref().is_some_and(|a| {
+                portico_certs::issuer::acme::directory_url(&a.directory)
+                    .contains(".letsencrypt.org/")
+            });
             let profile = c
                 .profile
                 .clone()
                 .or_else(|| self.acme.as_ref().and_then(|a| a.profile.clone()))
+                .or_else(|| (has_ip && letsencrypt).then(|| "shortlived".to_string()))
                 .filter(|_| issuer == IssuerKind::Acme);
             if c.profile.is_some() && issuer != IssuerKind::Acme {
                 issues.push(
@@ -284,6 +295,21 @@ impl PorticoConfig {
                         );
                         continue;
                     }
+                }
+                if let (true, Some(ip)) = (
+                    dns01,
+                    c.domains
+                        .iter()
+                        .find(|d| d.parse::<std::net::IpAddr>().is_ok()),
+                ) {
+                    issues.push(
+                        ConfigIssue::new(
+                            at("challenge"),
+                            format!("{ip} is an IP address: a CA validates an address only with http-01 or tls-alpn-01 (RFC 8738), never dns-01"),
+                        )
+                        .hint("challenge = \"http-01\" (port 80 on that address) or \"tls-alpn-01\" (port 443)"),
+                    );
+                    continue;
                 }
                 match challenge {
                     "http-01" | "tls-alpn-01" => {}
@@ -698,6 +724,33 @@ mod tests {
             path: "t.toml".into(),
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn an_address_defaults_to_the_shortlived_profile_at_lets_encrypt_only() {
+        let profile = |directory: &str, domains: &str, extra: &str| {
+            let text = format!(
+                "[acme]\ndirectory = \"{directory}\"\n[[certificate]]\nname = \"c\"\ndomains = {domains}\n{extra}"
+            );
+            let config = source(&text).parse().unwrap();
+            config.cert_requests().unwrap()[0].profile.clone()
+        };
+        let ip = r#"["203.0.113.7"]"#;
+        assert_eq!(
+            profile("letsencrypt", ip, "").as_deref(),
+            Some("shortlived")
+        );
+        assert_eq!(
+            profile("letsencrypt-staging", ip, "").as_deref(),
+            Some("shortlived")
+        );
+        assert_eq!(profile("https://ca.example/dir", ip, ""), None);
+        assert_eq!(profile("letsencrypt", r#"["app.example.com"]"#, ""), None);
+        assert_eq!(
+            profile("letsencrypt", ip, "profile = \"classic\"").as_deref(),
+            Some("classic"),
+            "a chosen profile is kept"
+        );
     }
 
     #[test]

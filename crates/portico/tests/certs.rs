@@ -1054,3 +1054,72 @@ async fn acme_profiles_checked_against_the_directory_kept_on_renewal_and_shown()
         "no order is placed with a profile the CA does not offer"
     );
 }
+
+/// IP-address certificates (RFC 8738): Pebble 2.4 validates 127.0.0.1 as an `ip` identifier,
+/// and the HTTPS listener serves the certificate to a client that connects by address (it
+/// sends no SNI and verifies the address against the certificate's iPAddress name).
+async fn ip_certificate_issued_and_served(challenge: &str) {
+    let env = acme_env_for("", &[], challenge, r#"["127.0.0.1"]"#).await;
+    let portico = Proc::spawn(&["serve", "-c", env.config.to_str().unwrap()]);
+    wait_file(
+        &env.live().join("app/fullchain.pem"),
+        Duration::from_secs(90),
+        "the IP-address certificate was not issued in 90 s",
+        &portico,
+    )
+    .await;
+    let client = env.pebble_client().await;
+    env.wait_served_for(&client, "127.0.0.1").await;
+    let pem = std::fs::read_to_string(env.live().join("app/cert.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert!(
+        san.value.general_names.iter().any(|n| matches!(
+            n,
+            x509_parser::extensions::GeneralName::IPAddress(b) if *b == [127, 0, 0, 1]
+        )),
+        "the certificate names the address: {:?}",
+        san.value.general_names
+    );
+    let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    assert!(out.contains("127.0.0.1") && out.contains("ISSUED"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_address_certificate_over_http01_served_without_sni() {
+    ip_certificate_issued_and_served("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_address_certificate_over_tls_alpn01_with_the_reverse_name() {
+    ip_certificate_issued_and_served("challenge = \"tls-alpn-01\"").await;
+}
+
+/// An address with dns-01 is refused by `check`, naming the challenges that can validate it.
+#[test]
+fn ip_address_with_dns01_is_refused_naming_the_reason() {
+    let dir = TempDir::new("ipdns01");
+    let config = dir.path().join("portico.toml");
+    std::fs::write(
+        &config,
+        r#"[acme]
+directory = "letsencrypt-staging"
+email = "ops@example.test"
+[[certificate]]
+name = "addr"
+domains = ["203.0.113.7"]
+challenge = "dns-01"
+"#,
+    )
+    .unwrap();
+    let (code, out) = run(&["check", "-c", config.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("203.0.113.7 is an IP address")
+            && out.contains("http-01 or tls-alpn-01")
+            && out.contains("portico.toml:7"),
+        "{out}"
+    );
+}

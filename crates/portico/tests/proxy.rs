@@ -94,3 +94,62 @@ async fn proxy_obtains_a_certificate_from_pebble_and_serves_the_target() {
     let (code, out) = run(&["check", "-c", state.join("proxy.toml").to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// `portico proxy --domain 127.0.0.1`: an IP-address certificate (RFC 8738) from Pebble over
+/// HTTP-01, no DNS involved, served to clients that connect by address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_with_an_ip_address_gets_and_serves_an_address_certificate() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let d = env.dir.path();
+    let target = Backend::start("app-server").await;
+    let state = d.join("proxy-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let proxy = Proc::spawn(&[
+        "proxy",
+        "--domain",
+        "127.0.0.1",
+        "--to",
+        &target.addr.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--http-port",
+        &env.http.to_string(),
+        "--https-port",
+        &env.https.to_string(),
+        "--acme-dir",
+        &format!("https://localhost:{}/dir", env.acme),
+        "--ca-roots",
+        d.join("ca.pem").to_str().unwrap(),
+        "--email",
+        "ops@example.test",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    wait_file(
+        &state.join("certificates/live/127.0.0.1/fullchain.pem"),
+        Duration::from_secs(90),
+        "portico proxy did not obtain a certificate for the address",
+        &proxy,
+    )
+    .await;
+    let client = env.pebble_client().await;
+    let a = env.https();
+    eventually(
+        "HTTPS by address forwards to the target",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                send_tls(
+                    a,
+                    "127.0.0.1",
+                    client,
+                    request("GET", "127.0.0.1", "/hello"),
+                )
+                .await
+                .is_ok_and(|r| r.status == 200 && r.backend() == "app-server")
+            }
+        },
+    )
+    .await;
+}

@@ -210,7 +210,14 @@ impl AcmeIssuer {
         };
         let mut alpn_names: Vec<String> = Vec::new();
         let account = self.account().await?;
-        let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        // An address is an `ip` identifier (RFC 8738), everything else a `dns` one.
+        let ids: Vec<Identifier> = domains
+            .iter()
+            .map(|d| match d.parse::<std::net::IpAddr>() {
+                Ok(ip) => Identifier::Ip(ip),
+                Err(_) => Identifier::Dns(d.clone()),
+            })
+            .collect();
         if let Some(p) = profile {
             let offered: Vec<&str> = account.profiles().map(|m| m.name).collect();
             if !offered.contains(&p) {
@@ -268,8 +275,10 @@ impl AcmeIssuer {
                     let mut ch = authz
                         .challenge(ChallengeType::TlsAlpn01)
                         .ok_or("the CA offers no tls-alpn-01 challenge for this name")?;
+                    // For an address, the CA sends its reverse-mapping name as SNI (RFC 8738 §6).
                     let domain = match &ch.identifier().identifier {
                         Identifier::Dns(d) => d.to_string(),
+                        Identifier::Ip(ip) => crate::challenge::reverse_name(*ip),
                         other => return Err(format!("tls-alpn-01 for {other:?} is not possible")),
                     };
                     let digest = ch.key_authorization().digest();
@@ -288,7 +297,11 @@ impl AcmeIssuer {
                         .ok_or("the CA offers no dns-01 challenge for this name")?;
                     let base = match &ch.identifier().identifier {
                         Identifier::Dns(d) => d.trim_start_matches("*.").to_string(),
-                        other => return Err(format!("dns-01 for {other:?} is not possible")),
+                        other => {
+                            return Err(format!(
+                                "dns-01 for {other:?} is not possible: a CA validates an IP address only with http-01 or tls-alpn-01 (RFC 8738)"
+                            ))
+                        }
                     };
                     let name = format!("_acme-challenge.{base}");
                     let value = ch.key_authorization().dns_value();

@@ -17,7 +17,8 @@ use rustls::sign::CertifiedKey;
 #[derive(Debug)]
 pub struct ServedCert {
     pub key: Arc<CertifiedKey>,
-    /// DNS names from the subjectAltName extension, lower-case; may start with `*.`.
+    /// DNS names from the subjectAltName extension, lower-case, may start with `*.`; and its IP
+    /// addresses, written as addresses.
     pub names: Vec<String>,
 }
 
@@ -125,6 +126,18 @@ impl ListenerResolver {
                         return Some(c.key.clone());
                     }
                 }
+            }
+        }
+        if sni.is_none() {
+            // A client that connects by address sends no SNI (RFC 6066 §3): a certificate for
+            // an IP address is what it can verify, so it is preferred over the default.
+            let by_ip = self.names.iter().filter_map(|n| map.get(n)).find(|c| {
+                c.names
+                    .iter()
+                    .any(|n| n.parse::<std::net::IpAddr>().is_ok())
+            });
+            if let Some(c) = by_ip {
+                return Some(c.key.clone());
             }
         }
         let default = self.default.as_ref().or(self.names.first())?;
