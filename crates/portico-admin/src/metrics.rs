@@ -100,6 +100,26 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
             );
         }
     }
+    // Seconds left, for an alerting rule without arithmetic on timestamps.
+    let now = std::time::SystemTime::now();
+    out.push_str("# HELP portico_certificate_expiry_seconds Seconds until the served certificate expires (negative once it has).\n# TYPE portico_certificate_expiry_seconds gauge\n");
+    for r in &records {
+        let expiry = r
+            .not_after
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        if let Some(e) = expiry {
+            let left = match e.duration_since(now) {
+                Ok(d) => d.as_secs() as i64,
+                Err(past) => -(past.duration().as_secs() as i64),
+            };
+            let _ = writeln!(
+                out,
+                "portico_certificate_expiry_seconds{{certificate=\"{}\"}} {left}",
+                esc(&r.name)
+            );
+        }
+    }
     out.push_str("# HELP portico_certificate_status 1 for the certificate's current status.\n# TYPE portico_certificate_status gauge\n");
     for r in &records {
         let _ = writeln!(

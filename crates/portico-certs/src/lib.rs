@@ -2,6 +2,7 @@
 //! domains; Portico proves control, obtains the certificate, stores it in certbot's layout,
 //! serves it through the load balancer's cert resolver at once, and renews it.
 
+pub mod alerts;
 pub mod challenge;
 pub mod clock;
 pub mod issuer;

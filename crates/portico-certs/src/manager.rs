@@ -88,6 +88,8 @@ pub struct CertManager {
     shared: Mutex<Option<Arc<dyn portico_store::Store>>>,
     /// When renewals are due and how long back-offs last (tests move a clock of their own).
     clock: Arc<dyn crate::clock::Clock>,
+    /// Where issued, renewed, failed, expiring and window-moved events go (`[[alert]]`).
+    alerts: Mutex<Option<Arc<dyn crate::alerts::AlertSink>>>,
 }
 
 /// How long an order lock lives without being kept alive (a node that dies mid-order loses it
@@ -132,6 +134,7 @@ impl CertManager {
             failures: Mutex::default(),
             shared: Mutex::new(None),
             clock,
+            alerts: Mutex::new(None),
         })
     }
 
@@ -239,6 +242,38 @@ impl CertManager {
         &self.storage
     }
 
+    /// Sends the manager's events to `sink` from now on (`None`: nowhere).
+    pub fn set_alerts(&self, sink: Option<Arc<dyn crate::alerts::AlertSink>>) {
+        *lock(&self.alerts) = sink;
+    }
+
+    fn alert(&self, event: crate::alerts::Event) {
+        let sink = lock(&self.alerts).clone();
+        if let Some(s) = sink {
+            s.send(event);
+        }
+    }
+
+    /// Reports a certificate with less validity left than the alerts' threshold (the sink
+    /// delivers it once per version).
+    fn alert_if_expiring(&self, req: &CertRequest, c: &Current) {
+        let sink = lock(&self.alerts).clone();
+        let Some(sink) = sink else { return };
+        let now = self.clock.now();
+        let lifetime = c.not_after.duration_since(c.not_before).unwrap_or_default();
+        let left = c.not_after.duration_since(now).unwrap_or_default();
+        if left < sink.expiring_within(lifetime) {
+            let rec = self.storage.record(&req.name).unwrap_or_default();
+            let mut e =
+                crate::alerts::Event::new(crate::alerts::EXPIRING, &req.name, &req.domains, now);
+            e.version = Some(rec.version);
+            e.not_after = Some(humantime::format_rfc3339_seconds(c.not_after).to_string());
+            e.expires_in_seconds = Some(left.as_secs());
+            e.error = rec.last_error;
+            sink.send(e);
+        }
+    }
+
     pub fn internal_root(&self) -> PathBuf {
         self.internal.root_path()
     }
@@ -296,6 +331,7 @@ impl CertManager {
                 continue;
             }
             if let Some(c) = &current {
+                self.alert_if_expiring(&req, c);
                 // Serve what is stored at once, even while a renewal is due.
                 if let Err(e) = self.publish(&req.name) {
                     tracing::warn!(certificate = %req.name, error = %e, "stored certificate cannot be served");
@@ -388,7 +424,17 @@ impl CertManager {
                         self.share_lineage(h, &req.name, Some(rec.version));
                     }
                     drop(held);
-                    tracing::info!(event = if rec.version > 1 { "certificate_renewed" } else { "certificate_issued" }, certificate = %req.name, version = rec.version, not_after = ?rec.not_after, "certificate issued and serving");
+                    let what = if rec.version > 1 {
+                        crate::alerts::RENEWED
+                    } else {
+                        crate::alerts::ISSUED
+                    };
+                    tracing::info!(event = what, certificate = %req.name, version = rec.version, not_after = ?rec.not_after, "certificate issued and serving");
+                    let mut e =
+                        crate::alerts::Event::new(what, &req.name, &req.domains, self.clock.now());
+                    e.version = Some(rec.version);
+                    e.not_after = rec.not_after.clone();
+                    self.alert(e);
                     if let Some(hook) = &req.deploy_hook {
                         self.deploy_hook(&req, hook).await;
                     }
@@ -417,6 +463,16 @@ impl CertManager {
                     }
                     drop(held);
                     tracing::warn!(event = "certificate_failed", certificate = %req.name, error = %e, retry_in = ?wait, ca_retry_after = retry_after.is_some(), "certificate request failed");
+                    let mut ev = crate::alerts::Event::new(
+                        crate::alerts::FAILED,
+                        &req.name,
+                        &req.domains,
+                        self.clock.now(),
+                    );
+                    ev.version = (rec.version > 0).then_some(rec.version);
+                    ev.not_after = rec.not_after.clone();
+                    ev.error = Some(e.clone());
+                    self.alert(ev);
                     self.clock.sleep(wait).await;
                 }
             }
@@ -479,6 +535,19 @@ impl CertManager {
                     || rec.renew_after.as_deref() != Some(renew_after.as_str())
                 {
                     tracing::info!(certificate = %req.name, %window, renew_after, explanation = ?w.explanation, "renewal window from the CA (ARI)");
+                    if let Some(before) = rec.renewal_window.as_ref().filter(|b| **b != window) {
+                        let mut e = crate::alerts::Event::new(
+                            crate::alerts::WINDOW_MOVED,
+                            &req.name,
+                            &req.domains,
+                            self.clock.now(),
+                        );
+                        e.version = Some(rec.version);
+                        e.not_after = rec.not_after.clone();
+                        e.window_before = Some(before.clone());
+                        e.window = Some(window.clone());
+                        self.alert(e);
+                    }
                     rec.renewal_window = Some(window);
                     rec.renew_after = Some(renew_after);
                     let _ = self.storage.save_record(&rec);
@@ -655,6 +724,7 @@ impl CertManager {
         });
         Some(Current {
             leaf: der.clone(),
+            not_before: nb,
             not_after: na,
             renew_at: renew_at(nb, na, &req.name),
             covers,
@@ -664,6 +734,7 @@ impl CertManager {
 
 struct Current {
     leaf: Vec<u8>,
+    not_before: SystemTime,
     not_after: SystemTime,
     renew_at: SystemTime,
     covers: bool,

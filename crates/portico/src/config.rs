@@ -48,6 +48,29 @@ pub struct PorticoConfig {
     pub target_group: Vec<TargetGroupConfig>,
     #[serde(default)]
     pub listener: Vec<ListenerConfig>,
+    /// `[[alert]]`: certificate events to a webhook and/or a command.
+    #[serde(default)]
+    pub alert: Vec<AlertConfig>,
+}
+
+/// `[[alert]]`: where certificate events go (Let's Encrypt no longer e-mails before expiry).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// How logs name it (default: "alert N").
+    pub name: Option<String>,
+    /// A webhook: each event as a JSON `POST` (retried three times over about five seconds).
+    pub url: Option<String>,
+    /// A command run by `sh -c` with `PORTICO_EVENT`, `PORTICO_CERTIFICATE`, `PORTICO_DOMAINS`
+    /// and `PORTICO_ALERT` (the JSON) in its environment.
+    pub command: Option<String>,
+    /// Which events (default: all): certificate_issued, certificate_renewed, renewal_failed,
+    /// certificate_expiring, renewal_window_moved.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// `certificate_expiring` below this much validity left (default: 7 days, or a third of the
+    /// lifetime for shorter certificates).
+    pub expiring_within: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +130,52 @@ impl PorticoConfig {
     /// Checks that belong to no single part yet.
     pub fn own_issues(&self) -> Vec<ConfigIssue> {
         let mut issues = self.cert_requests().err().unwrap_or_default();
+        for (i, a) in self.alert.iter().enumerate() {
+            let at = |k: &str| {
+                vec![
+                    PathSeg::Key("alert".into()),
+                    PathSeg::Index(i),
+                    PathSeg::Key(k.into()),
+                ]
+            };
+            if a.url.is_none() && a.command.is_none() {
+                issues.push(
+                    ConfigIssue::new(at("url"), "an [[alert]] needs a url or a command")
+                        .hint("url = \"https://hooks.example.com/portico\", or command = \"/usr/local/bin/notify\""),
+                );
+            }
+            if let Some(u) = &a.url {
+                let ok = u.parse::<http::Uri>().ok().is_some_and(|uri| {
+                    matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+                });
+                if !ok {
+                    issues.push(
+                        ConfigIssue::new(at("url"), format!("{u:?} is not an http or https URL"))
+                            .hint("e.g. url = \"https://hooks.example.com/portico\""),
+                    );
+                }
+            }
+            for e in &a.events {
+                if !portico_certs::alerts::EVENTS.contains(&e.as_str()) {
+                    issues.push(
+                        ConfigIssue::new(at("events"), format!("unknown event {e:?}")).hint(
+                            format!("events are {}", portico_certs::alerts::EVENTS.join(", ")),
+                        ),
+                    );
+                }
+            }
+            if let Some(d) = &a.expiring_within {
+                if let Err(e) = humantime::parse_duration(d) {
+                    issues.push(
+                        ConfigIssue::new(
+                            at("expiring_within"),
+                            format!("invalid duration {d:?}: {e}"),
+                        )
+                        .hint("e.g. expiring_within = \"14d\""),
+                    );
+                }
+            }
+        }
         if let Some(a) = &self.acme {
             let at = |k: &str| vec![PathSeg::Key("acme".into()), PathSeg::Key(k.into())];
             match (&a.eab_kid, &a.eab_hmac_key) {

@@ -164,6 +164,8 @@ impl Core {
             .await
             .map_err(|issues| locate(&issues))?;
         self.certs
+            .set_alerts(crate::wiring::alerts::sink(&config.alert));
+        self.certs
             .manage(config.acme_settings(&source.base_dir()), requests);
         Ok(config)
     }

@@ -147,6 +147,7 @@ impl Server {
             resolver: config.acme.as_ref().and_then(|a| a.resolver_addr()),
             ns_port: config.acme.as_ref().map_or(53, |a| a.dns_port),
         }));
+        certs.set_alerts(crate::wiring::alerts::sink(&config.alert));
         certs.manage(config.acme_settings(&source.base_dir()), requests);
         let admin_config = config.admin.clone();
         let core = Arc::new(Core {

@@ -350,6 +350,15 @@ async fn admin_api_every_route_auth_errors_dns_targets_metrics_and_restart() {
         )
         .await;
     assert_eq!(s, 409, "{dup}");
+    let (_, m) = env.call("GET", "/metrics", None).await;
+    let left = metric(
+        m.as_str().unwrap(),
+        "portico_certificate_expiry_seconds{certificate=\"api-cert\"}",
+    );
+    assert!(
+        left > 86_400.0 && left < 400.0 * 86_400.0,
+        "seconds until the issued certificate expires: {left}"
+    );
     let extra = free_port();
     let (s, l) = env
         .call(

@@ -1123,3 +1123,182 @@ challenge = "dns-01"
         "{out}"
     );
 }
+
+/// A webhook receiver on loopback: records each POST's JSON body; the first POST is answered
+/// 503 (the sender must retry it), every other one 200. Its URL, the bodies, and the POSTs seen.
+async fn webhook_receiver() -> (
+    String,
+    Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    Arc<std::sync::atomic::AtomicU32>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/portico", listener.local_addr().unwrap());
+    let got: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let posts: Arc<std::sync::atomic::AtomicU32> = Arc::default();
+    let (g, p) = (got.clone(), posts.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (g, p) = (g.clone(), p.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (g, p) = (g.clone(), p.clone());
+                        async move {
+                            let ok = req.method() == hyper::Method::POST
+                                && req.uri().path() == "/hooks/portico"
+                                && req
+                                    .headers()
+                                    .get("content-type")
+                                    .and_then(|v| v.to_str().ok())
+                                    == Some("application/json");
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let n = p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let status = if !ok {
+                                400
+                            } else if n == 0 {
+                                503
+                            } else {
+                                g.lock()
+                                    .unwrap()
+                                    .push(serde_json::from_slice(&body).unwrap());
+                                200
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (url, got, posts)
+}
+
+/// `[[alert]]`s: a webhook gets issued (after a retry: its first answer is 503), renewed and
+/// renewal_failed (with the reason) as JSON; a command gets certificate_expiring (its own
+/// threshold) and issued through its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_a_webhook_with_a_retry_and_a_command() {
+    let (url, got, posts) = webhook_receiver().await;
+    let dir = TempDir::new("alert-out");
+    let out = dir.path().join("events.txt");
+    let extra = format!(
+        r#"
+[[certificate]]
+name = "broken"
+domains = ["nowhere.example.test"]
+issuer = "acme"
+[[alert]]
+name = "hook"
+url = "{url}"
+events = ["certificate_issued", "certificate_renewed", "renewal_failed"]
+[[alert]]
+name = "script"
+command = "printf '%s %s\n' \"$PORTICO_EVENT\" \"$PORTICO_CERTIFICATE\" >> {out}"
+events = ["certificate_issued", "certificate_expiring"]
+expiring_within = "36500d"
+"#,
+        out = out.display()
+    );
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], &extra).await;
+    let (portico, _client) = env.serve_until_issued().await;
+    let seen = |event: &'static str, cert: &'static str| {
+        let got = got.clone();
+        move || {
+            let got = got.clone();
+            async move {
+                got.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v["event"] == event && v["certificate"] == cert)
+            }
+        }
+    };
+    eventually(
+        "the webhook gets certificate_issued for app",
+        Duration::from_secs(30),
+        seen("certificate_issued", "app"),
+    )
+    .await;
+    eventually(
+        "the webhook gets renewal_failed for broken",
+        Duration::from_secs(30),
+        seen("renewal_failed", "broken"),
+    )
+    .await;
+    let c = env.config.to_str().unwrap().to_string();
+    let (code, text) =
+        tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{text}\n{}", portico.output());
+    eventually(
+        "the webhook gets certificate_renewed for app",
+        Duration::from_secs(30),
+        seen("certificate_renewed", "app"),
+    )
+    .await;
+    {
+        let got = got.lock().unwrap();
+        let failed = got.iter().find(|v| v["event"] == "renewal_failed").unwrap();
+        assert!(
+            failed["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("nowhere.example.test"),
+            "the reason is in the event: {failed}"
+        );
+        assert_eq!(
+            failed["domains"],
+            serde_json::json!(["nowhere.example.test"])
+        );
+        let renewed = got
+            .iter()
+            .find(|v| v["event"] == "certificate_renewed")
+            .unwrap();
+        assert_eq!(renewed["version"], 2, "{renewed}");
+        assert!(renewed["not_after"].is_string(), "{renewed}");
+        assert!(
+            got.iter().all(|v| v["event"] != "certificate_expiring"),
+            "the webhook did not ask for certificate_expiring: {got:?}"
+        );
+    }
+    assert!(
+        posts.load(std::sync::atomic::Ordering::SeqCst) as usize > got.lock().unwrap().len(),
+        "the first POST (answered 503) was retried"
+    );
+    let file = out.clone();
+    eventually(
+        "the command gets certificate_expiring and certificate_issued",
+        Duration::from_secs(30),
+        move || {
+            let file = file.clone();
+            async move {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                text.contains("certificate_expiring app") && text.contains("certificate_issued app")
+            }
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.matches("certificate_expiring app").count() <= 2,
+        "expiring is sent once per certificate version (two exist): {text}"
+    );
+    assert_eq!(
+        text.matches("certificate_expiring private").count(),
+        1,
+        "once for the certificate that was not renewed, through reloads too: {text}"
+    );
+}
