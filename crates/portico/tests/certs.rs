@@ -668,13 +668,16 @@ async fn through_fault_proxy(env: &AcmeEnv) -> common::fault_proxy::FaultProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ari_window_and_rate_limit_retry_after_through_a_fault_injecting_proxy() {
-    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let (url, got, _) = webhook_receiver().await;
+    let alert = format!("[[alert]]\nurl = \"{url}\"\nevents = [\"renewal_window_moved\"]\n");
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], &alert).await;
     let d = env.dir.path();
     let proxy = through_fault_proxy(&env).await;
     {
         let mut s = proxy.state();
         s.rate_limited_orders = 1;
         s.retry_after_secs = 15;
+        s.move_window_earlier = true;
     }
 
     let (portico, _client) = env.serve_until_issued().await;
@@ -736,6 +739,44 @@ async fn ari_window_and_rate_limit_retry_after_through_a_fault_injecting_proxy()
         "renew after {renew_after} is not inside the CA's window:\n{out}"
     );
     assert_eq!(proxy.state().orders.len(), 3, "no further order");
+
+    // The CA pulls the window forward (10–11 days ahead) when asked again after its
+    // Retry-After (60 s): the renewal moves with it, and an alert says so.
+    let seen = got.clone();
+    eventually(
+        "renewal_window_moved reaches the webhook",
+        Duration::from_secs(120),
+        move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v["event"] == "renewal_window_moved" && v["certificate"] == "app")
+            }
+        },
+    )
+    .await;
+    let moved = got.lock().unwrap()[0].clone();
+    assert!(
+        moved["window_before"].is_string() && moved["window"].is_string(),
+        "{moved}"
+    );
+    let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    let renew_after = out
+        .lines()
+        .find_map(|l| l.strip_prefix("renew after:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let ahead = humantime::parse_rfc3339(&renew_after)
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        ahead > Duration::from_secs(9 * 86_400) && ahead < Duration::from_secs(12 * 86_400),
+        "renew after {renew_after} follows the window moved earlier:\n{out}"
+    );
 }
 
 /// dns-01 through an `_acme-challenge` CNAME (what ACM's validation CNAME does): the domain's zone

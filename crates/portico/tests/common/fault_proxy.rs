@@ -6,7 +6,9 @@
 //!
 //! - The directory gains `renewalInfo` at `/renewal-info`.
 //! - `GET /renewal-info/<id>`: the first certificate id asked about gets a window that has already
-//!   begun ("renew now"); every other id a window 20–21 days ahead. `Retry-After: 60`.
+//!   begun ("renew now"); every other id a window 20–21 days ahead, or with
+//!   `move_window_earlier` 10–11 days ahead from its second query on (a CA that pulls the
+//!   window forward, as for an early revocation). `Retry-After: 60`.
 //! - With `profiles` set, the directory's `meta.profiles` lists them (Debian's Pebble 2.4 has no
 //!   certificate profiles); each newOrder's `profile` is recorded and reflected in the order.
 //! - With `unknown_extensions` set, every JSON object the CA answers gains a field no RFC
@@ -42,6 +44,8 @@ pub struct FaultState {
     pub profiles: Vec<(String, String)>,
     /// Each newOrder's `profile` field.
     pub order_profiles: Vec<Option<String>>,
+    /// Renewal windows after the first certificate's move earlier on their second query.
+    pub move_window_earlier: bool,
     /// Unknown fields in every JSON answer and an unknown challenge type in authorizations.
     pub unknown_extensions: bool,
     /// Authorizations answered with the unknown challenge added.
@@ -137,15 +141,18 @@ async fn handle(
         .unwrap_or("localhost")
         .to_string();
     if let Some(id) = path.strip_prefix("/renewal-info/") {
-        let first = {
+        let (first, moved) = {
             let mut s = st.lock().unwrap();
             s.ari_queries.push(id.to_string());
-            s.ari_queries[0] == id
+            let asked = s.ari_queries.iter().filter(|q| *q == id).count();
+            (s.ari_queries[0] == id, s.move_window_earlier && asked >= 2)
         };
         let now = SystemTime::now();
         let day = Duration::from_secs(86_400);
         let (start, end) = if first {
             (now - Duration::from_secs(60), now - Duration::from_secs(30))
+        } else if moved {
+            (now + 10 * day, now + 11 * day)
         } else {
             (now + 20 * day, now + 21 * day)
         };
