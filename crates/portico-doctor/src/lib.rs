@@ -143,6 +143,10 @@ pub struct Options {
     pub hosted_zones: Vec<String>,
     /// Portico's state directory (for its own issuance history).
     pub state_dir: Option<PathBuf>,
+    /// The ACME account URL orders come from, checked against CAA `accounturi` (RFC 8657).
+    pub account_uri: Option<String>,
+    /// The challenge method orders use, checked against CAA `validationmethods`.
+    pub method: Option<String>,
 }
 
 impl Options {
@@ -160,6 +164,8 @@ impl Options {
             ca: CaKind::Public,
             hosted_zones: Vec::new(),
             state_dir: None,
+            account_uri: None,
+            method: None,
         }
     }
 }
@@ -257,7 +263,17 @@ pub async fn run(opts: &Options) -> Report {
 
     // CAA.
     let apex = apex.ok().map(|a| a.0);
-    findings.extend(check_caa(resolver, &name, apex.as_ref(), wildcard, &opts.caa_identity).await);
+    let hosted = opts.hosted_zones.iter().any(|z| {
+        let z = z.trim_end_matches('.').to_ascii_lowercase();
+        base == z || base.ends_with(&format!(".{z}"))
+    });
+    let who = caa::Issuing {
+        ca: &opts.caa_identity,
+        account: opts.account_uri.as_deref(),
+        method: opts.method.as_deref(),
+        expect_lock: hosted && opts.state_dir.is_some(),
+    };
+    findings.extend(check_caa(resolver, &name, apex.as_ref(), wildcard, &who).await);
 
     // HTTP-01 and HTTPS, per address.
     if wildcard {

@@ -1343,3 +1343,127 @@ expiring_within = "36500d"
         "once for the certificate that was not renewed, through reloads too: {text}"
     );
 }
+
+/// The doctor's findings for `domain` as (severity, name, explanation).
+fn doctor_rows(args: &[&str]) -> Vec<(String, String, String)> {
+    let mut all = vec!["doctor", "--json"];
+    all.extend_from_slice(args);
+    let (_, out) = run(&all);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor --json: {e}:\n{out}"));
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["severity"].as_str().unwrap_or("").to_string(),
+                f["name"].as_str().unwrap_or("").to_string(),
+                f["explanation"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `portico certs lock`: CAA (RFC 8657) that binds issuance to the configured CA, Portico's ACME
+/// account and its challenge, written into the hosted zone as a change batch; the doctor warns
+/// while a hosted name is unlocked, passes Portico's own account and method, and refuses
+/// another account (accounturi) or another method (validationmethods), naming the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_lock_binds_caa_to_the_account_and_method_and_the_doctor_checks_it() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let admin_port = free_port();
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"));
+    std::fs::write(&env.config, text).unwrap();
+    let (portico, _client) = env.serve_until_issued().await;
+    let config = env.config.to_str().unwrap().to_string();
+    let (dns, http, https) = (
+        format!("127.0.0.1:{}", env.dns),
+        env.http.to_string(),
+        env.https.to_string(),
+    );
+    let dns_port = env.dns.to_string();
+    let common = [
+        "app.example.test",
+        "--private-ca",
+        "--resolver",
+        dns.as_str(),
+        "--dns-port",
+        dns_port.as_str(),
+        "--http-port",
+        http.as_str(),
+        "--https-port",
+        https.as_str(),
+        "--caa-identity",
+        "pebble.example",
+        "-c",
+        config.as_str(),
+    ];
+    let has = |rows: &[(String, String, String)], name: &str, text: &str| {
+        rows.iter().any(|(_, n, e)| n == name && e.contains(text))
+    };
+    let rows = doctor_rows(&common);
+    assert!(has(&rows, "CAAUnlocked", "app.example.test"), "{rows:?}");
+
+    let c = config.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        run(&[
+            "certs",
+            "lock",
+            "app",
+            "--ca-identity",
+            "pebble.example",
+            "-c",
+            &c,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", portico.output());
+    let account = std::fs::read_dir(env.dir.path().join("state/acme/accounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("account.json");
+    let account: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(account).unwrap()).unwrap();
+    let uri = account["id"].as_str().unwrap().to_string();
+    let want = format!(
+        "app.example.test. CAA 0 issue \"pebble.example; accounturi={uri}; validationmethods=http-01\""
+    );
+    assert!(out.contains(&want), "{out}");
+
+    let rows = doctor_rows(&common);
+    assert!(has(&rows, "CAA", "accounturi"), "{rows:?}");
+    assert!(
+        !rows
+            .iter()
+            .any(|(_, n, _)| n == "CAAUnlocked" || n == "CAAIssuanceNotAllowed"),
+        "{rows:?}"
+    );
+    let mut other = common.to_vec();
+    other.extend(["--account-uri", "https://localhost:1/my-account/999"]);
+    let rows = doctor_rows(&other);
+    assert!(
+        has(
+            &rows,
+            "CAAIssuanceNotAllowed",
+            "(accounturi), not to https://localhost:1/my-account/999"
+        ),
+        "{rows:?}"
+    );
+    let mut method = common.to_vec();
+    method.extend(["--method", "dns-01"]);
+    let rows = doctor_rows(&method);
+    assert!(
+        has(
+            &rows,
+            "CAAIssuanceNotAllowed",
+            "(validationmethods), not by dns-01"
+        ),
+        "{rows:?}"
+    );
+}

@@ -36,6 +36,27 @@ pub fn directory_url(d: &str) -> String {
     }
 }
 
+/// Where the ACME account for `directory` is kept in `state_dir`.
+fn accounts_dir(state_dir: &Path, directory: &str) -> PathBuf {
+    let url = directory_url(directory);
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("unknown")
+        .replace(':', "_");
+    state_dir.join("acme").join("accounts").join(host)
+}
+
+/// The account URL (RFC 8555 §7.3, what CAA `accounturi` names, RFC 8657) of the account
+/// Portico registered at `directory`, once it has one.
+pub fn account_uri(state_dir: &Path, directory: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(accounts_dir(state_dir, directory).join("account.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("id")?.as_str().map(String::from)
+}
+
 impl AcmeIssuer {
     pub fn new(
         state_dir: &Path,
@@ -44,20 +65,13 @@ impl AcmeIssuer {
         ca_root: Option<PathBuf>,
         eab: Option<(String, Vec<u8>)>,
     ) -> Self {
-        let url = directory_url(directory);
-        let host = url
-            .split("://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or("unknown")
-            .replace(':', "_");
         AcmeIssuer {
-            directory: url,
+            directory: directory_url(directory),
             retry_after: Arc::default(),
             email,
             eab,
             ca_root,
-            accounts: state_dir.join("acme").join("accounts").join(host),
+            accounts: accounts_dir(state_dir, directory),
             account: tokio::sync::Mutex::new(None),
         }
     }

@@ -43,6 +43,17 @@ pub enum CertsCommand {
         #[arg(short, long, default_value = "portico.toml")]
         config: PathBuf,
     },
+    /// Write CAA records into the hosted zones that let only the configured CA issue for the
+    /// certificate's names, only to Portico's ACME account (accounturi) and only by its
+    /// challenge (validationmethods), RFC 8657; through the running server's admin API.
+    Lock {
+        name: String,
+        /// The CA's CAA domain (default: letsencrypt.org for Let's Encrypt's directories).
+        #[arg(long)]
+        ca_identity: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Request a certificate from the running server (admin API) and follow it until issued.
     Request {
         name: String,
@@ -108,6 +119,11 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             &target,
         ),
         CertsCommand::Delete { name, target } => certs_delete(&name, &target),
+        CertsCommand::Lock {
+            name,
+            ca_identity,
+            target,
+        } => crate::cli::lock::certs_lock(&name, ca_identity.as_deref(), &target),
         CertsCommand::Renew {
             name,
             dry_run,

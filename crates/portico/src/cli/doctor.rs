@@ -35,9 +35,18 @@ pub struct DoctorArgs {
     /// The CA is on this network (Pebble, the internal CA): private names and addresses are fine.
     #[arg(long)]
     pub private_ca: bool,
-    /// A Portico config: its hosted zones (dns-01 readiness) and issuance history (rate limits).
+    /// A Portico config: its hosted zones (dns-01 readiness), issuance history (rate limits),
+    /// and the ACME account and challenge of the certificate for DOMAIN (CAA accounturi and
+    /// validationmethods).
     #[arg(short, long)]
     pub config: Option<PathBuf>,
+    /// The ACME account URL that orders come from (default: Portico's own, with --config).
+    #[arg(long, value_name = "URL")]
+    pub account_uri: Option<String>,
+    /// The challenge method orders use: http-01, tls-alpn-01 or dns-01 (default: the
+    /// certificate's, with --config).
+    #[arg(long)]
+    pub method: Option<String>,
 }
 
 impl DoctorArgs {
@@ -66,6 +75,22 @@ impl DoctorArgs {
             let config = source.parse()?;
             o.hosted_zones = config.zone.iter().map(|z| z.name.clone()).collect();
             o.state_dir = Some(config.state_dir.clone());
+            let domain = self.domain.trim_end_matches('.').to_ascii_lowercase();
+            let cert = config.certificate.iter().find(|c| {
+                c.issuer.as_deref().unwrap_or("acme") == "acme"
+                    && c.domains.iter().any(|d| d.to_ascii_lowercase() == domain)
+            });
+            if let (Some(c), Some(acme)) = (cert, &config.acme) {
+                o.method = Some(c.challenge.clone().unwrap_or_else(|| "http-01".into()));
+                o.account_uri =
+                    portico_certs::issuer::acme::account_uri(&config.state_dir, &acme.directory);
+            }
+        }
+        if let Some(a) = &self.account_uri {
+            o.account_uri = Some(a.clone());
+        }
+        if let Some(m) = &self.method {
+            o.method = Some(m.clone());
         }
         Ok(o)
     }

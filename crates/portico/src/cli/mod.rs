@@ -8,6 +8,7 @@ pub mod client;
 pub mod demo;
 pub mod doctor;
 pub mod listeners;
+pub mod lock;
 pub mod proxy;
 pub mod records;
 pub mod reload;
