@@ -3,6 +3,7 @@
 //! serves it through the load balancer's cert resolver at once, and renews it.
 
 pub mod alerts;
+pub mod certbot;
 pub mod challenge;
 pub mod clock;
 pub mod issuer;

@@ -271,7 +271,9 @@ pub async fn run(opts: &Options) -> Report {
         ca: &opts.caa_identity,
         account: opts.account_uri.as_deref(),
         method: opts.method.as_deref(),
-        expect_lock: hosted && opts.state_dir.is_some(),
+        // Only where Portico orders for the name with an account of its own (a config with
+        // its certificate), so that there is an account to lock to.
+        expect_lock: hosted && opts.state_dir.is_some() && opts.account_uri.is_some(),
     };
     findings.extend(check_caa(resolver, &name, apex.as_ref(), wildcard, &who).await);
 

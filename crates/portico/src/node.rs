@@ -30,10 +30,18 @@ pub enum RuntimeChangeError<E> {
     Internal(String),
 }
 
-/// Reads and fully validates a config file without serving it.
+/// Reads and fully validates a config file without serving it, with the admin API's additions
+/// in its state directory merged as `serve` would (a listener in the file may name a
+/// certificate the API or `certs import` added). An unreadable state directory counts as none.
 pub(crate) fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> {
     let source = Source::read(path)?;
-    let config = source.parse()?;
+    let file_config = source.parse()?;
+    let runtime = match Runtime::load(&file_config.state_dir) {
+        Ok(r) => r,
+        Err(e) if e.message.starts_with("cannot read") => Runtime::default(),
+        Err(_) => crate::runtime::load(&file_config.state_dir)?,
+    };
+    let config = crate::runtime::merge(&runtime, &source, &file_config.state_dir)?;
     let mut issues = config.own_issues();
     if let Err(more) = Snapshot::build(
         &config.lb(),
@@ -55,7 +63,12 @@ pub(crate) fn load(path: &Path) -> Result<(Source, PorticoConfig), ConfigError> 
         }
     }
     if !issues.is_empty() {
-        return Err(source.locate(&issues));
+        return Err(crate::runtime::locate(
+            &source,
+            &file_config,
+            &file_config.state_dir,
+            &issues,
+        ));
     }
     Ok((source, config))
 }

@@ -1467,3 +1467,137 @@ async fn certs_lock_binds_caa_to_the_account_and_method_and_the_doctor_checks_it
         "{rows:?}"
     );
 }
+
+/// Every file under `dir` with its length and modification time (to show it was only read).
+fn tree_state(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push((e.path(), m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `portico certs import --certbot`: a lineage the real certbot (Debian's) obtained from Pebble
+/// is adopted with certbot's directory only read, served at once as the very same certificate
+/// (so no new order was placed), and renewed by Portico later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certbot_lineage_imported_served_without_a_new_order_and_renewed_later() {
+    let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let d = env.dir.path();
+    // The config without its own "app" certificate: certbot's lineage becomes it.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let app =
+        "[[certificate]]\nname = \"app\"\ndomains = [\"app.example.test\"]\nissuer = \"acme\"\n";
+    assert!(text.contains(app));
+    std::fs::write(&env.config, text.replace(app, "")).unwrap();
+
+    // certbot gets app.example.test from Pebble (standalone HTTP-01 on the port Pebble uses),
+    // the name resolved by a Portico that serves only the zone.
+    let dns_only = d.join("dns.toml");
+    std::fs::write(
+        &dns_only,
+        format!(
+            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{}\"]\n[[zone]]\nname = \"example.test\"\n[[zone.record]]\nname = \"app\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n",
+            d.join("dns-state").display(),
+            env.dns
+        ),
+    )
+    .unwrap();
+    let dns = Proc::spawn(&["serve", "-c", dns_only.to_str().unwrap()]);
+    wait_listening(env.dns).await;
+    let le = d.join("letsencrypt");
+    let (acme, http) = (
+        format!("https://localhost:{}/dir", env.acme),
+        env.http.to_string(),
+    );
+    let ca = d.join("ca.pem");
+    let mut certbot = Proc::spawn_program(
+        "certbot",
+        &[
+            "certonly",
+            "--standalone",
+            "--non-interactive",
+            "--agree-tos",
+            "-m",
+            "ops@example.test",
+            "--server",
+            &acme,
+            "--http-01-port",
+            &http,
+            "--http-01-address",
+            "127.0.0.1",
+            "--cert-name",
+            "app",
+            "-d",
+            "app.example.test",
+            "--config-dir",
+            le.to_str().unwrap(),
+            "--work-dir",
+            d.join("certbot-work").to_str().unwrap(),
+            "--logs-dir",
+            d.join("certbot-logs").to_str().unwrap(),
+        ],
+        &[("REQUESTS_CA_BUNDLE", ca.to_str().unwrap())],
+    );
+    let code = certbot.wait_exit(Duration::from_secs(180));
+    assert_eq!(code, 0, "certbot failed:\n{}", certbot.output());
+    drop(dns);
+
+    let before = tree_state(&le);
+    let (code, out) = run(&[
+        "certs",
+        "import",
+        "--certbot",
+        le.to_str().unwrap(),
+        "-c",
+        env.config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("app: adopted version 1 (app.example.test), renewed by http-01 (certbot used standalone)"),
+        "{out}"
+    );
+    assert!(out.contains("has an RSA key"), "{out}");
+    assert_eq!(tree_state(&le), before, "certbot's directory is only read");
+
+    let (portico, client) = env.serve_until_issued().await;
+    let pem = std::fs::read_to_string(le.join("live/app/cert.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let certbots = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec();
+    assert_eq!(
+        served_leaf(env.https(), client.clone()).await.unwrap(),
+        certbots,
+        "certbot's certificate is served as it is: no new order"
+    );
+    assert!(!env.live().join("../archive/app/cert2.pem").exists());
+    let (_, show) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
+    assert!(show.contains("ISSUED"), "{show}");
+
+    let c = env.config.to_str().unwrap().to_string();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "-c", &c]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", portico.output());
+    let a = env.https();
+    eventually(
+        "Portico's renewal replaces certbot's certificate",
+        Duration::from_secs(20),
+        || {
+            let (client, certbots) = (client.clone(), certbots.clone());
+            async move { served_leaf(a, client).await.is_some_and(|l| l != certbots) }
+        },
+    )
+    .await;
+}

@@ -43,6 +43,15 @@ pub enum CertsCommand {
         #[arg(short, long, default_value = "portico.toml")]
         config: PathBuf,
     },
+    /// Adopt certbot's lineages (live/, archive/, renewal/*.conf; the source is only read):
+    /// served at once with no new order, renewed by Portico from then on.
+    Import {
+        /// certbot's config directory.
+        #[arg(long, value_name = "DIR")]
+        certbot: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Write CAA records into the hosted zones that let only the configured CA issue for the
     /// certificate's names, only to Portico's ACME account (accounturi) and only by its
     /// challenge (validationmethods), RFC 8657; through the running server's admin API.
@@ -119,6 +128,9 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             &target,
         ),
         CertsCommand::Delete { name, target } => certs_delete(&name, &target),
+        CertsCommand::Import { certbot, target } => {
+            crate::cli::import::certs_import(&certbot, &target)
+        }
         CertsCommand::Lock {
             name,
             ca_identity,

@@ -7,6 +7,7 @@ pub mod check;
 pub mod client;
 pub mod demo;
 pub mod doctor;
+pub mod import;
 pub mod listeners;
 pub mod lock;
 pub mod proxy;

@@ -40,7 +40,7 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program} ({e}); if it is missing, scripts/test installs every peer the tests use: pebble, bind9, bind9-dnsutils, chromium, chromium-driver, openssl"));
+            .unwrap_or_else(|e| panic!("cannot start {program} ({e}); if it is missing, scripts/test installs every peer the tests use: pebble, certbot, bind9, bind9-dnsutils, chromium, chromium-driver, openssl"));
         let out = Arc::new(Mutex::new(String::new()));
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
