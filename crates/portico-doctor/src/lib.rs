@@ -182,6 +182,9 @@ pub async fn run(opts: &Options) -> Report {
         domain: domain.clone(),
         findings,
     };
+    if let Ok(ip) = domain.parse::<IpAddr>() {
+        return report(check_address(ip, opts).await);
+    }
     let wildcard = domain.starts_with("*.");
     let base = domain.trim_start_matches("*.").to_string();
     if let Some(f) = check_name(&domain, opts.ca) {
@@ -299,6 +302,42 @@ pub async fn run(opts: &Options) -> Report {
         }
     }
     report(findings)
+}
+
+/// An IP-address certificate (RFC 8738): no DNS and no CAA are involved; the CA connects to
+/// the address itself (port 80 for http-01, 443 for tls-alpn-01), which a public CA reaches
+/// only when it is publicly routable.
+async fn check_address(ip: IpAddr, opts: &Options) -> Vec<Finding> {
+    let mut findings = vec![finding(
+        Severity::Ok,
+        "IPAddress",
+        format!("{ip} is an IP address: its certificate is validated by http-01 or tls-alpn-01 on the address itself (no DNS, no CAA, no dns-01); Let's Encrypt issues it in the shortlived profile (6 days)"),
+        "",
+    )];
+    if let Some(why) = reserved(ip) {
+        findings.push(match opts.ca {
+            CaKind::Public => finding(
+                Severity::Fatal,
+                "ReservedAddress",
+                format!("{ip} is {why}: a public CA cannot reach it, and issues only for publicly routable addresses"),
+                "use the server's public address (an Elastic IP, say), or --private-ca for a CA on this network",
+            ),
+            CaKind::Private => finding(
+                Severity::Ok,
+                "ReservedAddress",
+                format!("{ip} is {why}; fine for a private CA on this network"),
+                "",
+            ),
+        });
+        if opts.ca == CaKind::Public {
+            return findings;
+        }
+    }
+    let resolver = opts.resolver.unwrap_or_else(dns::system_resolver);
+    let host = ip.to_string();
+    findings.extend(check_http01(resolver, &host, &[ip], opts.ports).await);
+    findings.extend(check_https(&host, &[ip], opts).await);
+    findings
 }
 
 fn via(chain: &[Name]) -> String {

@@ -1126,6 +1126,45 @@ async fn ip_certificate_issued_and_served(challenge: &str) {
     );
     let (_, out) = run(&["certs", "show", "app", "-c", env.config.to_str().unwrap()]);
     assert!(out.contains("127.0.0.1") && out.contains("ISSUED"), "{out}");
+
+    // The doctor on the address: no DNS or CAA checks, the HTTP-01 path and the certificate
+    // served for it (verified against Pebble's root).
+    let root = send_tls(
+        format!("127.0.0.1:{}", env.mgmt).parse().unwrap(),
+        "localhost",
+        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
+        request("GET", "localhost", "/roots/0"),
+    )
+    .await
+    .unwrap()
+    .body;
+    let roots = env.dir.path().join("pebble-root.pem");
+    std::fs::write(&roots, root).unwrap();
+    let (http, https) = (env.http.to_string(), env.https.to_string());
+    let rows = doctor_rows(&[
+        "127.0.0.1",
+        "--private-ca",
+        "--http-port",
+        &http,
+        "--https-port",
+        &https,
+        "--ca-roots",
+        roots.to_str().unwrap(),
+    ]);
+    let ok = |name: &str| rows.iter().any(|(s, n, _)| s == "OK" && n == name);
+    assert!(ok("IPAddress") && ok("HTTPS"), "{rows:?}");
+    // The HTTP-01 path is probed on the address (the listener redirects an unknown token to
+    // HTTPS by address, which the doctor reports by the rule public CAs apply to redirects).
+    assert!(
+        rows.iter()
+            .any(|(_, n, e)| (n == "AHTTP01" || n == "BadRedirect") && e.contains("127.0.0.1")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .all(|(_, n, _)| !["CAA", "Propagation", "Resolves", "DNS01"].contains(&n.as_str())),
+        "no DNS checks for an address: {rows:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
