@@ -214,3 +214,96 @@ pub(super) async fn renewal(
     ctx.node.kick_certs().await;
     Ok((StatusCode::ACCEPTED, Json(cert_view(ctx, n, s, d))))
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LockSpec {
+    /// The CA's CAA domain (default: letsencrypt.org for Let's Encrypt's directories).
+    ca_identity: Option<String>,
+}
+
+/// CAA that lets only the configured CA issue for the certificate's names, only to Portico's
+/// ACME account and only by its challenge (RFC 8657), as one change batch per hosted zone.
+pub(super) async fn cert_lock(
+    State(ctx): State<Ctx>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<LockSpec>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    use portico_dns::zones::RecordChange;
+    let spec = json_body(body)?;
+    let applied = ctx.node.applied().await;
+    let cert = applied
+        .certificates
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no certificate {name:?}")))?;
+    if cert.issuer.as_deref().unwrap_or("acme") != "acme" || cert.domains.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "{name:?} is not ordered from an ACME CA: CAA locks the CA, account and method of ACME orders"
+        )));
+    }
+    let directory = applied.acme_directory.clone().ok_or_else(|| {
+        ApiError::conflict("no [acme] section: CAA names the ACME CA that may issue")
+    })?;
+    let ca = match spec.ca_identity {
+        Some(c) => c,
+        None => portico_certs::lock::known_caa_identity(&directory)
+            .map(String::from)
+            .ok_or_else(|| {
+                ApiError::bad(format!("which CAA domain does the CA at {directory} use?")).hint(
+                    "pass ca_identity (the CA's directory lists it under meta.caaIdentities; Let's Encrypt's is letsencrypt.org)",
+                )
+            })?,
+    };
+    let account = portico_certs::issuer::acme::account_uri(ctx.node.state_dir(), &directory)
+        .ok_or_else(|| {
+            ApiError::conflict(format!("no ACME account at {directory} yet"))
+                .hint("the account is registered with the first order; lock after the certificate is issued")
+        })?;
+    let method = cert.challenge.clone().unwrap_or_else(|| "http-01".into());
+    let zones: Vec<String> = ctx
+        .node
+        .zones()
+        .catalog()
+        .zones
+        .keys()
+        .map(|z| z.to_string())
+        .collect();
+    let locks =
+        portico_certs::lock::locks(&cert.domains, &zones, &ca, &account, &method).map_err(|e| {
+            ApiError::bad(e)
+                .hint("CAA for names outside the hosted zones is set at their DNS provider")
+        })?;
+    if locks.is_empty() {
+        return Err(ApiError::bad(format!(
+            "{name:?} names only IP addresses, which CAA does not cover"
+        )));
+    }
+    let mut by_zone: std::collections::BTreeMap<String, Vec<RecordChange>> = Default::default();
+    for l in &locks {
+        let change: RecordChange = serde_json::from_value(json!({
+            "action": "UPSERT", "name": l.name, "type": "CAA", "ttl": 300, "values": l.values,
+        }))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        by_zone.entry(l.zone.clone()).or_default().push(change);
+    }
+    let mut changes = Vec::new();
+    for (zone, batch) in by_zone {
+        let info = ctx
+            .node
+            .zones()
+            .change(&zone, &batch)
+            .await
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        tracing::info!(event = "certificate_locked", certificate = %name, zone = %info.zone, change = %info.id, "CAA lock written");
+        changes.push(super::zones::change_view(&ctx, info).await);
+    }
+    Ok(Json(json!({
+        "certificate": name,
+        "ca": ca,
+        "account": account,
+        "method": method,
+        "locks": locks.iter().map(|l| json!({"zone": l.zone, "name": l.name, "values": l.values})).collect::<Vec<_>>(),
+        "changes": changes,
+    })))
+}

@@ -323,6 +323,7 @@ fn router(ctx: Ctx) -> Router {
         )
         .route("/api/v1/certificates/{name}/renew", post(cert_renew))
         .route("/api/v1/certificates/{name}/revoke", post(cert_revoke))
+        .route("/api/v1/certificates/{name}/lock", post(cert_lock))
         .route("/api/v1/target-groups", get(groups_list))
         .route("/api/v1/target-groups/{name}", get(group_get))
         .route(

@@ -64,6 +64,8 @@ pub struct Applied {
     pub listeners: Vec<ListenerConfig>,
     pub target_groups: Vec<TargetGroupConfig>,
     pub certificates: Vec<CertificateConfig>,
+    /// `[acme] directory` as a URL, when there is an `[acme]` section.
+    pub acme_directory: Option<String>,
 }
 
 impl Applied {

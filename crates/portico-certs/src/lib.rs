@@ -8,6 +8,7 @@ pub mod challenge;
 pub mod clock;
 pub mod issuer;
 pub mod keys;
+pub mod lock;
 pub mod manager;
 pub mod self_check;
 pub mod storage;

@@ -140,6 +140,11 @@ impl Current {
             listeners: self.config.listener.clone(),
             target_groups: self.config.target_group.clone(),
             certificates: self.config.certificate.clone(),
+            acme_directory: self
+                .config
+                .acme
+                .as_ref()
+                .map(|a| portico_certs::issuer::acme::directory_url(&a.directory)),
         }
     }
 }
