@@ -275,8 +275,11 @@ default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
     let (code, rows) = doctor("app.example.com", &common, &[]);
     assert_eq!(code, 1);
     assert!(has(&rows, "FATAL", "ReservedAddress"), "{rows:#?}");
+    // An address is checked as an IP-address certificate (RFC 8738): a documentation address
+    // is not publicly routable, so a public CA cannot validate it.
     let (_, rows) = doctor("192.0.2.1", &common, &[]);
-    assert!(has(&rows, "FATAL", "InvalidDomain"), "{rows:#?}");
+    assert!(has(&rows, "OK", "IPAddress"), "{rows:#?}");
+    assert!(has(&rows, "FATAL", "ReservedAddress"), "{rows:#?}");
     // A private name without --private-ca is said to be one, and the checks that do not need a
     // public CA still run (here: resolution, which Portico refuses for a zone it does not host).
     let (code, rows) = doctor("app.example.test", &common, &[]);
