@@ -295,6 +295,20 @@ async fn console_in_chromium_creates_a_record_registers_a_target_requests_a_cert
             Duration::from_secs(30),
         )
         .await;
+    // When it renews, as the record says.
+    let (_, rec) = env
+        .call("GET", "/api/v1/certificates/from-console", None)
+        .await;
+    let renews = rec["renew_after"].as_str().unwrap_or_default().to_string();
+    assert!(!renews.is_empty(), "{rec}");
+    browser.click("nav button[data-page=certificates]").await;
+    browser
+        .wait_text(
+            "tr[data-cert=from-console] td.renews",
+            &renews,
+            Duration::from_secs(10),
+        )
+        .await;
     browser.screenshot("certificates").await;
 
     // Listeners and their rules.
