@@ -935,16 +935,7 @@ async fn certs_renew_and_dry_run_through_the_running_server() {
         "{out}"
     );
     assert!(archive.join("cert2.pem").exists());
-    let a = env.https();
-    eventually(
-        "the renewed certificate is served",
-        Duration::from_secs(10),
-        || {
-            let (client, first) = (client.clone(), first.clone());
-            async move { served_leaf(a, client).await.is_some_and(|l| l != first) }
-        },
-    )
-    .await;
+    wait_replaced(&env, &client, &first, "the renewed certificate is served").await;
 
     // Revocation at Pebble, then an immediate replacement.
     let serial2 = std::process::Command::new("openssl")
@@ -1541,18 +1532,7 @@ async fn certbot_lineage_imported_served_without_a_new_order_and_renewed_later()
 
     // certbot gets app.example.test from Pebble (standalone HTTP-01 on the port Pebble uses),
     // the name resolved by a Portico that serves only the zone.
-    let dns_only = d.join("dns.toml");
-    std::fs::write(
-        &dns_only,
-        format!(
-            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{}\"]\n[[zone]]\nname = \"example.test\"\n[[zone.record]]\nname = \"app\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n",
-            d.join("dns-state").display(),
-            env.dns
-        ),
-    )
-    .unwrap();
-    let dns = Proc::spawn(&["serve", "-c", dns_only.to_str().unwrap()]);
-    wait_listening(env.dns).await;
+    let dns = env.dns_only("app").await;
     let le = d.join("letsencrypt");
     let (acme, http) = (
         format!("https://localhost:{}/dir", env.acme),
@@ -1629,14 +1609,21 @@ async fn certbot_lineage_imported_served_without_a_new_order_and_renewed_later()
             .await
             .unwrap();
     assert_eq!(code, 0, "{out}\n{}", portico.output());
-    let a = env.https();
-    eventually(
+    wait_replaced(
+        &env,
+        &client,
+        &certbots,
         "Portico's renewal replaces certbot's certificate",
-        Duration::from_secs(20),
-        || {
-            let (client, certbots) = (client.clone(), certbots.clone());
-            async move { served_leaf(a, client).await.is_some_and(|l| l != certbots) }
-        },
     )
+    .await;
+}
+
+/// Waits until HTTPS serves a leaf other than `old` (a renewal took effect).
+async fn wait_replaced(env: &AcmeEnv, client: &Arc<rustls::ClientConfig>, old: &[u8], what: &str) {
+    let a = env.https();
+    eventually(what, Duration::from_secs(20), || {
+        let (client, old) = (client.clone(), old.to_vec());
+        async move { served_leaf(a, client).await.is_some_and(|l| l != old) }
+    })
     .await;
 }

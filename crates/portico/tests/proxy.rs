@@ -7,50 +7,64 @@ use std::time::Duration;
 use common::support::*;
 use common::*;
 
+/// `portico proxy --domain DOMAIN --to TARGET` on the env's ports against its Pebble, with a
+/// state directory of its own (returned).
+fn spawn_proxy(
+    env: &AcmeEnv,
+    domain: &str,
+    target: &Backend,
+    extra: &[&str],
+) -> (Proc, std::path::PathBuf) {
+    let d = env.dir.path();
+    let state = d.join("proxy-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let (to, http, https) = (
+        target.addr.to_string(),
+        env.http.to_string(),
+        env.https.to_string(),
+    );
+    let acme = format!("https://localhost:{}/dir", env.acme);
+    let ca = d.join("ca.pem");
+    let mut args = vec![
+        "proxy",
+        "--domain",
+        domain,
+        "--to",
+        &to,
+        "--bind",
+        "127.0.0.1",
+        "--http-port",
+        &http,
+        "--https-port",
+        &https,
+        "--acme-dir",
+        &acme,
+        "--ca-roots",
+        ca.to_str().unwrap(),
+        "--email",
+        "ops@example.test",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (Proc::spawn(&args), state)
+}
+
 /// `portico proxy` against Pebble: one command obtains the certificate over HTTP-01 (resolving the
 /// name through Portico DNS, as Pebble does), redirects HTTP to HTTPS and forwards to the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_obtains_a_certificate_from_pebble_and_serves_the_target() {
     let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
-    let d = env.dir.path();
     // The name's DNS: a Portico serving only the zone, where Pebble and the self-check ask.
-    let dns_only = d.join("dns.toml");
-    std::fs::write(
-        &dns_only,
-        format!(
-            "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{}\"]\n[[zone]]\nname = \"example.test\"\n[[zone.record]]\nname = \"api\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n",
-            d.join("dns-state").display(),
-            env.dns
-        ),
-    )
-    .unwrap();
-    let _dns = Proc::spawn(&["serve", "-c", dns_only.to_str().unwrap()]);
+    let _dns = env.dns_only("api").await;
     let target = Backend::start("app-server").await;
-    let state = d.join("proxy-state");
-    std::fs::create_dir_all(&state).unwrap();
-    let proxy = Proc::spawn(&[
-        "proxy",
-        "--domain",
+    let resolver = format!("127.0.0.1:{}", env.dns);
+    let (proxy, state) = spawn_proxy(
+        &env,
         "api.example.test",
-        "--to",
-        &target.addr.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--http-port",
-        &env.http.to_string(),
-        "--https-port",
-        &env.https.to_string(),
-        "--acme-dir",
-        &format!("https://localhost:{}/dir", env.acme),
-        "--ca-roots",
-        d.join("ca.pem").to_str().unwrap(),
-        "--resolver",
-        &format!("127.0.0.1:{}", env.dns),
-        "--email",
-        "ops@example.test",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+        &target,
+        &["--resolver", &resolver],
+    );
     wait_file(
         &state.join("certificates/live/api.example.test/fullchain.pem"),
         Duration::from_secs(90),
@@ -100,31 +114,8 @@ async fn proxy_obtains_a_certificate_from_pebble_and_serves_the_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_with_an_ip_address_gets_and_serves_an_address_certificate() {
     let env = acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
-    let d = env.dir.path();
     let target = Backend::start("app-server").await;
-    let state = d.join("proxy-state");
-    std::fs::create_dir_all(&state).unwrap();
-    let proxy = Proc::spawn(&[
-        "proxy",
-        "--domain",
-        "127.0.0.1",
-        "--to",
-        &target.addr.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--http-port",
-        &env.http.to_string(),
-        "--https-port",
-        &env.https.to_string(),
-        "--acme-dir",
-        &format!("https://localhost:{}/dir", env.acme),
-        "--ca-roots",
-        d.join("ca.pem").to_str().unwrap(),
-        "--email",
-        "ops@example.test",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let (proxy, state) = spawn_proxy(&env, "127.0.0.1", &target, &[]);
     wait_file(
         &state.join("certificates/live/127.0.0.1/fullchain.pem"),
         Duration::from_secs(90),

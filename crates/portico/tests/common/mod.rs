@@ -366,6 +366,26 @@ impl AcmeEnv {
 
     /// Starts `portico serve`, waits until the "app" certificate is issued and served; returns
     /// the server and a client trusting Pebble's root.
+    /// A Portico serving only the zone example.test on this env's DNS port, with `name` A
+    /// 127.0.0.1: where Pebble (and a client's self-check) resolve names when no full Portico of
+    /// the env runs. Returns once it listens.
+    pub async fn dns_only(&self, name: &str) -> Proc {
+        let d = self.dir.path();
+        let config = d.join("dns.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{}\"]\n[[zone]]\nname = \"example.test\"\n[[zone.record]]\nname = \"{name}\"\ntype = \"A\"\nvalues = [\"127.0.0.1\"]\n",
+                d.join("dns-state").display(),
+                self.dns
+            ),
+        )
+        .unwrap();
+        let dns = Proc::spawn(&["serve", "-c", config.to_str().unwrap()]);
+        wait_listening(self.dns).await;
+        dns
+    }
+
     pub async fn serve_until_issued(&self) -> (Proc, Arc<rustls::ClientConfig>) {
         let portico = Proc::spawn(&["serve", "-c", self.config.to_str().unwrap()]);
         wait_file(
