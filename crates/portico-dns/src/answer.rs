@@ -153,7 +153,7 @@ fn step<'z>(
         return None;
     }
     if let Some(node) = zone.nodes.get(key.as_slice()) {
-        return answer_node(zone, node, qname, qtype, listeners, out);
+        return answer_node(zone, node, &key, qname, qtype, listeners, out);
     }
     if has_descendant(zone, &key) {
         // An empty non-terminal: the name exists, with no data (NODATA).
@@ -170,7 +170,7 @@ fn step<'z>(
             wild.extend_from_slice(encloser);
             wild.extend_from_slice(b"*\0");
             if let Some(node) = zone.nodes.get(wild.as_slice()) {
-                return answer_node(zone, node, qname, qtype, listeners, out);
+                return answer_node(zone, node, &wild, qname, qtype, listeners, out);
             }
             break;
         }
@@ -182,6 +182,7 @@ fn step<'z>(
 fn answer_node<'z>(
     zone: &'z Zone,
     node: &'z Node,
+    key: &[u8],
     owner: &Name,
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
@@ -199,7 +200,7 @@ fn answer_node<'z>(
     }
     if let Some(set) = node.get(qtype) {
         push_set(owner, set, &mut out.answers);
-        additional_for(zone, set, out);
+        additional_for(zone, key, set, out);
         return None;
     }
     if matches!(qtype, RecordType::A | RecordType::AAAA) && node.alias.is_some() {
@@ -264,9 +265,14 @@ fn push_set<'z>(owner: &Name, set: &'z RecordSet, out: &mut Vec<Rrs<'z>>) {
     }
 }
 
-/// In-zone addresses of MX, SRV and NS targets, as Knot adds them.
-fn additional_for<'z>(zone: &'z Zone, set: &RecordSet, out: &mut Answer<'z>) {
+/// In-zone addresses of MX, SRV and NS targets, as Knot adds them: precomputed for a served
+/// zone (`Zone::index_glue`), looked up for one that is not indexed.
+fn additional_for<'z>(zone: &'z Zone, key: &[u8], set: &RecordSet, out: &mut Answer<'z>) {
     if !matches!(set.rtype, RecordType::MX | RecordType::SRV | RecordType::NS) {
+        return;
+    }
+    if let Some(glue) = zone.glue.get(key, set.rtype) {
+        push_glue(glue, &mut out.additional);
         return;
     }
     for r in set.iter() {
@@ -277,6 +283,12 @@ fn additional_for<'z>(zone: &'z Zone, set: &RecordSet, out: &mut Answer<'z>) {
             _ => continue,
         };
         glue(zone, target, &mut out.additional);
+    }
+}
+
+fn push_glue<'z>(glue: &'z [(Name, RecordSet)], out: &mut Vec<Rrs<'z>>) {
+    for (owner, set) in glue {
+        push_set(owner, set, out);
     }
 }
 
@@ -306,6 +318,10 @@ fn referral<'z>(zone: &'z Zone, cut: &[u8], out: &mut Answer<'z>) {
     out.rcode = ResponseCode::NoError;
     if let Some(set) = zone.nodes.get(cut).and_then(|n| n.get(RecordType::NS)) {
         push_set(&owner::name_of(cut), set, &mut out.authority);
+        if let Some(glue) = zone.glue.get(cut, RecordType::NS) {
+            push_glue(glue, &mut out.additional);
+            return;
+        }
         for r in set.iter() {
             if let RData::NS(ns) = r {
                 glue(zone, &ns.0, &mut out.additional);

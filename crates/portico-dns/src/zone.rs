@@ -72,6 +72,58 @@ pub struct Zone {
     pub apex: Owner,
     /// The first record `put` or `add` could not store; `validate` reports it.
     pub unstorable: Option<Box<ZoneError>>,
+    /// Glue precomputed for the zone as it is served (`index_glue`, called where a zone is
+    /// published); empty on a zone being edited, where answers look glue up instead.
+    pub glue: GlueIndex,
+}
+
+/// For each NS, MX and SRV set (owner key, type): the in-zone A and AAAA sets of its targets,
+/// in the order answers list them. Not part of a zone's identity: equal for every two zones, and
+/// a clone starts empty, so that an edited copy never answers with the original's glue.
+#[derive(Default)]
+pub struct GlueIndex(Option<GlueMap>);
+
+/// Owner key → the glue of each of its NS, MX and SRV sets.
+type GlueMap = std::collections::HashMap<Box<[u8]>, Vec<(RecordType, Glue)>>;
+
+/// The A and AAAA sets of one set's targets, each with its owner name.
+type Glue = Box<[(Name, RecordSet)]>;
+
+impl GlueIndex {
+    /// The glue of the set of `rtype` at `owner_key`: `None` when the zone is not indexed.
+    /// Looked up by the borrowed key, so an answer allocates nothing here.
+    pub fn get(&self, owner_key: &[u8], rtype: RecordType) -> Option<&[(Name, RecordSet)]> {
+        let map = self.0.as_ref()?;
+        let sets = map.get(owner_key).map_or(&[][..], |v| &v[..]);
+        Some(
+            sets.iter()
+                .find(|(t, _)| *t == rtype)
+                .map_or(&[][..], |(_, g)| &g[..]),
+        )
+    }
+}
+
+impl Clone for GlueIndex {
+    fn clone(&self) -> Self {
+        GlueIndex(None)
+    }
+}
+
+impl PartialEq for GlueIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for GlueIndex {}
+
+impl std::fmt::Debug for GlueIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("GlueIndex(not built)"),
+            Some(m) => write!(f, "GlueIndex({} sets)", m.len()),
+        }
+    }
 }
 
 /// Why a zone version is not acceptable.
@@ -103,7 +155,43 @@ impl Zone {
             nodes: BTreeMap::new(),
             cuts: Default::default(),
             unstorable: None,
+            glue: GlueIndex::default(),
         }
+    }
+
+    /// Precomputes the glue of every NS, MX and SRV set (see [`GlueIndex`]); called on a zone
+    /// about to be served, after its last change.
+    pub fn index_glue(&mut self) {
+        let mut map = GlueMap::new();
+        for (owner, node) in &self.nodes {
+            for set in node.sets.iter() {
+                if !matches!(set.rtype, RecordType::NS | RecordType::MX | RecordType::SRV) {
+                    continue;
+                }
+                let mut glue = Vec::new();
+                for r in set.iter() {
+                    let target = match &r {
+                        RData::MX(m) => &m.exchange,
+                        RData::SRV(s) => &s.target,
+                        RData::NS(n) => &n.0,
+                        _ => continue,
+                    };
+                    if let Some(t) = self.node(target) {
+                        for ty in [RecordType::A, RecordType::AAAA] {
+                            if let Some(a) = t.get(ty) {
+                                glue.push((target.clone(), a.clone()));
+                            }
+                        }
+                    }
+                }
+                if !glue.is_empty() {
+                    map.entry(Box::<[u8]>::from(owner.key()))
+                        .or_default()
+                        .push((set.rtype, glue.into_boxed_slice()));
+                }
+            }
+        }
+        self.glue = GlueIndex(Some(map));
     }
 
     pub fn node(&self, name: &Name) -> Option<&Node> {

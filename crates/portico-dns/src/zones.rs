@@ -284,6 +284,7 @@ impl HostedZones {
                 }
             }
             tracing::info!(zone = %origin, serial = zone.serial(), records = zone.record_count(), "zone loaded");
+            zone.index_glue();
             catalog.zones.insert(origin, Arc::new(zone));
         }
         self.keys.store(Arc::new(keys));
@@ -335,6 +336,7 @@ impl HostedZones {
         })?;
         let serial = zone.serial();
         let mut next = Catalog::clone(&catalog);
+        zone.index_glue();
         next.zones.insert(origin.clone(), Arc::new(zone));
         self.catalog.store(Arc::new(next));
         let secondaries = self.settings(origin).secondaries;
@@ -520,6 +522,8 @@ impl HostedZones {
             .append(JournalEntry::diff(old, &fresh));
         tracing::info!(zone = %origin, serial = fresh.serial(), "zone changed on another node: serving it");
         let mut next = Catalog::clone(&catalog);
+        let mut fresh = fresh;
+        fresh.index_glue();
         next.zones.insert(origin.clone(), Arc::new(fresh));
         self.catalog.store(Arc::new(next));
         Ok(true)

@@ -447,3 +447,54 @@ async fn master_file_and_config_edits_reach_a_stored_zone() {
         "192.0.2.50"
     );
 }
+
+/// Glue is precomputed for the served zone: an MX answer carries the exchange's address, a
+/// change of that address reaches the additional section, and so does a delegation's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precomputed_glue_follows_changes_to_the_targets() {
+    let dir = TempDir::new("glue");
+    let dns = serve(&zone_config(""), dir.path()).await;
+    dns.zones
+        .change(
+            "example.test",
+            &[
+                change(Action::Create, "@", "MX", &["10 mail"]),
+                change(Action::Create, "mail", "A", &["192.0.2.25"]),
+                change(Action::Create, "sub", "NS", &["ns.sub"]),
+                change(Action::Create, "ns.sub", "A", &["192.0.2.53"]),
+            ],
+        )
+        .await
+        .unwrap();
+    let additional = |out: String| {
+        out.lines()
+            .skip_while(|l| !l.contains("ADDITIONAL SECTION"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mx = additional(dig(dns.addr, "example.test MX +norec").await);
+    assert!(
+        mx.contains("mail.example.test.") && mx.contains("192.0.2.25"),
+        "{mx}"
+    );
+    dns.zones
+        .change(
+            "example.test",
+            &[
+                change(Action::Upsert, "mail", "A", &["192.0.2.26"]),
+                change(Action::Upsert, "ns.sub", "A", &["192.0.2.54"]),
+            ],
+        )
+        .await
+        .unwrap();
+    let mx = additional(dig(dns.addr, "example.test MX +norec").await);
+    assert!(
+        mx.contains("192.0.2.26") && !mx.contains("192.0.2.25"),
+        "{mx}"
+    );
+    let referral = additional(dig(dns.addr, "host.sub.example.test A +norec").await);
+    assert!(
+        referral.contains("ns.sub.example.test.") && referral.contains("192.0.2.54"),
+        "{referral}"
+    );
+}
