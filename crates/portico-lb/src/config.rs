@@ -66,6 +66,35 @@ pub struct TargetGroupConfig {
     /// How long to wait for a target's response head before answering 504.
     #[serde(default = "defaults::response_timeout", with = "duration")]
     pub response_timeout: Duration,
+    /// Keep a client on one target (ALB's two kinds of stickiness).
+    pub stickiness: Option<StickinessConfig>,
+    /// A newly registered or newly healthy target's share grows linearly over this long
+    /// (ALB's `slow_start`); off when absent.
+    #[serde(default, with = "duration_opt")]
+    pub slow_start: Option<Duration>,
+}
+
+/// `stickiness = { type = "lb_cookie", duration = "1d" }` or
+/// `{ type = "app_cookie", cookie_name = "SESSION" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickinessConfig {
+    #[serde(rename = "type")]
+    pub kind: StickinessKind,
+    /// How long the stickiness cookie lives (ALB: 1 s to 7 days, default 1 day).
+    #[serde(default = "defaults::stickiness_duration", with = "duration")]
+    pub duration: Duration,
+    /// `app_cookie`: the application's own cookie whose appearance starts stickiness.
+    pub cookie_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StickinessKind {
+    /// Portico's own cookie, set on every response.
+    LbCookie,
+    /// Portico's cookie, set when the application sets `cookie_name`.
+    AppCookie,
 }
 
 /// How a target group spreads requests over its healthy targets.
@@ -161,8 +190,13 @@ pub struct ListenerConfig {
     pub allow: Vec<IpNet>,
     #[serde(default)]
     pub deny: Vec<IpNet>,
+    /// Headers set on every response: `{ "Name" = "value" }`, or `{ set = {…}, add = {…},
+    /// remove = [...] }`.
     #[serde(default)]
-    pub response_headers: BTreeMap<String, String>,
+    pub response_headers: HeadersConfig,
+    /// Changes to every request before it is forwarded: `{ set = {…}, add = {…}, remove = [...] }`.
+    #[serde(default)]
+    pub request_headers: HeaderRewriteConfig,
     pub default_action: ActionConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
@@ -179,6 +213,13 @@ pub struct ListenerConfig {
     /// `listen … http2` does. Off by default, so that HTTP/1.1 is served without sniffing.
     #[serde(default)]
     pub h2c: bool,
+    /// Read a PROXY protocol v1/v2 header from `proxy_protocol_from` sources (a network load
+    /// balancer in front): the client address it names is the one rules, logs and
+    /// X-Forwarded-For see. A PROXY header from any other source closes the connection.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -238,7 +279,82 @@ pub struct RuleConfig {
     pub source: Vec<IpNet>,
     pub action: ActionConfig,
     #[serde(default)]
-    pub response_headers: BTreeMap<String, String>,
+    pub response_headers: HeadersConfig,
+    #[serde(default)]
+    pub request_headers: HeaderRewriteConfig,
+    /// Host and path rewrites on `forward` (ALB's transforms).
+    pub rewrite: Option<RewriteConfig>,
+    /// A token bucket per client (or per header value); over it, 429 with `Retry-After`.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Response headers: a plain map of headers to set, or the full rewrite form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HeadersConfig {
+    Rewrite(HeaderRewriteConfig),
+    Set(BTreeMap<String, String>),
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        HeadersConfig::Set(BTreeMap::new())
+    }
+}
+
+impl HeadersConfig {
+    /// The rewrite this stands for (a plain map sets its headers).
+    pub fn rewrite(&self) -> HeaderRewriteConfig {
+        match self {
+            HeadersConfig::Rewrite(r) => r.clone(),
+            HeadersConfig::Set(m) => HeaderRewriteConfig {
+                set: m.clone(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// `{ set = { "X-Env" = "prod" }, add = { "Via" = "portico" }, remove = ["X-Debug"] }`:
+/// `remove` first, then `set` (replacing every value), then `add` (appending).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRewriteConfig {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `rewrite = { host = "internal.example", path = { regex = "^/api/(.*)$", replace = "/$1" } }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// The Host header the target sees.
+    pub host: Option<String>,
+    pub path: Option<PathRewriteConfig>,
+}
+
+/// A regular expression on the path (without the query) and its replacement (`$1`, `${name}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRewriteConfig {
+    pub regex: String,
+    pub replace: String,
+}
+
+/// `rate_limit = { requests_per_second = 10, burst = 20, key = "source" }`; `key` is `source`
+/// (the client address) or `header:NAME`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: f64,
+    /// Requests allowed at once above the rate; `requests_per_second` (at least 1) when absent.
+    pub burst: Option<u32>,
+    #[serde(default = "defaults::rate_limit_key")]
+    pub key: String,
 }
 
 /// What a listener or rule does with a request.
@@ -323,6 +439,18 @@ fn port_or_placeholder<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>
 
 pub use portico_config::duration;
 
+/// An optional duration (`"30s"`), for keys whose absence means "off".
+mod duration_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::duration")] Duration);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 mod defaults {
     use std::time::Duration;
     pub fn connect_timeout() -> Duration {
@@ -381,6 +509,12 @@ mod defaults {
     }
     pub fn redirect_status() -> u16 {
         301
+    }
+    pub fn stickiness_duration() -> Duration {
+        Duration::from_secs(86_400)
+    }
+    pub fn rate_limit_key() -> String {
+        "source".into()
     }
     pub fn content_type() -> String {
         "text/plain; charset=utf-8".into()

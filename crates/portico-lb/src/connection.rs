@@ -33,12 +33,32 @@ pub async fn serve(
     lb: Arc<Serving>,
     listener: Arc<Listener>,
     generation: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
     draining: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
+    if listener.proxy_protocol_from.is_some() {
+        if listener.proxy_trusted(peer.ip()) {
+            match crate::proxy_protocol::read(&mut stream, listener.header_timeout).await {
+                Ok(Some(client)) => peer = client,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(listener = %listener.name, %peer, error = %e, "closing: bad PROXY protocol header");
+                    return;
+                }
+            }
+            if !listener.admits(peer.ip()) {
+                tracing::debug!(listener = %listener.name, %peer, "connection refused by allow/deny rules");
+                return;
+            }
+        } else if crate::proxy_protocol::starts_with_header(&stream, listener.header_timeout).await
+        {
+            tracing::warn!(listener = %listener.name, %peer, "closing: PROXY protocol header from a source not in proxy_protocol_from");
+            return;
+        }
+    }
     let activity = Activity::new();
     let io = IdleIo::new(stream, activity.clone());
     let metrics = lb.listener_metrics(&listener.name);

@@ -22,6 +22,8 @@ pub struct ListenerMetrics {
     /// By rule priority; `None` is the default action. Read per request without a lock (a
     /// read lock is a shared atomic write too); a new rule's counter is added copy-on-write.
     rules: arc_swap::ArcSwap<HashMap<Option<u32>, Arc<ByClass>>>,
+    /// Requests refused by a rule's rate limit, by rule priority (a lock only on refusal).
+    rate_limited: Mutex<HashMap<u32, u64>>,
 }
 
 impl ListenerMetrics {
@@ -41,6 +43,16 @@ impl ListenerMetrics {
         if let Some(c) = self.rules.load().get(&rule) {
             c.add(status);
         }
+    }
+
+    /// One request refused by the rate limit of the rule with `priority`.
+    pub fn rate_limited(&self, priority: u32) {
+        *self
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(priority)
+            .or_default() += 1;
     }
 
     /// Counts a connection until the guard drops.
@@ -118,6 +130,20 @@ impl LbMetrics {
                     out,
                     "portico_http_rule_requests_total",
                     &format!("listener=\"{}\",rule=\"{rule}\"", esc(n)),
+                );
+            }
+        }
+        out.push_str("# HELP portico_http_rate_limited_total Requests refused with 429 by each rule's rate limit.\n# TYPE portico_http_rate_limited_total counter\n");
+        for (n, m) in &ls {
+            let limited = m.rate_limited.lock().unwrap_or_else(|e| e.into_inner());
+            let mut keys: Vec<_> = limited.keys().copied().collect();
+            keys.sort();
+            for k in keys {
+                let _ = writeln!(
+                    out,
+                    "portico_http_rate_limited_total{{listener=\"{}\",rule=\"{k}\"}} {}",
+                    esc(n),
+                    limited[&k]
                 );
             }
         }

@@ -18,7 +18,7 @@ use crate::action::{Action, RedirectInput};
 use crate::body::{LoggedBody, RequestBody};
 use crate::config::Protocol;
 use crate::idle::Activity;
-use crate::rule::RequestFacts;
+use crate::rule::{RequestFacts, Rule};
 use crate::snapshot::{canonical_ip, Listener};
 use crate::target_group::{OutstandingGuard, TargetGroup};
 use crate::upstream::{self, BoxError, SendError};
@@ -122,9 +122,7 @@ pub async fn handle(
         }
     }
     let mut rule_priority = None;
-    let (mut res, extra_headers, target, guard) = if req
-        .headers()
-        .contains_key(header::CONTENT_LENGTH)
+    let (mut res, rule, target, guard) = if req.headers().contains_key(header::CONTENT_LENGTH)
         && req.headers().contains_key(header::TRANSFER_ENCODING)
     {
         // A smuggling vector: never pass both on (nginx answers 400 too).
@@ -133,7 +131,7 @@ pub async fn handle(
                 StatusCode::BAD_REQUEST,
                 "request has both Content-Length and Transfer-Encoding",
             ),
-            &[][..],
+            None,
             None,
             None,
         )
@@ -150,56 +148,70 @@ pub async fn handle(
         let rule = listener.rules.iter().find(|r| r.matches(&facts));
         rule_priority = rule.map(|r| r.priority);
         let (action, extra) = match rule {
-            Some(r) => (&r.action, &r.response_headers[..]),
-            None => (&listener.default_action, &[][..]),
+            Some(r) => (&r.action, Some(r)),
+            None => (&listener.default_action, None),
         };
-        match action {
-            Action::FixedResponse(f) => {
-                let mut res = Response::new(full(f.body.clone()));
-                *res.status_mut() = f.status;
-                res.headers_mut()
-                    .insert(header::CONTENT_TYPE, f.content_type.clone());
-                (res, extra, None, None)
-            }
-            Action::Redirect(r) => {
-                let location = r.location(&RedirectInput {
-                    protocol: scheme(listener),
-                    host: &host,
-                    port: ctx.local.port(),
-                    path,
-                    query,
-                });
-                let mut res = error_response(r.status, "");
-                match HeaderValue::from_str(&location) {
-                    Ok(v) => {
-                        res.headers_mut().insert(header::LOCATION, v);
-                    }
-                    Err(_) => {
-                        res = error_response(
-                            StatusCode::BAD_REQUEST,
-                            "cannot build redirect location",
-                        )
-                    }
+        let limited = rule.and_then(|r| {
+            let limit = r.rate_limit.as_ref()?;
+            limit.check(facts.client, facts.headers).err()
+        });
+        if let (Some(retry_after), Some(r)) = (limited, rule) {
+            ctx.metrics.rate_limited(r.priority);
+            let mut res = error_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            (res, extra, None, None)
+        } else {
+            match action {
+                Action::FixedResponse(f) => {
+                    let mut res = Response::new(full(f.body.clone()));
+                    *res.status_mut() = f.status;
+                    res.headers_mut()
+                        .insert(header::CONTENT_TYPE, f.content_type.clone());
+                    (res, extra, None, None)
                 }
-                (res, extra, None, None)
-            }
-            Action::Forward(f) => match f.pick() {
-                None => (
-                    error_response(StatusCode::SERVICE_UNAVAILABLE, "no target group"),
-                    extra,
-                    None,
-                    None,
-                ),
-                Some(group) => {
-                    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-                    let (res, target, guard) = forward(ctx, listener, group, req, upgrade).await;
-                    (res, extra, target, guard)
+                Action::Redirect(r) => {
+                    let location = r.location(&RedirectInput {
+                        protocol: scheme(listener),
+                        host: &host,
+                        port: ctx.local.port(),
+                        path,
+                        query,
+                    });
+                    let mut res = error_response(r.status, "");
+                    match HeaderValue::from_str(&location) {
+                        Ok(v) => {
+                            res.headers_mut().insert(header::LOCATION, v);
+                        }
+                        Err(_) => {
+                            res = error_response(
+                                StatusCode::BAD_REQUEST,
+                                "cannot build redirect location",
+                            )
+                        }
+                    }
+                    (res, extra, None, None)
                 }
-            },
+                Action::Forward(f) => match f.pick() {
+                    None => (
+                        error_response(StatusCode::SERVICE_UNAVAILABLE, "no target group"),
+                        extra,
+                        None,
+                        None,
+                    ),
+                    Some(group) => {
+                        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+                        let (res, target, guard) =
+                            forward(ctx, listener, extra, group, req, upgrade).await;
+                        (res, extra, target, guard)
+                    }
+                },
+            }
         }
     };
-    for (k, v) in listener.response_headers.iter().chain(extra_headers) {
-        res.headers_mut().insert(k.clone(), v.clone());
+    listener.response_headers.apply(res.headers_mut());
+    if let Some(r) = rule {
+        r.response_headers.apply(res.headers_mut());
     }
     let status = res.status().as_u16();
     ctx.metrics.record(status, start.elapsed(), rule_priority);
@@ -216,6 +228,7 @@ pub async fn handle(
 async fn forward(
     ctx: &ConnCtx,
     listener: &Listener,
+    rule: Option<&Rule>,
     group: &Arc<TargetGroup>,
     req: Request<RequestBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -225,24 +238,58 @@ async fn forward(
     Option<OutstandingGuard>,
 ) {
     let (mut parts, body) = req.into_parts();
-    let host_header = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let rewrite = rule.and_then(|r| r.rewrite.as_ref());
+    let host_header = match rewrite.and_then(|rw| rw.host.clone()) {
+        Some(h) => Some(h),
+        None => parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+    };
+    // A sticky cookie is read before the request's headers change.
+    let requested = group
+        .stickiness
+        .as_ref()
+        .and_then(|s| s.requested(&parts.headers))
+        .map(str::to_owned);
     strip_hop_by_hop(&mut parts.headers, client_upgrade.is_some());
     if let Some(h) = host_header {
         parts.headers.insert(header::HOST, h);
     }
     add_forwarded(&mut parts.headers, ctx, listener);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    listener.request_headers.apply(&mut parts.headers);
+    if let Some(r) = rule {
+        r.request_headers.apply(&mut parts.headers);
+    }
+    let rewritten = match rewrite.map(|rw| rw.path_and_query(parts.uri.path(), parts.uri.query())) {
+        Some(Err(_)) => {
+            return (
+                error_response(
+                    StatusCode::BAD_REQUEST,
+                    "the rule's path rewrite made an invalid path",
+                ),
+                None,
+                None,
+            );
+        }
+        Some(Ok(p)) => p,
+        None => None,
+    };
+    let path = match &rewritten {
+        Some(p) => p.as_str(),
+        None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+    };
     let no_body = hyper::body::Body::is_end_stream(&body);
     let retry_safe = is_idempotent(&parts.method) && no_body;
     let mut body = (!no_body).then_some(body);
     let mut exclude = None;
     for attempt in 0..2 {
-        let Some(target) = group.select(exclude) else {
+        let sticky = requested
+            .as_deref()
+            .and_then(|id| group.sticky(id, exclude));
+        let Some(target) = sticky.or_else(|| group.select(exclude)) else {
             return (
                 error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -298,6 +345,14 @@ async fn forward(
                 } else if answer.connection_names_headers {
                     // The hop-by-hop headers themselves were left out while parsing.
                     strip_hop_by_hop(res.headers_mut(), false);
+                }
+                if let Some(s) = &group.stickiness {
+                    s.on_response(
+                        res.headers_mut(),
+                        &target.id,
+                        requested.as_deref(),
+                        listener.protocol == Protocol::Https,
+                    );
                 }
                 return (
                     res.map(|b| b.boxed_unsync()),

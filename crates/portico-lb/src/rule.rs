@@ -1,13 +1,14 @@
 //! Listener rules: conditions on host, path, method, header, query string and source address,
 //! evaluated in priority order, first match wins (as an ALB listener evaluates its rules).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, Method};
 use ipnet::IpNet;
 
 use crate::action::Action;
+use crate::rate_limit::RateLimiter;
+use crate::transform::{HeaderRewrite, Rewrite};
 
 /// A compiled rule. Empty condition lists match everything.
 #[derive(Debug)]
@@ -20,7 +21,10 @@ pub struct Rule {
     pub query: Vec<(String, Glob)>,
     pub sources: Vec<IpNet>,
     pub action: Action,
-    pub response_headers: Vec<(http::HeaderName, HeaderValue)>,
+    pub response_headers: HeaderRewrite,
+    pub request_headers: HeaderRewrite,
+    pub rewrite: Option<Rewrite>,
+    pub rate_limit: Option<RateLimiter>,
 }
 
 impl Rule {
@@ -110,21 +114,6 @@ impl Glob {
         }
         p[pi..].iter().all(|&c| c == '*')
     }
-}
-
-/// Response headers as configured, validated into typed names and values.
-pub fn compile_headers(
-    map: &BTreeMap<String, String>,
-) -> Result<Vec<(http::HeaderName, HeaderValue)>, String> {
-    map.iter()
-        .map(|(k, v)| {
-            let name = http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("{k:?} is not a valid header name"))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| format!("the value of {k:?} is not a valid header value"))?;
-            Ok((name, value))
-        })
-        .collect()
 }
 
 #[cfg(test)]

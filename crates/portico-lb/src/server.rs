@@ -372,7 +372,9 @@ async fn accept_loop(
             continue;
         };
         // Security-group rules: before any TLS or HTTP work.
-        if !listener.admits(peer.ip()) {
+        // A trusted PROXY-protocol balancer is admitted; the rules then apply to the client
+        // its header names (`connection::serve`).
+        if !listener.proxy_trusted(peer.ip()) && !listener.admits(peer.ip()) {
             tracing::debug!(listener = %listener.name, %peer, "connection refused by allow/deny rules");
             drop(stream);
             continue;

@@ -19,10 +19,12 @@ use ipnet::IpNet;
 use crate::access_log::AccessLog;
 use crate::action::{Action, FixedResponse, Forward, Redirect};
 use crate::config::*;
-use crate::rule::{compile_headers, Glob, Rule};
+use crate::rate_limit::{KeySource, RateLimiter};
+use crate::rule::{Glob, Rule};
 use crate::target_group::health_check::Matcher;
-use crate::target_group::{HealthCheck, Target, TargetGroup, TargetRegistry};
+use crate::target_group::{HealthCheck, Stickiness, Target, TargetGroup, TargetRegistry};
 use crate::tls::{self, CertStore, ListenerResolver, ServedCert};
+use crate::transform::{HeaderRewrite, Rewrite};
 use portico_config::{path, ConfigIssue, PathSeg};
 
 /// An immutable, validated view of the load balancer's configuration.
@@ -42,7 +44,10 @@ pub struct Listener {
     pub resolver: Option<Arc<ListenerResolver>>,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
-    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub response_headers: HeaderRewrite,
+    pub request_headers: HeaderRewrite,
+    /// PROXY protocol: the sources whose header is read; `None` when off.
+    pub proxy_protocol_from: Option<Vec<IpNet>>,
     /// Sorted by priority, lowest first.
     pub rules: Vec<Rule>,
     pub default_action: Action,
@@ -56,7 +61,17 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Does a connection from `ip` carry a PROXY protocol header to read?
+    pub fn proxy_trusted(&self, ip: std::net::IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.proxy_protocol_from
+            .as_ref()
+            .is_some_and(|nets| nets.iter().any(|n| n.contains(&ip)))
+    }
+
     /// Security-group check at accept: `deny` wins; a non-empty `allow` must contain the source.
+    /// With PROXY protocol, a trusted balancer is admitted here and the check applies to the
+    /// client address its header names.
     pub fn admits(&self, ip: std::net::IpAddr) -> bool {
         let ip = canonical_ip(ip);
         !self.deny.iter().any(|n| n.contains(&ip))
@@ -218,6 +233,7 @@ fn target_group(
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<TargetGroup> {
     let before = issues.len();
+    let group_served = registry.knows_group(&tg.name);
     let mut targets = Vec::new();
     for (j, t) in tg.targets.iter().enumerate() {
         let at = path!["target_group", i, "targets", j];
@@ -242,7 +258,8 @@ fn target_group(
         targets.push(Target {
             addr,
             weight: t.weight(),
-            state: registry.state(&tg.name, addr),
+            state: registry.state(&tg.name, addr, group_served),
+            id: crate::target_group::sticky::target_id(&tg.name, addr),
         });
     }
     let health_check = tg.health_check.as_ref().and_then(|h| {
@@ -283,17 +300,72 @@ fn target_group(
             matcher,
         })
     });
+    let stickiness = tg.stickiness.as_ref().and_then(|st| {
+        let at = |k: &str| path!["target_group", i, "stickiness", k];
+        if st.duration < Duration::from_secs(1) || st.duration > Duration::from_secs(7 * 86_400) {
+            issues.push(ConfigIssue::new(
+                at("duration"),
+                "duration must be between 1s and 7d (as an ALB's)",
+            ));
+        }
+        let app_cookie = match (st.kind, &st.cookie_name) {
+            (StickinessKind::AppCookie, None) => {
+                issues.push(
+                    ConfigIssue::new(at("cookie_name"), "app_cookie stickiness needs cookie_name")
+                        .hint("the name of the cookie your application sets, e.g. \"SESSION\""),
+                );
+                return None;
+            }
+            (StickinessKind::AppCookie, Some(c)) => {
+                if c.is_empty()
+                    || !c
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
+                    issues.push(ConfigIssue::new(
+                        at("cookie_name"),
+                        format!("{c:?} is not a cookie name"),
+                    ));
+                    return None;
+                }
+                Some(c.clone())
+            }
+            (StickinessKind::LbCookie, Some(_)) => {
+                issues.push(
+                    ConfigIssue::new(
+                        at("cookie_name"),
+                        "lb_cookie stickiness uses Portico's own cookie",
+                    )
+                    .hint("remove cookie_name, or use type = \"app_cookie\""),
+                );
+                return None;
+            }
+            (StickinessKind::LbCookie, None) => None,
+        };
+        Some(Stickiness::new(&tg.name, st.duration, app_cookie))
+    });
+    if let Some(d) = tg.slow_start {
+        if d < Duration::from_secs(1) || d > Duration::from_secs(900) {
+            issues.push(ConfigIssue::new(
+                path!["target_group", i, "slow_start"],
+                "slow_start must be between 1s and 900s (ALB allows 30s to 900s)",
+            ));
+        }
+    }
     if issues.len() > before {
         return None;
     }
-    Some(TargetGroup::new(
+    let mut g = TargetGroup::new(
         tg.name.clone(),
         tg.algorithm,
         targets,
         health_check,
         tg.connect_timeout,
         tg.response_timeout,
-    ))
+    );
+    g.stickiness = stickiness;
+    g.slow_start = tg.slow_start;
+    Some(g)
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, String> {
@@ -388,9 +460,36 @@ fn listener(
             (None, None)
         }
     };
-    let response_headers = compile_headers(&l.response_headers)
+    let response_headers = HeaderRewrite::compile(&l.response_headers.rewrite())
         .map_err(|e| issues.push(ConfigIssue::new(at("response_headers"), e)))
         .unwrap_or_default();
+    let request_headers = HeaderRewrite::compile(&l.request_headers)
+        .map_err(|e| issues.push(ConfigIssue::new(at("request_headers"), e)))
+        .unwrap_or_default();
+    let proxy_protocol_from = match (l.proxy_protocol, l.proxy_protocol_from.is_empty()) {
+        (true, true) => {
+            issues.push(
+                ConfigIssue::new(
+                    at("proxy_protocol_from"),
+                    "proxy_protocol needs the addresses of the balancers that send it",
+                )
+                .hint("e.g. proxy_protocol_from = [\"10.0.0.0/16\"]: anyone else could claim any client address"),
+            );
+            None
+        }
+        (true, false) => Some(l.proxy_protocol_from.clone()),
+        (false, false) => {
+            issues.push(
+                ConfigIssue::new(
+                    at("proxy_protocol_from"),
+                    "proxy_protocol_from is set but proxy_protocol is not",
+                )
+                .hint("add proxy_protocol = true"),
+            );
+            None
+        }
+        (false, true) => None,
+    };
     let default_action = action(&l.default_action, at("default_action"), ctx.groups, issues);
     let mut rules = Vec::new();
     let mut priorities = HashSet::new();
@@ -442,6 +541,8 @@ fn listener(
         allow: l.allow.clone(),
         deny: l.deny.clone(),
         response_headers,
+        request_headers,
+        proxy_protocol_from,
         rules,
         default_action: default_action?,
         access_log,
@@ -488,9 +589,57 @@ fn rule(
             ));
         }
     }
-    let response_headers = compile_headers(&r.response_headers)
+    let response_headers = HeaderRewrite::compile(&r.response_headers.rewrite())
         .map_err(|e| issues.push(ConfigIssue::new(at("response_headers"), e)))
         .unwrap_or_default();
+    let request_headers = HeaderRewrite::compile(&r.request_headers)
+        .map_err(|e| issues.push(ConfigIssue::new(at("request_headers"), e)))
+        .unwrap_or_default();
+    let rewrite = r.rewrite.as_ref().and_then(|rw| {
+        if !matches!(r.action, ActionConfig::Forward(_)) {
+            issues.push(
+                ConfigIssue::new(at("rewrite"), "rewrite applies to forward actions only")
+                    .hint("a redirect rewrites with its own host and path"),
+            );
+            return None;
+        }
+        Rewrite::compile(rw)
+            .map_err(|(k, e)| {
+                let mut p = at("rewrite");
+                p.push(PathSeg::Key(k.into()));
+                issues.push(ConfigIssue::new(p, e));
+            })
+            .ok()
+    });
+    let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
+        if !(rl.requests_per_second > 0.0 && rl.requests_per_second <= 1e6) {
+            issues.push(ConfigIssue::new(
+                at("rate_limit"),
+                "requests_per_second must be above 0 and at most 1000000",
+            ));
+            return None;
+        }
+        let burst = rl
+            .burst
+            .unwrap_or((rl.requests_per_second.ceil() as u32).max(1));
+        if burst == 0 {
+            issues.push(ConfigIssue::new(
+                at("rate_limit"),
+                "burst must be at least 1",
+            ));
+            return None;
+        }
+        match KeySource::parse(&rl.key) {
+            Ok(key) => Some(RateLimiter::new(rl.requests_per_second, burst, key)),
+            Err(e) => {
+                issues.push(
+                    ConfigIssue::new(at("rate_limit"), e)
+                        .hint("key = \"source\" (the client address) or \"header:X-Api-Key\""),
+                );
+                None
+            }
+        }
+    });
     let action = action(&r.action, at("action"), groups, issues);
     if issues.len() > before {
         return None;
@@ -509,6 +658,9 @@ fn rule(
         sources: r.source.clone(),
         action: action?,
         response_headers,
+        request_headers,
+        rewrite,
+        rate_limit,
     })
 }
 

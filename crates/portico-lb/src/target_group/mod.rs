@@ -6,6 +6,7 @@
 
 pub mod health_check;
 mod selection;
+pub mod sticky;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Algorithm;
 pub use health_check::HealthCheck;
+pub use sticky::Stickiness;
 
 /// When no active health check is configured, a target taken out by passive detection is tried
 /// again after this long (nginx's `fail_timeout`).
@@ -30,6 +32,10 @@ pub struct TargetGroup {
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    pub stickiness: Option<Stickiness>,
+    /// A target that became healthy or was registered less than this long ago gets a share
+    /// of requests growing linearly from 0 to its full weight.
+    pub slow_start: Option<Duration>,
     /// Target indices repeated by weight and interleaved, for weighted round robin.
     sequence: Vec<usize>,
     next: AtomicUsize,
@@ -42,6 +48,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub weight: u32,
     pub state: Arc<TargetState>,
+    /// Its id in stickiness cookies (see `sticky.rs`).
+    pub id: String,
 }
 
 impl std::fmt::Debug for TargetGroup {
@@ -76,6 +84,8 @@ impl TargetGroup {
             health_check,
             connect_timeout,
             response_timeout,
+            stickiness: None,
+            slow_start: None,
             sequence,
             next: AtomicUsize::new(0),
             failing_open: AtomicBool::new(false),
@@ -110,14 +120,36 @@ impl TargetGroup {
                 Some(t.addr) != exclude || self.targets.len() == 1
             }
         };
-        match self.algorithm {
+        let pick = |c: &dyn Fn(&Target) -> bool| match self.algorithm {
             Algorithm::RoundRobin => {
-                selection::round_robin(&self.targets, &self.sequence, &self.next, candidate)
+                selection::round_robin(&self.targets, &self.sequence, &self.next, c)
             }
             Algorithm::LeastOutstandingRequests => {
-                selection::least_outstanding(&self.targets, &self.next, candidate)
+                selection::least_outstanding(&self.targets, &self.next, c)
             }
+        };
+        match self.slow_start {
+            None => pick(&candidate),
+            // A warming target is taken with the probability of its share; when every
+            // candidate declines, the usual choice stands.
+            Some(window) => pick(&|t: &Target| {
+                candidate(t) && {
+                    let share = t.state.warm_share(window);
+                    share >= 1.0 || fastrand::f64() < share
+                }
+            })
+            .or_else(|| pick(&candidate)),
         }
+    }
+
+    /// The target a stickiness cookie names, when it can take the request (healthy, not the
+    /// one a retry moves away from); `None` sends the request through [`Self::select`].
+    pub fn sticky(&self, id: &str, exclude: Option<SocketAddr>) -> Option<&Target> {
+        let has_check = self.health_check.is_some();
+        self.targets
+            .iter()
+            .find(|t| t.id == id)
+            .filter(|t| Some(t.addr) != exclude && t.state.available(has_check))
     }
 }
 
@@ -129,6 +161,9 @@ pub struct TargetState {
     down_since_ms: AtomicU64,
     outstanding: AtomicUsize,
     passive_failures: AtomicU32,
+    /// Milliseconds since `epoch()` when the target was registered into an existing group or
+    /// came back healthy (slow start); 0 when neither happened.
+    up_since_ms: AtomicU64,
     reason: Mutex<String>,
     /// Responses this target gave, by status class (for `/metrics`).
     pub responses: crate::counters::ByClass,
@@ -148,6 +183,24 @@ impl TargetState {
             && epoch().elapsed().as_millis() as u64
                 >= self.down_since_ms.load(Ordering::Relaxed)
                     + PASSIVE_RETRY_AFTER.as_millis() as u64
+    }
+
+    /// The fraction of its weight a target gets under slow start: 0 when it just came up,
+    /// 1 after `window`.
+    pub fn warm_share(&self, window: Duration) -> f64 {
+        let since = self.up_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return 1.0;
+        }
+        let up_for = (epoch().elapsed().as_millis() as u64).saturating_sub(since);
+        (up_for as f64 / window.as_millis().max(1) as f64).min(1.0)
+    }
+
+    fn mark_up(&self) {
+        self.up_since_ms.store(
+            (epoch().elapsed().as_millis() as u64).max(1),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn outstanding(&self) -> usize {
@@ -170,6 +223,9 @@ impl TargetState {
                 .store(epoch().elapsed().as_millis() as u64, Ordering::Relaxed);
         } else {
             self.passive_failures.store(0, Ordering::Relaxed);
+            if was_unhealthy {
+                self.mark_up();
+            }
         }
         was_unhealthy == healthy
     }
@@ -236,9 +292,26 @@ pub struct TargetRegistry {
 }
 
 impl TargetRegistry {
-    pub fn state(&self, group: &str, addr: SocketAddr) -> Arc<TargetState> {
+    /// Does any target of `group` have a state (the group served before this build)?
+    pub fn knows_group(&self, group: &str) -> bool {
+        let map = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().any(|(g, _)| g == group)
+    }
+
+    /// The state of a target; `registered` marks a new one as just registered into a group
+    /// that already serves (slow start), as opposed to one present from the start.
+    pub fn state(&self, group: &str, addr: SocketAddr, registered: bool) -> Arc<TargetState> {
         let mut map = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((group.to_string(), addr)).or_default().clone()
+        let key = (group.to_string(), addr);
+        if let Some(s) = map.get(&key) {
+            return s.clone();
+        }
+        let state = Arc::new(TargetState::default());
+        if registered {
+            state.mark_up();
+        }
+        map.insert(key, state.clone());
+        state
     }
 
     /// Every target's state, sorted by group and address.
@@ -289,6 +362,7 @@ mod tests {
                 addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                 weight: 1,
                 state: Arc::default(),
+                id: i.to_string(),
             })
             .collect();
         TargetGroup::new(

@@ -9,7 +9,7 @@ pub fn round_robin<'a>(
     targets: &'a [Target],
     sequence: &[usize],
     next: &AtomicUsize,
-    candidate: impl Fn(&Target) -> bool,
+    candidate: &dyn Fn(&Target) -> bool,
 ) -> Option<&'a Target> {
     if sequence.is_empty() {
         return None;
@@ -25,7 +25,7 @@ pub fn round_robin<'a>(
 pub fn least_outstanding<'a>(
     targets: &'a [Target],
     next: &AtomicUsize,
-    candidate: impl Fn(&Target) -> bool,
+    candidate: &dyn Fn(&Target) -> bool,
 ) -> Option<&'a Target> {
     if targets.is_empty() {
         return None;

@@ -230,6 +230,16 @@ async fn backend_handle(
             ));
         }
         "/slow" => tokio::time::sleep(Duration::from_millis(param("ms"))).await,
+        "/login" => {
+            // The application's own session cookie (for app_cookie stickiness).
+            hits.fetch_add(1, Ordering::Relaxed);
+            let mut r = text(StatusCode::OK, format!("backend: {name}\n"));
+            r.headers_mut().insert(
+                "set-cookie",
+                format!("SESSION={name}; Path=/").parse().unwrap(),
+            );
+            return Ok(r);
+        }
         "/upload" => {
             let mut n = 0u64;
             let mut body = req.into_body();
@@ -509,4 +519,59 @@ pub fn peak_rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap()
         * 1024
+}
+
+/// One HTTP/1.1 request over a raw TCP connection from `from` (a loopback address: 127.0.0.2
+/// is as local as 127.0.0.1 on Linux), `prefix` written first (a PROXY protocol header).
+/// `Err` when the load balancer closed the connection without an answer.
+pub async fn raw_request(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    prefix: &[u8],
+    path: &str,
+) -> Result<Reply, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .map_err(|e| e.to_string())?;
+    let mut s = socket.connect(to).await.map_err(|e| e.to_string())?;
+    let mut out = prefix.to_vec();
+    out.extend_from_slice(
+        format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    s.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    if buf.is_empty() {
+        return Err("closed without an answer".into());
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text:?}"))?;
+    let mut headers = http::HeaderMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.trim().as_bytes()),
+                http::HeaderValue::from_str(v.trim()),
+            ) {
+                headers.append(k, v);
+            }
+        }
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body: body.to_string(),
+        version: http::Version::HTTP_11,
+    })
 }
