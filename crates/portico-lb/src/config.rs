@@ -184,6 +184,12 @@ pub struct ListenerConfig {
     pub default_certificate: Option<String>,
     #[serde(default)]
     pub tls_policy: TlsPolicy,
+    /// Mutual TLS (ALB's verify mode): client certificates are verified against the CA
+    /// certificates in this PEM file.
+    pub client_ca_file: Option<String>,
+    /// `required` (the default with `client_ca_file`: no certificate, no connection) or
+    /// `optional` (a client without one is served; one with an invalid one is refused).
+    pub client_auth: Option<ClientAuth>,
     /// Security-group inbound rules: when `allow` is non-empty, only these sources may connect;
     /// `deny` wins over `allow`.
     #[serde(default)]
@@ -227,6 +233,13 @@ pub struct ListenerConfig {
 pub enum Protocol {
     Http,
     Https,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    Required,
+    Optional,
 }
 
 /// Named TLS policies, after Mozilla's server-side TLS recommendations.

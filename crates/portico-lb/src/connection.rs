@@ -69,6 +69,7 @@ pub async fn serve(
         draining: Default::default(),
         peer_ip_header,
         local_port_header,
+        client_cert: Default::default(),
         metrics: metrics.clone(),
         listener_name: listener.name.as_str().into(),
         listener: listener.clone(),
@@ -107,6 +108,11 @@ pub async fn serve(
                     return;
                 }
             };
+            if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                let _ = ctx
+                    .client_cert
+                    .set(crate::tls::client_cert_headers(leaf).into_boxed_slice());
+            }
             let mode = match tls.get_ref().1.alpn_protocol() {
                 // A CA's TLS-ALPN-01 validation: the handshake was the whole answer.
                 Some(p) if p == crate::tls::ACME_TLS_ALPN => return,

@@ -48,6 +48,9 @@ pub struct ConnCtx {
     /// The client's address and the local port as header values, made once per connection.
     pub peer_ip_header: HeaderValue,
     pub local_port_header: HeaderValue,
+    /// Mutual TLS: the verified client certificate as headers for targets (set once, after
+    /// the handshake).
+    pub client_cert: std::sync::OnceLock<Box<[(HeaderName, HeaderValue)]>>,
 }
 
 impl ConnCtx {
@@ -259,6 +262,27 @@ async fn forward(
         parts.headers.insert(header::HOST, h);
     }
     add_forwarded(&mut parts.headers, ctx, listener);
+    // Only Portico says what client certificate was verified.
+    if parts
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with(crate::tls::CLIENT_CERT_PREFIX))
+    {
+        let forged: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(crate::tls::CLIENT_CERT_PREFIX))
+            .cloned()
+            .collect();
+        for k in forged {
+            parts.headers.remove(k);
+        }
+    }
+    if let Some(cert) = ctx.client_cert.get() {
+        for (k, v) in cert.iter() {
+            parts.headers.insert(k.clone(), v.clone());
+        }
+    }
     listener.request_headers.apply(&mut parts.headers);
     if let Some(r) = rule {
         r.request_headers.apply(&mut parts.headers);

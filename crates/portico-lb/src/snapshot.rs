@@ -149,6 +149,7 @@ impl Snapshot {
                 },
                 cert_names: &cert_names,
                 store,
+                base_dir,
             };
             if let Some(listener) = listener(l, &ctx, &mut issues) {
                 // Port 0 asks the kernel for a free port: never a clash.
@@ -391,6 +392,7 @@ struct ListenerCtx<'a> {
     groups: &'a Groups<'a>,
     cert_names: &'a HashSet<String>,
     store: &'a Arc<CertStore>,
+    base_dir: &'a Path,
 }
 
 fn listener(
@@ -445,12 +447,37 @@ fn listener(
                 l.certificates.clone(),
                 l.default_certificate.clone(),
             ));
+            let verifier = match (&l.client_ca_file, l.client_auth) {
+                (Some(ca), auth) => {
+                    tls::client_verifier(&ctx.base_dir.join(ca), auth == Some(ClientAuth::Optional))
+                        .map_err(|e| {
+                            issues.push(ConfigIssue::new(at("client_ca_file"), e).hint(
+                        "a PEM file with the CA certificates that sign your clients' certificates",
+                    ))
+                        })
+                        .ok()
+                }
+                (None, Some(_)) => {
+                    issues.push(
+                        ConfigIssue::new(at("client_auth"), "client_auth needs client_ca_file")
+                            .hint("client_ca_file = \"clients-ca.pem\""),
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
             (
-                Some(tls::server_config(l.tls_policy, resolver.clone())),
+                Some(tls::server_config(l.tls_policy, resolver.clone(), verifier)),
                 Some(resolver),
             )
         }
         Protocol::Http => {
+            if l.client_ca_file.is_some() || l.client_auth.is_some() {
+                issues.push(
+                    ConfigIssue::new(at("client_ca_file"), "mutual TLS needs an https listener")
+                        .hint("use protocol = \"https\""),
+                );
+            }
             if !l.certificates.is_empty() {
                 issues.push(
                     ConfigIssue::new(at("certificates"), "an http listener serves no certificate")

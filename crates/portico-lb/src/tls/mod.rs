@@ -131,7 +131,11 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A listener's rustls configuration: the policy's versions, ALPN h2 + http/1.1, session
 /// resumption by tickets and by ID, and certificates from `resolver`.
-pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<ServerConfig> {
+pub fn server_config(
+    policy: TlsPolicy,
+    resolver: Arc<ListenerResolver>,
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Arc<ServerConfig> {
     let provider = provider();
     let versions: &[&'static rustls::SupportedProtocolVersion] = match policy {
         TlsPolicy::Modern => &[&rustls::version::TLS13],
@@ -139,11 +143,14 @@ pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<
         // intermediate list without the legacy CBC and DHE suites it still tolerates.
         TlsPolicy::Intermediate => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3");
+    let builder = match client_auth {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![
         b"h2".to_vec(),
         b"http/1.1".to_vec(),
@@ -155,4 +162,99 @@ pub fn server_config(policy: TlsPolicy, resolver: Arc<ListenerResolver>) -> Arc<
         Err(e) => tracing::warn!(error = %e, "TLS session tickets unavailable"),
     }
     Arc::new(config)
+}
+
+/// The verifier of client certificates for mutual TLS: chains to one of the CA certificates in
+/// `ca_file`; `optional` also lets clients without a certificate in.
+pub fn client_verifier(
+    ca_file: &Path,
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let pem =
+        std::fs::read(ca_file).map_err(|e| format!("cannot read {}: {e}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a CA certificate: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no PEM certificate", ca_file.display()));
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// What targets are told of a verified client certificate, as headers (ALB's
+/// `X-Amzn-Mtls-Clientcert-*`, with Portico's names). Client-sent headers of these names are
+/// removed from every request, so that a target can trust them.
+pub const CLIENT_CERT_PREFIX: &str = "x-portico-client-cert-";
+
+/// What JavaScript's `encodeURIComponent` escapes (ALB URL-encodes the leaf PEM the same way).
+const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// The headers for the client certificate `der`: subject, issuer, serial, SHA-256 fingerprint,
+/// validity and the URL-encoded PEM of the leaf.
+pub fn client_cert_headers(der: &CertificateDer<'_>) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    use x509_parser::prelude::*;
+    let mut out = Vec::new();
+    let mut push = |name: &'static str, value: String| {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            out.push((http::HeaderName::from_static(name), v));
+        }
+    };
+    let fingerprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    push(
+        "x-portico-client-cert-fingerprint",
+        fingerprint
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    );
+    if let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) {
+        push("x-portico-client-cert-subject", cert.subject().to_string());
+        push("x-portico-client-cert-issuer", cert.issuer().to_string());
+        push(
+            "x-portico-client-cert-serial",
+            cert.raw_serial_as_string().replace(':', ""),
+        );
+        push(
+            "x-portico-client-cert-validity",
+            format!(
+                "NotBefore={};NotAfter={}",
+                cert.validity().not_before.to_rfc2822().unwrap_or_default(),
+                cert.validity().not_after.to_rfc2822().unwrap_or_default()
+            ),
+        );
+    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    push(
+        "x-portico-client-cert-leaf",
+        percent_encoding::utf8_percent_encode(&pem, URI_COMPONENT).to_string(),
+    );
+    out
 }

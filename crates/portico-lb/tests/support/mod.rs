@@ -70,6 +70,11 @@ impl TestCa {
         TestCa { ca, key, der }
     }
 
+    /// The CA's own certificate as PEM (for `client_ca_file`, curl's `--cacert`).
+    pub fn pem(&self) -> String {
+        self.ca.pem()
+    }
+
     /// Writes `<dir>/<name>.crt` and `<dir>/<name>.key` for `names` (CN = first name).
     pub fn issue(&self, dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -574,4 +579,23 @@ pub async fn raw_request(
         body: body.to_string(),
         version: http::Version::HTTP_11,
     })
+}
+
+/// Runs curl with `args` (without blocking the runtime the load balancer runs on); (exit
+/// code, stdout, stderr). Panics with an install hint without curl.
+pub async fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot run curl ({e}): install it with `apt-get install curl` (scripts/test does this)")
+        });
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
