@@ -66,6 +66,23 @@ pub struct TargetGroupConfig {
     /// How long to wait for a target's response head before answering 504.
     #[serde(default = "defaults::response_timeout", with = "duration")]
     pub response_timeout: Duration,
+    /// `http` (the default) or `https`: TLS to the targets, verified against the system's
+    /// roots or `ca_file`.
+    #[serde(default)]
+    pub protocol: TargetProtocol,
+    /// `http1` (the default), `http2` (h2c on `http`, h2 by ALPN on `https`) or `grpc`
+    /// (HTTP/2 with gRPC health checks and gRPC errors).
+    #[serde(default)]
+    pub protocol_version: ProtocolVersion,
+    /// PEM CA certificates that sign the targets' certificates (`https`); the system's roots
+    /// when absent.
+    pub ca_file: Option<String>,
+    /// The name the targets' certificates are checked against and sent as SNI; by default the
+    /// host each target is written with.
+    pub server_name: Option<String>,
+    /// `false` accepts any certificate from the targets (said loudly by `portico check`).
+    #[serde(default = "defaults::yes")]
+    pub verify: bool,
     /// Keep a client on one target (ALB's two kinds of stickiness).
     pub stickiness: Option<StickinessConfig>,
     /// A newly registered or newly healthy target's share grows linearly over this long
@@ -95,6 +112,23 @@ pub enum StickinessKind {
     LbCookie,
     /// Portico's cookie, set when the application sets `cookie_name`.
     AppCookie,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetProtocol {
+    #[default]
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolVersion {
+    #[default]
+    Http1,
+    Http2,
+    Grpc,
 }
 
 /// How a target group spreads requests over its healthy targets.
@@ -141,10 +175,11 @@ impl TargetConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    #[serde(default)]
-    pub protocol: HealthCheckProtocol,
-    #[serde(default = "defaults::health_path")]
-    pub path: String,
+    /// `http`, `https` or `tcp`; the group's own protocol when absent. A `grpc` group's HTTP
+    /// checks speak gRPC (`path` is the method, `matcher` gRPC status codes).
+    pub protocol: Option<HealthCheckProtocol>,
+    /// `/` (`/grpc.health.v1.Health/Check` for a `grpc` group) when absent.
+    pub path: Option<String>,
     /// Port to check; the target's own port when absent ("traffic port").
     pub port: Option<u16>,
     #[serde(default = "defaults::health_interval", with = "duration")]
@@ -155,16 +190,16 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     #[serde(default = "defaults::unhealthy_threshold")]
     pub unhealthy_threshold: u32,
-    /// Status codes that count as healthy: `"200"`, `"200,204"`, `"200-399"`.
-    #[serde(default = "defaults::matcher")]
-    pub matcher: String,
+    /// Status codes that count as healthy: `"200"`, `"200,204"`, `"200-399"` (gRPC codes for a
+    /// `grpc` group: `"0"` by default; ALB's `/AWS.ALB/healthcheck` path answers `"12"`).
+    pub matcher: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheckProtocol {
-    #[default]
     Http,
+    Https,
     Tcp,
 }
 
@@ -475,8 +510,8 @@ mod defaults {
     pub fn weight() -> u32 {
         1
     }
-    pub fn health_path() -> String {
-        "/".into()
+    pub fn yes() -> bool {
+        true
     }
     pub fn health_interval() -> Duration {
         Duration::from_secs(30)
@@ -489,9 +524,6 @@ mod defaults {
     }
     pub fn unhealthy_threshold() -> u32 {
         2
-    }
-    pub fn matcher() -> String {
-        "200".into()
     }
     pub fn header_timeout() -> Duration {
         Duration::from_secs(10)

@@ -251,6 +251,16 @@ async fn forward(
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         }),
     };
+    // gRPC needs `TE: trailers` to reach an HTTP/2 target; it is hop-by-hop otherwise.
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     // A sticky cookie is read before the request's headers change.
     let requested = group
         .stickiness
@@ -308,6 +318,15 @@ async fn forward(
     let no_body = hyper::body::Body::is_end_stream(&body);
     let retry_safe = is_idempotent(&parts.method) && no_body;
     let mut body = (!no_body).then_some(body);
+    if let Some(t) = &group.transport {
+        let job = ClientJob {
+            path: path.to_string(),
+            te_trailers,
+            retry_safe,
+            requested,
+        };
+        return forward_via_client(ctx, listener, group, t, parts, body, client_upgrade, job).await;
+    }
     let mut exclude = None;
     for attempt in 0..2 {
         let sticky = requested
@@ -440,6 +459,219 @@ async fn forward(
         None,
         None,
     )
+}
+
+/// What `forward_via_client` needs besides the request.
+struct ClientJob {
+    path: String,
+    te_trailers: bool,
+    retry_safe: bool,
+    requested: Option<String>,
+}
+
+/// `forward` for HTTPS and HTTP/2 (gRPC) target groups, through hyper's client
+/// (`upstream/client.rs`): the same retry, stickiness and passive health as the own path.
+#[allow(clippy::too_many_arguments)]
+async fn forward_via_client(
+    ctx: &ConnCtx,
+    listener: &Listener,
+    group: &Arc<TargetGroup>,
+    t: &upstream::client::Transport,
+    parts: http::request::Parts,
+    mut body: Option<RequestBody>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    job: ClientJob,
+) -> (
+    Response<BoxBody>,
+    Option<SocketAddr>,
+    Option<OutstandingGuard>,
+) {
+    let fail = |status: StatusCode, msg: &str| {
+        if t.grpc {
+            upstream::client::grpc_error::<BoxBody>(status, msg)
+        } else {
+            error_response(status, msg)
+        }
+    };
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let mut exclude = None;
+    for attempt in 0..2 {
+        let sticky = job
+            .requested
+            .as_deref()
+            .and_then(|id| group.sticky(id, exclude));
+        let Some(target) = sticky.or_else(|| group.select(exclude)) else {
+            return (
+                fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no target is registered in the target group",
+                ),
+                None,
+                None,
+            );
+        };
+        let guard = target.state.begin_request();
+        let mut req = Request::new(match body.take() {
+            Some(b) => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+            None => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        });
+        *req.method_mut() = parts.method.clone();
+        *req.headers_mut() = parts.headers.clone();
+        let uri = if t.h2 {
+            req.headers_mut().remove(header::HOST);
+            if job.te_trailers {
+                req.headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            let auth = authority.clone().unwrap_or_else(|| target.addr.to_string());
+            format!("{}://{auth}{}", t.scheme(), job.path)
+        } else {
+            job.path.clone()
+        };
+        match uri.parse() {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => {
+                return (
+                    fail(
+                        StatusCode::BAD_REQUEST,
+                        "the request target cannot be forwarded",
+                    ),
+                    Some(target.addr),
+                    Some(guard),
+                )
+            }
+        }
+        let name = t.server_name.clone().or_else(|| target.tls_name.clone());
+        let sent = tokio::time::timeout(
+            group.response_timeout,
+            upstream::client::send(
+                t,
+                target.addr,
+                &name,
+                group.connect_timeout,
+                req,
+                client_upgrade.is_some(),
+            ),
+        )
+        .await;
+        let error = match sent {
+            Err(_) => {
+                return (
+                    fail(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the target did not answer in time",
+                    ),
+                    Some(target.addr),
+                    Some(guard),
+                )
+            }
+            Ok(Ok(mut res)) => {
+                target.state.connect_succeeded();
+                let upgraded = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if upgraded {
+                    let Some(client_side) = client_upgrade else {
+                        return (
+                            fail(
+                                StatusCode::BAD_GATEWAY,
+                                "the target switched protocols without being asked to",
+                            ),
+                            Some(target.addr),
+                            Some(guard),
+                        );
+                    };
+                    let target_side = hyper::upgrade::on(&mut res);
+                    tunnel_upgraded(
+                        client_side,
+                        target_side,
+                        ctx.activity.clone(),
+                        listener.idle_timeout,
+                    );
+                }
+                if res.version() != Version::HTTP_2 {
+                    strip_hop_by_hop(res.headers_mut(), upgraded);
+                }
+                if let Some(s) = &group.stickiness {
+                    s.on_response(
+                        res.headers_mut(),
+                        &target.id,
+                        job.requested.as_deref(),
+                        listener.protocol == Protocol::Https,
+                    );
+                }
+                return (
+                    res.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+            Ok(Err(e)) => e,
+        };
+        let detail = error.to_string();
+        let retry = attempt == 0 && job.retry_safe;
+        match error {
+            SendError::Connect(_) => {
+                target.state.connect_failed(group, target.addr, &detail);
+                tracing::debug!(target_group = %group.name, target = %target.addr, attempt, error = %detail, "connect failed");
+                if retry && group.targets.len() > 1 {
+                    exclude = Some(target.addr);
+                    continue;
+                }
+                return (
+                    fail(StatusCode::BAD_GATEWAY, "no connection to the target"),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+            SendError::NoResponse(_) | SendError::Failed(_) => {
+                tracing::debug!(target_group = %group.name, target = %target.addr, attempt, error = %detail, "no response from the target");
+                if retry {
+                    if group.targets.len() > 1 {
+                        exclude = Some(target.addr);
+                    }
+                    continue;
+                }
+                return (
+                    fail(
+                        StatusCode::BAD_GATEWAY,
+                        "the target closed the connection or sent an invalid response",
+                    ),
+                    Some(target.addr),
+                    Some(guard),
+                );
+            }
+        }
+    }
+    (
+        fail(StatusCode::BAD_GATEWAY, "no connection to the target"),
+        None,
+        None,
+    )
+}
+
+/// Copies bytes both ways between an upgraded client connection and an upgraded target
+/// connection of hyper's client (WebSocket to an HTTPS target).
+fn tunnel_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    target: hyper::upgrade::OnUpgrade,
+    activity: Activity,
+    idle: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let (Ok(c), Ok(t)) = (client.await, target.await) else {
+            return;
+        };
+        let (mut c, mut t) = (TokioIo::new(c), TokioIo::new(t));
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut c, &mut t) => {}
+            _ = activity.idle_for(idle) => {}
+        }
+    });
 }
 
 /// Copies bytes both ways between an upgraded client and target connection (WebSocket).

@@ -21,10 +21,11 @@ use crate::action::{Action, FixedResponse, Forward, Redirect};
 use crate::config::*;
 use crate::rate_limit::{KeySource, RateLimiter};
 use crate::rule::{Glob, Rule};
-use crate::target_group::health_check::Matcher;
+use crate::target_group::health_check::{self, Matcher};
 use crate::target_group::{HealthCheck, Stickiness, Target, TargetGroup, TargetRegistry};
 use crate::tls::{self, CertStore, ListenerResolver, ServedCert};
 use crate::transform::{HeaderRewrite, Rewrite};
+use crate::upstream::client;
 use portico_config::{path, ConfigIssue, PathSeg};
 
 /// An immutable, validated view of the load balancer's configuration.
@@ -121,7 +122,7 @@ impl Snapshot {
                 ));
                 continue;
             }
-            match target_group(tg, i, registry, &mut issues) {
+            match target_group(tg, i, base_dir, registry, &mut issues) {
                 Some(g) => {
                     target_groups.insert(tg.name.clone(), Arc::new(g));
                 }
@@ -230,11 +231,66 @@ fn certificates(
 fn target_group(
     tg: &TargetGroupConfig,
     i: usize,
+    base_dir: &Path,
     registry: &TargetRegistry,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<TargetGroup> {
     let before = issues.len();
     let group_served = registry.knows_group(&tg.name);
+    let https = tg.protocol == TargetProtocol::Https;
+    let grpc = tg.protocol_version == ProtocolVersion::Grpc;
+    let h2 = tg.protocol_version != ProtocolVersion::Http1;
+    let tls = https
+        .then(|| {
+            let ca = tg.ca_file.as_ref().map(|c| base_dir.join(c));
+            client::tls_config(ca.as_deref(), tg.verify, h2)
+                .map_err(|e| {
+                    issues.push(
+                        ConfigIssue::new(path!["target_group", i, "ca_file"], e)
+                            .hint("a PEM file with the CA certificates that sign the targets' certificates"),
+                    )
+                })
+                .ok()
+        })
+        .flatten();
+    if https && !tg.verify {
+        tracing::warn!(target_group = %tg.name, "verify = false: the targets' certificates are not checked");
+    }
+    if !https {
+        for (k, set) in [
+            ("ca_file", tg.ca_file.is_some()),
+            ("server_name", tg.server_name.is_some()),
+            ("verify", !tg.verify),
+        ] {
+            if set {
+                issues.push(
+                    ConfigIssue::new(
+                        path!["target_group", i, k],
+                        format!("{k} is for https target groups"),
+                    )
+                    .hint("add protocol = \"https\""),
+                );
+            }
+        }
+    }
+    let server_name = tg.server_name.as_ref().and_then(|n| {
+        rustls::pki_types::ServerName::try_from(n.clone())
+            .map_err(|_| {
+                issues.push(ConfigIssue::new(
+                    path!["target_group", i, "server_name"],
+                    format!("{n:?} is not a DNS name or IP address"),
+                ))
+            })
+            .ok()
+    });
+    let transport = (https || h2).then(|| {
+        Arc::new(client::Transport {
+            tls: tls.clone(),
+            server_name: server_name.clone(),
+            h2,
+            grpc,
+        })
+    });
     let mut targets = Vec::new();
     for (j, t) in tg.targets.iter().enumerate() {
         let at = path!["target_group", i, "targets", j];
@@ -261,15 +317,51 @@ fn target_group(
             weight: t.weight(),
             state: registry.state(&tg.name, addr, group_served),
             id: crate::target_group::sticky::target_id(&tg.name, addr),
+            tls_name: https.then(|| tls_name(t.address(), addr, &server_name)),
         });
     }
     let health_check = tg.health_check.as_ref().and_then(|h| {
         let at = |k: &str| path!["target_group", i, "health_check", k];
-        let matcher = Matcher::parse(&h.matcher)
-            .map_err(|e| {
+        let protocol = h.protocol.unwrap_or(if https {
+            HealthCheckProtocol::Https
+        } else {
+            HealthCheckProtocol::Http
+        });
+        let matcher = if grpc {
+            Matcher::parse_grpc(h.matcher.as_deref().unwrap_or("0")).map_err(|e| {
+                issues.push(
+                    ConfigIssue::new(at("matcher"), e)
+                        .hint("gRPC status codes, e.g. \"0\" or \"0-2,12\""),
+                )
+            })
+        } else {
+            Matcher::parse(h.matcher.as_deref().unwrap_or("200")).map_err(|e| {
                 issues.push(ConfigIssue::new(at("matcher"), e).hint("e.g. \"200\" or \"200-399\""))
             })
-            .ok()?;
+        }
+        .ok()?;
+        let path = h.path.clone().unwrap_or_else(|| {
+            if grpc {
+                health_check::GRPC_HEALTH_PATH.into()
+            } else {
+                "/".into()
+            }
+        });
+        let probe_tls = match (protocol, &tls) {
+            (HealthCheckProtocol::Https, Some(t)) => Some(t.clone()),
+            (HealthCheckProtocol::Https, None) if !https => client::tls_config(None, true, h2)
+                .map_err(|e| issues.push(ConfigIssue::new(at("protocol"), e)))
+                .ok(),
+            _ => None,
+        };
+        let probe = (probe_tls.is_some() || h2).then(|| {
+            Arc::new(client::Transport {
+                tls: probe_tls,
+                server_name: server_name.clone(),
+                h2,
+                grpc,
+            })
+        });
         if h.timeout >= h.interval {
             issues.push(ConfigIssue::new(
                 at("timeout"),
@@ -287,12 +379,13 @@ fn target_group(
                 ));
             }
         }
-        if !h.path.starts_with('/') {
+        if !path.starts_with('/') {
             issues.push(ConfigIssue::new(at("path"), "path must start with /"));
         }
         Some(HealthCheck {
-            protocol: h.protocol,
-            path: h.path.clone(),
+            protocol,
+            transport: probe,
+            path,
             port: h.port,
             interval: h.interval,
             timeout: h.timeout,
@@ -365,8 +458,28 @@ fn target_group(
         tg.response_timeout,
     );
     g.stickiness = stickiness;
+    g.transport = transport;
     g.slow_start = tg.slow_start;
     Some(g)
+}
+
+/// The name an HTTPS target's certificate is checked against: `server_name`, else the host the
+/// target is written with, else its address.
+fn tls_name(
+    written: &str,
+    addr: SocketAddr,
+    server_name: &Option<rustls::pki_types::ServerName<'static>>,
+) -> rustls::pki_types::ServerName<'static> {
+    if let Some(n) = server_name {
+        return n.clone();
+    }
+    let host = written
+        .rsplit_once(':')
+        .map_or(written, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(addr.ip().into()))
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, String> {

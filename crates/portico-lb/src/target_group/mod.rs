@@ -33,6 +33,9 @@ pub struct TargetGroup {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub stickiness: Option<Stickiness>,
+    /// HTTPS or HTTP/2 to the targets (hyper's client); plain HTTP/1.1 (Portico's own) when
+    /// `None`.
+    pub transport: Option<Arc<crate::upstream::client::Transport>>,
     /// A target that became healthy or was registered less than this long ago gets a share
     /// of requests growing linearly from 0 to its full weight.
     pub slow_start: Option<Duration>,
@@ -50,6 +53,8 @@ pub struct Target {
     pub state: Arc<TargetState>,
     /// Its id in stickiness cookies (see `sticky.rs`).
     pub id: String,
+    /// HTTPS targets: the name its certificate must carry (and SNI).
+    pub tls_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl std::fmt::Debug for TargetGroup {
@@ -85,6 +90,7 @@ impl TargetGroup {
             connect_timeout,
             response_timeout,
             stickiness: None,
+            transport: None,
             slow_start: None,
             sequence,
             next: AtomicUsize::new(0),
@@ -363,6 +369,7 @@ mod tests {
                 weight: 1,
                 state: Arc::default(),
                 id: i.to_string(),
+                tls_name: None,
             })
             .collect();
         TargetGroup::new(

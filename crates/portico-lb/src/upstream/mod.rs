@@ -12,6 +12,7 @@
 //! beside it, so that bodies stream both ways at once.
 
 mod body;
+pub mod client;
 pub mod pool;
 
 use std::io;

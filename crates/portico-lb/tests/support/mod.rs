@@ -133,6 +133,39 @@ impl Backend {
 
     /// Starts on a given address (to bring a stopped backend back on its old port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        Self::start_with(name, addr, None).await
+    }
+
+    /// An HTTPS backend serving the certificate and key in these PEM files (ALPN h2, http/1.1).
+    pub async fn start_tls(name: &str, cert: &Path, key: &Path) -> Backend {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start_with(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn start_with(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Backend {
         let socket = bind_retry(addr).await;
         let addr = socket.local_addr().unwrap();
         let b = Backend {
@@ -162,7 +195,16 @@ impl Backend {
                 let (name, health, hits, stop) =
                     (name.clone(), health.clone(), hits.clone(), stop.clone());
                 let started = started.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    type Io = Box<dyn IoStream>;
+                    let stream: Io = match tls {
+                        None => Box::new(stream),
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => Box::new(s),
+                            Err(_) => return,
+                        },
+                    };
                     let svc = service_fn(move |req| {
                         started.fetch_add(1, Ordering::Relaxed);
                         backend_handle(name.clone(), health.clone(), hits.clone(), req)
@@ -191,6 +233,9 @@ impl Drop for Backend {
         self.stop.cancel();
     }
 }
+
+trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoStream for T {}
 
 async fn bind_retry(addr: SocketAddr) -> TcpListener {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -598,4 +643,73 @@ pub async fn curl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The gRPC peer (`tests/grpc/peer.py`, Debian's python3-grpcio): a server on h2c, killed when
+/// this drops.
+pub struct GrpcPeer {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+pub const PYTHON: &str = "/usr/bin/python3";
+
+fn grpc_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/peer.py")
+}
+
+impl GrpcPeer {
+    pub async fn start() -> GrpcPeer {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(PYTHON)
+            .arg(grpc_script())
+            .arg("server")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {PYTHON} ({e}): install python3-grpcio (scripts/test does this)")
+            });
+        let out = child.stdout.take().unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::BufReader::new(out).read_line(&mut line),
+        )
+        .await
+        .expect("the gRPC peer printed no port within 30 s")
+        .unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            panic!("the gRPC peer did not start (is python3-grpcio installed? apt-get install python3-grpcio): {line:?}")
+        });
+        GrpcPeer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+        }
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Runs the gRPC peer in a client mode (`client ADDR CA NAME`, `serving ADDR 0|1`); its stdout.
+pub async fn grpc_client(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(PYTHON)
+        .arg(grpc_script())
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the gRPC client ran longer than 60 s")
+        .unwrap_or_else(|e| {
+            panic!("cannot run {PYTHON} ({e}): install python3-grpcio (scripts/test does this)")
+        });
+    assert!(
+        out.status.success(),
+        "gRPC client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
