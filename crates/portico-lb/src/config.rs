@@ -257,6 +257,8 @@ pub struct ListenerConfig {
     /// Read a PROXY protocol v1/v2 header from `proxy_protocol_from` sources (a network load
     /// balancer in front): the client address it names is the one rules, logs and
     /// X-Forwarded-For see. A PROXY header from any other source closes the connection.
+    /// Compress responses (zstd, brotli, gzip), as Caddy's `encode`; off when absent.
+    pub compress: Option<CompressConfig>,
     #[serde(default)]
     pub proxy_protocol: bool,
     #[serde(default)]
@@ -334,6 +336,21 @@ pub struct RuleConfig {
     pub rewrite: Option<RewriteConfig>,
     /// A token bucket per client (or per header value); over it, 429 with `Retry-After`.
     pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `compress = { encodings = ["zstd", "br", "gzip"], types = ["text/*"], min_bytes = 512 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressConfig {
+    /// Media types compressed: exact, or a prefix ending in `*`; text, JSON, JavaScript, XML,
+    /// WebAssembly and SVG when absent.
+    pub types: Option<Vec<String>>,
+    /// In order of preference; the first the client accepts is used.
+    #[serde(default = "defaults::encodings")]
+    pub encodings: Vec<String>,
+    /// Responses with a shorter Content-Length are sent as they are.
+    #[serde(default = "defaults::min_bytes")]
+    pub min_bytes: u64,
 }
 
 /// Response headers: a plain map of headers to set, or the full rewrite form.
@@ -557,6 +574,12 @@ mod defaults {
     }
     pub fn stickiness_duration() -> Duration {
         Duration::from_secs(86_400)
+    }
+    pub fn encodings() -> Vec<String> {
+        vec!["zstd".into(), "br".into(), "gzip".into()]
+    }
+    pub fn min_bytes() -> u64 {
+        512
     }
     pub fn rate_limit_key() -> String {
         "source".into()

@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod action;
 mod body;
+pub mod compress;
 pub mod config;
 mod connection;
 pub mod counters;

@@ -79,6 +79,11 @@ pub async fn handle(
         &newer
     };
     let host = request_host(&req);
+    let encoding = listener
+        .compress
+        .as_ref()
+        .and_then(|c| c.choose(req.headers().get(header::ACCEPT_ENCODING)));
+    let head_request = req.method() == Method::HEAD;
     let mut log = listener.access_log.as_ref().map(|log| {
         (
             log.clone(),
@@ -224,6 +229,9 @@ pub async fn handle(
     if let Some((_, e)) = &mut log {
         e.status = status;
         e.target = target;
+    }
+    if let Some(c) = &listener.compress {
+        res = c.apply(encoding, head_request, res);
     }
     Ok(res.map(|b| LoggedBody::new(b, log, guard, start)))
 }

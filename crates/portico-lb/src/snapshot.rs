@@ -47,6 +47,7 @@ pub struct Listener {
     pub deny: Vec<IpNet>,
     pub response_headers: HeaderRewrite,
     pub request_headers: HeaderRewrite,
+    pub compress: Option<crate::compress::Compress>,
     /// PROXY protocol: the sources whose header is read; `None` when off.
     pub proxy_protocol_from: Option<Vec<IpNet>>,
     /// Sorted by priority, lowest first.
@@ -606,6 +607,15 @@ fn listener(
     let request_headers = HeaderRewrite::compile(&l.request_headers)
         .map_err(|e| issues.push(ConfigIssue::new(at("request_headers"), e)))
         .unwrap_or_default();
+    let compress = l.compress.as_ref().and_then(|c| {
+        crate::compress::Compress::compile(c)
+            .map_err(|(k, e)| {
+                let mut p = at("compress");
+                p.push(PathSeg::Key(k.into()));
+                issues.push(ConfigIssue::new(p, e));
+            })
+            .ok()
+    });
     let proxy_protocol_from = match (l.proxy_protocol, l.proxy_protocol_from.is_empty()) {
         (true, true) => {
             issues.push(
@@ -682,6 +692,7 @@ fn listener(
         deny: l.deny.clone(),
         response_headers,
         request_headers,
+        compress,
         proxy_protocol_from,
         rules,
         default_action: default_action?,

@@ -323,3 +323,94 @@ default_action = {{ forward = "api" }}
     )
     .await;
 }
+
+#[tokio::test]
+async fn responses_are_compressed_as_the_client_accepts_and_curl_decodes_them() {
+    let dir = TempDir::new("compress");
+    let app = Backend::start("app").await;
+    let lb = start_lb(
+        &format!(
+            r#"
+[[target_group]]
+name = "app"
+targets = ["{app}"]
+
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+protocol = "http"
+compress = {{ min_bytes = 1000 }}
+default_action = {{ forward = "app" }}
+"#,
+            app = app.addr
+        ),
+        dir.path(),
+    )
+    .await;
+    let url = |path: &str| format!("http://{}{path}", addr(&lb, "l"));
+    let expected: String = "Portico compresses what repeats. "
+        .chars()
+        .cycle()
+        .take(200_000)
+        .collect();
+    // (encoding the client asks for, the one Portico answers with)
+    for (accept, answered) in [
+        ("gzip", Some("gzip")),
+        ("br", Some("br")),
+        ("zstd", Some("zstd")),
+        ("gzip, deflate, br, zstd", Some("zstd")),
+        ("identity", None),
+    ] {
+        let (code, out, err) = curl(&[
+            "--compressed",
+            "-H",
+            &format!("Accept-Encoding: {accept}"),
+            "-D",
+            "-",
+            "-w",
+            "\nDOWNLOADED %{size_download}",
+            &url("/page?bytes=200000"),
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let (head, rest) = out.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        let (body, downloaded) = rest.rsplit_once("\nDOWNLOADED ").unwrap();
+        let downloaded: usize = downloaded.trim().parse().unwrap();
+        assert_eq!(
+            body, expected,
+            "curl decodes what Portico encoded ({accept})"
+        );
+        match answered {
+            Some(enc) => {
+                assert!(
+                    head.contains(&format!("content-encoding: {enc}")),
+                    "{accept}: {head}"
+                );
+                assert!(
+                    downloaded < 20_000,
+                    "{accept}: {downloaded} bytes on the wire"
+                );
+                assert!(
+                    head.contains("etag: w/\"v1\""),
+                    "the validator is weakened: {head}"
+                );
+            }
+            None => {
+                assert!(!head.contains("content-encoding"), "{head}");
+                assert_eq!(downloaded, 200_000);
+            }
+        }
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+    }
+    // Too short, or a type not compressed: sent as it is.
+    for path in ["/page?bytes=500", "/page?bytes=5000&type=image%2Fpng"] {
+        let (code, out, _) =
+            curl(&["--compressed", "-D", "-", "-o", "/dev/null", &url(path)]).await;
+        assert_eq!(code, 0);
+        assert!(
+            !out.to_ascii_lowercase().contains("content-encoding"),
+            "{path}: {out}"
+        );
+    }
+}

@@ -280,6 +280,25 @@ async fn backend_handle(
             ));
         }
         "/slow" => tokio::time::sleep(Duration::from_millis(param("ms"))).await,
+        "/page" => {
+            // `bytes` of a repeated sentence, as `type` (text/html when absent).
+            hits.fetch_add(1, Ordering::Relaxed);
+            let n = param("bytes") as usize;
+            let body: String = "Portico compresses what repeats. "
+                .chars()
+                .cycle()
+                .take(n)
+                .collect();
+            let ct = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("type="))
+                .map(|t| t.replace("%2F", "/"))
+                .unwrap_or_else(|| "text/html; charset=utf-8".into());
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert("content-type", ct.parse().unwrap());
+            r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+            return Ok(r);
+        }
         "/login" => {
             // The application's own session cookie (for app_cookie stickiness).
             hits.fetch_add(1, Ordering::Relaxed);
