@@ -29,6 +29,55 @@ fn the_example_config_is_valid() {
 }
 
 #[test]
+fn every_commented_load_balancer_key_of_the_example_is_accepted_too() {
+    // The example's optional keys (stickiness, slow start, HTTPS/HTTP/2 targets, mutual TLS,
+    // compression, PROXY protocol), uncommented, are a valid config as well.
+    let dir = TempDir::new("example-all");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/portico.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    let keys = [
+        "protocol = \"https\"",
+        "protocol_version",
+        "ca_file",
+        "server_name",
+        "verify",
+        "stickiness",
+        "slow_start",
+        "client_ca_file",
+        "client_auth",
+        "compress",
+        "proxy_protocol",
+    ];
+    let mut uncommented = 0;
+    let text: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if keys.iter().any(|k| rest.starts_with(k)) => {
+                uncommented += 1;
+                format!("{rest}\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(uncommented >= 12, "{uncommented} keys uncommented");
+    std::fs::write(dir.path().join("portico.toml"), text).unwrap();
+    let ca = TestCa::new();
+    write_pem_pair(&ca, dir.path(), &["api.example.com"]);
+    std::fs::write(dir.path().join("targets-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("clients-ca.pem"), ca.pem()).unwrap();
+    let (code, out) = run(&[
+        "check",
+        "-c",
+        dir.path().join("portico.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: target_group[0] \"api\": verify = false"),
+        "check says verify = false loudly: {out}"
+    );
+}
+
+#[test]
 fn check_errors_name_file_line_column_key_and_hint() {
     let dir = TempDir::new("checkerr");
     let file = dir.path().join("portico.toml");
