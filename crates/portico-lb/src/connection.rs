@@ -185,7 +185,10 @@ where
     let (idle_timeout, activity) = (l.idle_timeout, ctx.activity.clone());
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
-        async move { handle(&ctx, req.map(RequestBody::Hyper)).await }
+        // Boxed: hyper moves each HTTP/2 stream's future into a task of its own, and the
+        // request's state machine is large; a pointer moves instead (docs/benchmarks.md,
+        // issue 13 step 14).
+        Box::pin(async move { handle(&ctx, req.map(RequestBody::Hyper)).await })
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
