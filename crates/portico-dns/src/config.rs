@@ -66,6 +66,11 @@ pub struct ZoneConfig {
     /// TSIG keys allowed to change the zone with RFC 2136 UPDATE.
     #[serde(default)]
     pub update_keys: Vec<String>,
+    /// TSIG keys that allow AXFR/IXFR. When given, every transfer must be signed with one of
+    /// them (from any address, secondaries included), answers are signed, and NOTIFY is signed
+    /// with the first; without them, `secondaries` are allowed by address.
+    #[serde(default)]
+    pub transfer_keys: Vec<String>,
     /// Nameserver names (fully qualified) for the apex NS (and SOA MNAME) when the zone has
     /// none; default `ns1.<zone>` and `ns2.<zone>`.
     #[serde(default)]

@@ -20,13 +20,13 @@ pub async fn handle(ctx: &Ctx, raw: &[u8], src: SocketAddr, tcp: bool) -> Reply 
         Err(_) => return Reply::One(formerr(raw)),
     };
     match msg.op_code {
-        OpCode::Query => query(ctx, &msg, src, tcp),
+        OpCode::Query => query(ctx, &msg, raw, src, tcp),
         OpCode::Update => Reply::One(crate::update::handle(ctx, &msg, raw).await),
         _ => Reply::One(error(&msg, ResponseCode::NotImp)),
     }
 }
 
-fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
+fn query(ctx: &Ctx, msg: &Message, raw: &[u8], src: SocketAddr, tcp: bool) -> Reply {
     if msg.queries.len() != 1 {
         return Reply::One(error(msg, ResponseCode::FormErr));
     }
@@ -43,7 +43,7 @@ fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
     }
     match q.query_type() {
         RecordType::AXFR | RecordType::IXFR if tcp => {
-            return crate::transfer::respond(ctx, msg, src);
+            return crate::transfer::respond(ctx, msg, raw, src);
         }
         RecordType::AXFR => return Reply::One(error(msg, ResponseCode::FormErr)),
         RecordType::IXFR => {
@@ -52,6 +52,10 @@ fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
         }
         _ => {}
     }
+    let signed = match crate::reply::verify_tsig(ctx, msg, raw, "query") {
+        Ok(s) => s,
+        Err(reply) => return Reply::One(reply),
+    };
     let catalog = ctx.zones.catalog_guard();
     // The zone is found once, for the answer and for the metrics.
     let zone = catalog.find(q.name());
@@ -60,7 +64,12 @@ fn query(ctx: &Ctx, msg: &Message, src: SocketAddr, tcp: bool) -> Reply {
         None => lookup(&catalog, q.name(), q.query_type(), ctx.listeners.as_ref()),
     };
     ctx.zones.metrics.record(zone.map(|z| &z.origin), a.rcode);
-    Reply::One(a.to_wire(msg, tcp))
+    let bytes = a.to_wire(msg, tcp);
+    match signed {
+        // A signed query (a secondary's SOA check) gets a signed answer.
+        Some(s) => Reply::One(crate::reply::sign_bytes(bytes, s.context(msg.id))),
+        None => Reply::One(bytes),
+    }
 }
 
 /// FORMERR for bytes that are not a DNS message: the id and opcode echoed, no question.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType, TSigner};
 use tokio::net::UdpSocket;
 
 /// How long a secondary has to pick up a change before we stop watching (the change stays PENDING).
@@ -17,13 +17,14 @@ pub fn spawn(
     serial: u32,
     change: String,
     secondaries: Vec<SocketAddr>,
+    key: Option<TSigner>,
     insync: impl FnOnce() + Send + 'static,
 ) {
     tokio::spawn(async move {
         let mut set = tokio::task::JoinSet::new();
         for s in secondaries {
-            let zone = zone.clone();
-            set.spawn(async move { sync_one(&zone, serial, s).await });
+            let (zone, key) = (zone.clone(), key.clone());
+            set.spawn(async move { sync_one(&zone, serial, s, key.as_ref()).await });
         }
         let mut all_ok = true;
         while let Some(r) = set.join_next().await {
@@ -38,13 +39,13 @@ pub fn spawn(
     });
 }
 
-async fn sync_one(zone: &Name, serial: u32, secondary: SocketAddr) -> bool {
+async fn sync_one(zone: &Name, serial: u32, secondary: SocketAddr, key: Option<&TSigner>) -> bool {
     let deadline = tokio::time::Instant::now() + WATCH_FOR;
     let mut notified = false;
     let mut attempt = 0u32;
     while tokio::time::Instant::now() < deadline {
         if !notified {
-            notified = exchange(secondary, zone, OpCode::Notify, RecordType::SOA)
+            notified = exchange_signed(secondary, zone, OpCode::Notify, RecordType::SOA, key)
                 .await
                 .is_some();
             if !notified {
@@ -79,6 +80,17 @@ pub async fn exchange(
     op: OpCode,
     qtype: RecordType,
 ) -> Option<Message> {
+    exchange_signed(to, zone, op, qtype, None).await
+}
+
+/// [`exchange`], the message signed with TSIG when `key` is given (a signed NOTIFY).
+pub async fn exchange_signed(
+    to: SocketAddr,
+    zone: &Name,
+    op: OpCode,
+    qtype: RecordType,
+    key: Option<&TSigner>,
+) -> Option<Message> {
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
         .parse()
         .ok()?;
@@ -87,6 +99,12 @@ pub async fn exchange(
     let mut msg = Message::new(id, MessageType::Query, op);
     msg.metadata.authoritative = op == OpCode::Notify;
     msg.queries.push(Query::query(zone.clone(), qtype));
+    if let Some(key) = key {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        msg.finalize(key, now).ok()?;
+    }
     let bytes = msg.to_vec().ok()?;
     sock.send_to(&bytes, to).await.ok()?;
     let mut buf = vec![0u8; 4096];

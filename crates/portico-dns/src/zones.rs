@@ -34,6 +34,7 @@ use crate::zone_file;
 pub struct ZoneSettings {
     pub secondaries: Vec<SocketAddr>,
     pub update_keys: Vec<Name>,
+    pub transfer_keys: Vec<Name>,
 }
 
 /// A change's state, as Route 53 reports it.
@@ -230,17 +231,28 @@ impl HostedZones {
                     ),
                 }
             }
-            for (j, k) in zc.update_keys.iter().enumerate() {
-                let n = Name::from_ascii(k).map(|mut n| {
-                    n.set_fqdn(true);
-                    n.to_lowercase()
-                });
-                match n {
-                    Ok(n) if keys.contains_key(&n) => s.update_keys.push(n),
-                    _ => issues.push(ConfigIssue::new(
-                        path!["zone", i, "update_keys", j],
-                        format!("no [[tsig_key]] named {k:?}"),
-                    )),
+            for (field, list) in [
+                ("update_keys", &zc.update_keys),
+                ("transfer_keys", &zc.transfer_keys),
+            ] {
+                for (j, k) in list.iter().enumerate() {
+                    let n = Name::from_ascii(k).map(|mut n| {
+                        n.set_fqdn(true);
+                        n.to_lowercase()
+                    });
+                    match n {
+                        Ok(n) if keys.contains_key(&n) => {
+                            if field == "update_keys" {
+                                s.update_keys.push(n)
+                            } else {
+                                s.transfer_keys.push(n)
+                            }
+                        }
+                        _ => issues.push(ConfigIssue::new(
+                            path!["zone", i, field, j],
+                            format!("no [[tsig_key]] named {k:?}"),
+                        )),
+                    }
                 }
             }
             let changed = stored.as_ref() != Some(&zone);
@@ -339,7 +351,9 @@ impl HostedZones {
         zone.index_glue();
         next.zones.insert(origin.clone(), Arc::new(zone));
         self.catalog.store(Arc::new(next));
-        let secondaries = self.settings(origin).secondaries;
+        let settings = self.settings(origin);
+        let secondaries = settings.secondaries;
+        let notify_key = settings.transfer_keys.first().and_then(|k| self.key(k));
         let info = ChangeInfo {
             id: change_id(),
             zone: origin.to_string(),
@@ -366,6 +380,7 @@ impl HostedZones {
                 serial,
                 info.id.clone(),
                 secondaries,
+                notify_key,
                 move || zones.mark_insync(&id),
             );
         }

@@ -498,3 +498,120 @@ async fn precomputed_glue_follows_changes_to_the_targets() {
         "{referral}"
     );
 }
+
+const XFR_SECRET: &str = "eGZyeGZyeGZyeGZyeGZyeGZyeGZyeGZyeGZyeGZyMTI=";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_signed_with_tsig_to_a_bind_secondary_and_unsigned_ones_refused() {
+    let dir = TempDir::new("secondary-tsig");
+    let bind_port = free_udp_tcp_port();
+    let dns = serve(
+        &zone_config(&format!(
+            "secondaries = [\"127.0.0.1:{bind_port}\"]\ntransfer_keys = [\"xfr\"]\n[[tsig_key]]\nname = \"xfr\"\nsecret = \"{XFR_SECRET}\"\n[[zone]]\nname = \"unused.test\"",
+        )),
+        dir.path(),
+    )
+    .await;
+    // Enough records for several transfer messages, so that the TSIG chain is exercised.
+    let many: Vec<RecordChange> = (0..250)
+        .map(|i| change(Action::Create, &format!("host{i}"), "A", &["192.0.2.1"]))
+        .collect();
+    dns.zones.change("example.test", &many).await.unwrap();
+
+    // Unsigned: refused, even from the secondary's own address; a wrong key: refused too.
+    let out = dig(dns.addr, "example.test AXFR").await;
+    assert!(
+        out.contains("Transfer failed") || out.contains("REFUSED"),
+        "{out}"
+    );
+    let out = dig(
+        dns.addr,
+        "example.test AXFR -y hmac-sha256:xfr:b3RoZXJvdGhlcm90aGVyb3RoZXJvdGhlcm90aGVyMTI=",
+    )
+    .await;
+    assert!(!out.contains("host249.example.test"), "{out}");
+    // Signed with the key: every message verifies (dig checks the chain of MACs).
+    let out = dig(
+        dns.addr,
+        &format!("example.test AXFR -y hmac-sha256:xfr:{XFR_SECRET}"),
+    )
+    .await;
+    assert!(out.contains("host249.example.test"), "{out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("failure") && !out.contains("Transfer failed"),
+        "{out}"
+    );
+    assert!(out.contains("XFR size: 254 records (messages 3"), "{out}");
+
+    let named_dir = dir.path().join("named");
+    std::fs::create_dir_all(&named_dir).unwrap();
+    let conf = named_dir.join("named.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"key "xfr" {{ algorithm hmac-sha256; secret "{XFR_SECRET}"; }};
+server 127.0.0.1 {{ keys {{ xfr; }}; }};
+options {{
+  directory "{d}";
+  pid-file "{d}/named.pid";
+  listen-on port {bind_port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }};
+  recursion no;
+  dnssec-validation no;
+  notify no;
+  allow-query {{ any; }};
+}};
+zone "example.test" {{
+  type secondary;
+  primaries {{ 127.0.0.1 port {p} key xfr; }};
+  allow-notify {{ key xfr; }};
+  file "{d}/example.test.db";
+}};
+"#,
+            d = named_dir.display(),
+            p = dns.addr.port()
+        ),
+    )
+    .unwrap();
+    let named = if std::path::Path::new("/usr/sbin/named").exists() {
+        "/usr/sbin/named"
+    } else {
+        "named"
+    };
+    let mut child = tokio::process::Command::new(named)
+        .args(["-g", "-c", conf.to_str().unwrap(), "-n", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run named ({e}): install it with `apt-get install bind9` (scripts/test does this)"));
+    let secondary: SocketAddr = format!("127.0.0.1:{bind_port}").parse().unwrap();
+    eventually(
+        "BIND transferred the zone with the key",
+        Duration::from_secs(30),
+        || async { dig(secondary, "host249.example.test A +short").await.trim() == "192.0.2.1" },
+    )
+    .await;
+    // A change reaches BIND by a signed NOTIFY (BIND accepts NOTIFY only with the key here) and
+    // a signed IXFR or AXFR.
+    let info = dns
+        .zones
+        .change(
+            "example.test",
+            &[change(Action::Create, "after-notify", "A", &["192.0.2.77"])],
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_insync(&dns.zones, &info.id, Duration::from_secs(30)).await,
+        "INSYNC once BIND serves the serial"
+    );
+    assert_eq!(
+        dig(secondary, "after-notify.example.test A +short")
+            .await
+            .trim(),
+        "192.0.2.77"
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
