@@ -27,6 +27,7 @@ fn fixture() -> &'static Fixture {
                 file: None,
                 secondaries: vec!["127.0.0.1:53".into()],
                 update_keys: Vec::new(),
+                transfer_keys: Vec::new(),
                 nameservers: Vec::new(),
                 records: vec![portico_dns::config::RecordConfig {
                     name: "www".into(),
