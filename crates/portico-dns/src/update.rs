@@ -3,20 +3,14 @@
 //! key or a bad signature gets NOTAUTH with the TSIG error. Prerequisites are checked and the
 //! updates applied under the zone writer lock, through the same commit path as change batches.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::tsig::TsigError;
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigResponseContext};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::reply::{encode, response, Ctx};
 use crate::zone::Zone;
 use crate::zones::ChangeError;
 
 pub async fn handle(ctx: &Ctx, msg: &Message, raw: &[u8]) -> Vec<u8> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let unsigned = |rcode| {
         let mut res = response(msg);
         res.metadata.response_code = rcode;
@@ -31,42 +25,16 @@ pub async fn handle(ctx: &Ctx, msg: &Message, raw: &[u8]) -> Vec<u8> {
         return unsigned(ResponseCode::NotAuth);
     }
     // Authentication.
-    let Some(sig) = &msg.signature else {
-        tracing::info!(%zone, "unsigned UPDATE refused");
-        return unsigned(ResponseCode::Refused);
-    };
-    let key_name = sig.name.to_lowercase();
-    let Some(signer) = ctx.zones.key(&key_name) else {
-        tracing::info!(%zone, key = %key_name, "UPDATE with an unknown TSIG key");
-        return signed(
-            msg,
-            ResponseCode::NotAuth,
-            TSigResponseContext::unknown_key(msg.id, now, key_name),
-        );
-    };
-    let request_mac = match signer.verify_message_byte(raw, None, true) {
-        Ok((mac, _, range)) if range.contains(&now) || range.end == now => mac,
-        Ok((mac, _, _)) => {
-            tracing::info!(%zone, key = %key_name, "UPDATE outside the TSIG time window");
-            let ctx = TSigResponseContext::new(msg.id, now, signer, mac, Some(TsigError::BadTime));
-            return signed(msg, ResponseCode::NotAuth, ctx);
+    let signed = match crate::reply::verify_tsig(ctx, msg, raw, "UPDATE") {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            tracing::info!(%zone, "unsigned UPDATE refused");
+            return unsigned(ResponseCode::Refused);
         }
-        Err(e) => {
-            tracing::info!(%zone, key = %key_name, error = %e, "UPDATE with a bad TSIG signature");
-            return signed(
-                msg,
-                ResponseCode::NotAuth,
-                TSigResponseContext::bad_signature(msg.id, now, signer),
-            );
-        }
+        Err(reply) => return reply,
     };
-    let sign_with = |rcode| {
-        signed(
-            msg,
-            rcode,
-            TSigResponseContext::new(msg.id, now, signer.clone(), request_mac.clone(), None),
-        )
-    };
+    let key_name = signed.key.clone();
+    let sign_with = |rcode| crate::reply::sign_rcode(msg, rcode, signed.context(msg.id));
     if !ctx.zones.settings(&zone).update_keys.contains(&key_name) {
         tracing::info!(%zone, key = %key_name, "UPDATE with a key not allowed for this zone");
         return sign_with(ResponseCode::Refused);
@@ -107,21 +75,6 @@ pub async fn handle(ctx: &Ctx, msg: &Message, raw: &[u8]) -> Vec<u8> {
             tracing::info!(%zone, key = %key_name, error = %e, "UPDATE refused");
             sign_with(rcode)
         }
-    }
-}
-
-fn signed(msg: &Message, rcode: ResponseCode, tsig: TSigResponseContext) -> Vec<u8> {
-    let mut res = response(msg);
-    res.metadata.response_code = rcode;
-    let Ok(bytes) = res.to_vec() else {
-        return encode(res, msg, true);
-    };
-    match tsig.sign(&bytes) {
-        Ok(sig) => {
-            res.signature = Some(sig);
-            res.to_vec().unwrap_or(bytes)
-        }
-        Err(_) => bytes,
     }
 }
 

@@ -302,6 +302,66 @@ fn free_udp_tcp_port() -> u16 {
     }
 }
 
+/// A BIND secondary of example.test on 127.0.0.1:`port`, transferring from `primary`; `key`
+/// makes it sign everything to the primary with that hmac-sha256 secret and accept NOTIFY only
+/// signed with it. Killed when the child drops.
+fn start_bind_secondary(
+    dir: &std::path::Path,
+    port: u16,
+    primary: SocketAddr,
+    key: Option<&str>,
+) -> tokio::process::Child {
+    let named_dir = dir.join("named");
+    std::fs::create_dir_all(&named_dir).unwrap();
+    let conf = named_dir.join("named.conf");
+    let (key_conf, primary_key, allow_notify) = match key {
+        Some(secret) => (
+            format!(
+                "key \"xfr\" {{ algorithm hmac-sha256; secret \"{secret}\"; }};\nserver 127.0.0.1 {{ keys {{ xfr; }}; }};\n"
+            ),
+            " key xfr",
+            "  allow-notify { key xfr; };\n",
+        ),
+        None => (String::new(), "", ""),
+    };
+    std::fs::write(
+        &conf,
+        format!(
+            r#"{key_conf}options {{
+  directory "{d}";
+  pid-file "{d}/named.pid";
+  listen-on port {port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }};
+  recursion no;
+  dnssec-validation no;
+  notify no;
+  allow-query {{ any; }};
+}};
+zone "example.test" {{
+  type secondary;
+  primaries {{ 127.0.0.1 port {p}{primary_key}; }};
+{allow_notify}  file "{d}/example.test.db";
+}};
+"#,
+            d = named_dir.display(),
+            p = primary.port()
+        ),
+    )
+    .unwrap();
+    let named = if std::path::Path::new("/usr/sbin/named").exists() {
+        "/usr/sbin/named"
+    } else {
+        "named"
+    };
+    tokio::process::Command::new(named)
+        .args(["-g", "-c", conf.to_str().unwrap(), "-n", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run named ({e}): install it with `apt-get install bind9` (scripts/test does this)"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_secondary_transfers_and_follows_notify() {
     let dir = TempDir::new("secondary");
@@ -319,45 +379,7 @@ async fn bind_secondary_transfers_and_follows_notify() {
         "{out}"
     );
 
-    let named_dir = dir.path().join("named");
-    std::fs::create_dir_all(&named_dir).unwrap();
-    let conf = named_dir.join("named.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"options {{
-  directory "{d}";
-  pid-file "{d}/named.pid";
-  listen-on port {bind_port} {{ 127.0.0.1; }};
-  listen-on-v6 {{ none; }};
-  recursion no;
-  dnssec-validation no;
-  notify no;
-  allow-query {{ any; }};
-}};
-zone "example.test" {{
-  type secondary;
-  primaries {{ 127.0.0.1 port {p}; }};
-  file "{d}/example.test.db";
-}};
-"#,
-            d = named_dir.display(),
-            p = dns.addr.port()
-        ),
-    )
-    .unwrap();
-    let named = if std::path::Path::new("/usr/sbin/named").exists() {
-        "/usr/sbin/named"
-    } else {
-        "named"
-    };
-    let mut child = tokio::process::Command::new(named)
-        .args(["-g", "-c", conf.to_str().unwrap(), "-n", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run named ({e}): install it with `apt-get install bind9` (scripts/test does this)"));
+    let mut child = start_bind_secondary(dir.path(), bind_port, dns.addr, None);
     let secondary: SocketAddr = format!("127.0.0.1:{bind_port}").parse().unwrap();
     eventually(
         "BIND transferred the zone",
@@ -543,48 +565,7 @@ async fn transfers_signed_with_tsig_to_a_bind_secondary_and_unsigned_ones_refuse
     );
     assert!(out.contains("XFR size: 254 records (messages 3"), "{out}");
 
-    let named_dir = dir.path().join("named");
-    std::fs::create_dir_all(&named_dir).unwrap();
-    let conf = named_dir.join("named.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"key "xfr" {{ algorithm hmac-sha256; secret "{XFR_SECRET}"; }};
-server 127.0.0.1 {{ keys {{ xfr; }}; }};
-options {{
-  directory "{d}";
-  pid-file "{d}/named.pid";
-  listen-on port {bind_port} {{ 127.0.0.1; }};
-  listen-on-v6 {{ none; }};
-  recursion no;
-  dnssec-validation no;
-  notify no;
-  allow-query {{ any; }};
-}};
-zone "example.test" {{
-  type secondary;
-  primaries {{ 127.0.0.1 port {p} key xfr; }};
-  allow-notify {{ key xfr; }};
-  file "{d}/example.test.db";
-}};
-"#,
-            d = named_dir.display(),
-            p = dns.addr.port()
-        ),
-    )
-    .unwrap();
-    let named = if std::path::Path::new("/usr/sbin/named").exists() {
-        "/usr/sbin/named"
-    } else {
-        "named"
-    };
-    let mut child = tokio::process::Command::new(named)
-        .args(["-g", "-c", conf.to_str().unwrap(), "-n", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run named ({e}): install it with `apt-get install bind9` (scripts/test does this)"));
+    let mut child = start_bind_secondary(dir.path(), bind_port, dns.addr, Some(XFR_SECRET));
     let secondary: SocketAddr = format!("127.0.0.1:{bind_port}").parse().unwrap();
     eventually(
         "BIND transferred the zone with the key",

@@ -235,40 +235,25 @@ async fn probe_client(
     }
     .map_err(|e| format!("request: {e}"))?;
     let io = TokioIo::new(io);
-    let res = if t.h2 {
+    // The connection task runs while the answer is read, and ends with this probe.
+    let (res, _conn) = if t.h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         let conn = client::AbortOnDrop::new(tokio::spawn(conn));
-        let res = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let (parts, body) = res.into_parts();
-        let collected = Limited::new(body, MAX_PROBE_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        drop(conn);
-        (parts, collected)
+        (sender.send_request(req).await, conn)
     } else {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         let conn = client::AbortOnDrop::new(tokio::spawn(conn));
-        let res = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let (parts, body) = res.into_parts();
-        let collected = Limited::new(body, MAX_PROBE_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        drop(conn);
-        (parts, collected)
+        (sender.send_request(req).await, conn)
     };
-    let (parts, collected) = res;
+    let (parts, body) = res.map_err(|e| format!("request: {e}"))?.into_parts();
+    let collected = Limited::new(body, MAX_PROBE_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
     if !t.grpc {
         let code = parts.status.as_u16();
         return if check.matcher.matches(code) {
