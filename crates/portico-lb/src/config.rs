@@ -83,6 +83,10 @@ pub struct TargetGroupConfig {
     /// `false` accepts any certificate from the targets (said loudly by `portico check`).
     #[serde(default = "defaults::yes")]
     pub verify: bool,
+    /// How long a target removed from the group may finish its requests in flight before its
+    /// connections are closed (ALB's `deregistration_delay`, default 300 s).
+    #[serde(default = "defaults::deregistration_delay", with = "duration")]
+    pub deregistration_delay: Duration,
     /// Keep a client on one target (ALB's two kinds of stickiness).
     pub stickiness: Option<StickinessConfig>,
     /// A newly registered or newly healthy target's share grows linearly over this long
@@ -574,6 +578,9 @@ mod defaults {
     }
     pub fn stickiness_duration() -> Duration {
         Duration::from_secs(86_400)
+    }
+    pub fn deregistration_delay() -> Duration {
+        Duration::from_secs(300)
     }
     pub fn encodings() -> Vec<String> {
         vec!["zstd".into(), "br".into(), "gzip".into()]

@@ -198,8 +198,15 @@ impl LoadBalancer {
                         .is_some_and(|n| n.targets.iter().any(|n| n.addr == t.addr));
                     if !kept && t.state.outstanding() > 0 {
                         tracing::info!(event = "target_draining", target_group = %name, target = %t.addr,
-                            in_flight = t.state.outstanding(), "target removed: draining its requests in flight");
+                            in_flight = t.state.outstanding(), delay = ?g.deregistration_delay,
+                            "target removed: draining its requests in flight");
                         draining.push((name.clone(), t.addr, t.state.clone()));
+                        self.cut_after(
+                            name.clone(),
+                            t.addr,
+                            t.state.clone(),
+                            g.deregistration_delay,
+                        );
                     }
                 }
             }
@@ -241,6 +248,36 @@ impl LoadBalancer {
                 .is_some_and(|tg| tg.targets.iter().any(|t| t.addr == a))
         });
         Ok(())
+    }
+
+    /// At the end of a removed target's deregistration delay, closes its connections if it
+    /// still has requests in flight and no group of the serving snapshot names it again.
+    fn cut_after(
+        self: &Arc<Self>,
+        group: String,
+        addr: SocketAddr,
+        state: Arc<crate::target_group::TargetState>,
+        delay: std::time::Duration,
+    ) {
+        let lb = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let Some(lb) = lb.upgrade() else { return };
+            let named = lb
+                .serving
+                .snapshot
+                .load()
+                .target_groups
+                .values()
+                .any(|g| g.targets.iter().any(|t| t.addr == addr));
+            if named || state.outstanding() == 0 {
+                return;
+            }
+            let closed = crate::upstream::live::cut(addr);
+            tracing::warn!(event = "target_drain_timeout", target_group = %group, target = %addr,
+                in_flight = state.outstanding(), connections = closed,
+                "deregistration delay over: closing the target's connections");
+        });
     }
 
     /// The addresses a listener actually listens on (the kernel's port when the config says 0).

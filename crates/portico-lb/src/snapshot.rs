@@ -458,6 +458,14 @@ fn target_group(
         tg.connect_timeout,
         tg.response_timeout,
     );
+    if tg.deregistration_delay > Duration::from_secs(3600) {
+        issues.push(ConfigIssue::new(
+            path!["target_group", i, "deregistration_delay"],
+            "deregistration_delay must be at most 3600s (as an ALB's)",
+        ));
+        return None;
+    }
+    g.deregistration_delay = tg.deregistration_delay;
     g.stickiness = stickiness;
     g.transport = transport;
     g.slow_start = tg.slow_start;

@@ -219,3 +219,69 @@ default_action = {{ forward = "g" }}
         assert_eq!(r.echoed("x-forwarded-for").as_deref(), Some(client));
     }
 }
+
+#[tokio::test]
+async fn a_removed_target_drains_until_its_deregistration_delay_then_is_cut() {
+    let dir = TempDir::new("dereg");
+    let (slow, other) = (Backend::start("slow").await, Backend::start("other").await);
+    let group = |target: std::net::SocketAddr| {
+        format!(
+            r#"
+[[target_group]]
+name = "g"
+targets = ["{target}"]
+deregistration_delay = "1s"
+[[listener]]
+name = "l"
+bind = "127.0.0.1:0"
+protocol = "http"
+default_action = {{ forward = "g" }}
+"#
+        )
+    };
+    let lb = start_lb(&group(slow.addr), dir.path()).await;
+    let a = addr(&lb, "l");
+    // A POST with a body is never retried: when its connection is cut it gets 502.
+    let started = std::time::Instant::now();
+    let in_flight = tokio::spawn(async move {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/slow?ms=30000")
+            .header("host", "x")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"payload",
+            )))
+            .unwrap();
+        send(a, req).await
+    });
+    eventually(
+        "the request reached the target",
+        Duration::from_secs(10),
+        || async { slow.started.load(Ordering::Relaxed) == 1 },
+    )
+    .await;
+    apply(&lb, &group(other.addr), dir.path()).await.unwrap();
+    let draining = lb.target_health("g");
+    assert!(
+        draining.iter().any(|t| t.addr == slow.addr && t.draining),
+        "{draining:?}"
+    );
+    assert_eq!(
+        get(a, "x", "/").await.backend(),
+        "other",
+        "new requests go elsewhere"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(20), in_flight)
+        .await
+        .expect("the request in flight ends when the delay is over, not when the target answers")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(25));
+    eventually(
+        "the target is no longer draining",
+        Duration::from_secs(10),
+        || async { !lb.target_health("g").iter().any(|t| t.addr == slow.addr) },
+    )
+    .await;
+}

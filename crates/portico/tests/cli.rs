@@ -41,6 +41,7 @@ fn every_commented_load_balancer_key_of_the_example_is_accepted_too() {
         "ca_file",
         "server_name",
         "verify",
+        "deregistration_delay",
         "stickiness",
         "slow_start",
         "client_ca_file",
@@ -59,7 +60,7 @@ fn every_commented_load_balancer_key_of_the_example_is_accepted_too() {
             _ => format!("{l}\n"),
         })
         .collect();
-    assert!(uncommented >= 12, "{uncommented} keys uncommented");
+    assert!(uncommented >= 13, "{uncommented} keys uncommented");
     std::fs::write(dir.path().join("portico.toml"), text).unwrap();
     let ca = TestCa::new();
     write_pem_pair(&ca, dir.path(), &["api.example.com"]);

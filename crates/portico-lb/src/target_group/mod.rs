@@ -33,6 +33,8 @@ pub struct TargetGroup {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub stickiness: Option<Stickiness>,
+    /// How long a removed target's requests in flight may run on before its connections close.
+    pub deregistration_delay: Duration,
     /// HTTPS or HTTP/2 to the targets (hyper's client); plain HTTP/1.1 (Portico's own) when
     /// `None`.
     pub transport: Option<Arc<crate::upstream::client::Transport>>,
@@ -90,6 +92,7 @@ impl TargetGroup {
             connect_timeout,
             response_timeout,
             stickiness: None,
+            deregistration_delay: Duration::from_secs(300),
             transport: None,
             slow_start: None,
             sequence,

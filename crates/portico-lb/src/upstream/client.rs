@@ -72,6 +72,7 @@ pub(crate) async fn open(
     let work = async {
         let tcp = TcpStream::connect(addr).await?;
         let _ = tcp.set_nodelay(true);
+        super::live::opened(addr, std::os::fd::AsRawFd::as_raw_fd(&tcp));
         let Some(config) = &t.tls else {
             return Ok(Box::new(tcp) as Box<dyn IoBox>);
         };

@@ -13,6 +13,7 @@
 
 mod body;
 pub mod client;
+pub mod live;
 pub mod pool;
 
 use std::io;
@@ -77,6 +78,7 @@ pub async fn connect(target: SocketAddr, timeout: Duration) -> Result<Conn, Send
         }
     };
     let _ = stream.set_nodelay(true);
+    live::opened(target, std::os::fd::AsRawFd::as_raw_fd(&stream));
     Ok(Conn::new(stream, target))
 }
 
