@@ -67,7 +67,20 @@ fn query(ctx: &Ctx, msg: &Message, raw: &[u8], src: SocketAddr, tcp: bool) -> Re
     let bytes = a.to_wire(msg, tcp);
     match signed {
         // A signed query (a secondary's SOA check) gets a signed answer.
-        Some(s) => Reply::One(crate::reply::sign_bytes(bytes, s.context(msg.id))),
+        Some(s) => {
+            let signed = crate::reply::sign_bytes(bytes, s.context(msg.id));
+            if signed.len() <= crate::reply::udp_limit(msg, tcp) {
+                return Reply::One(signed);
+            }
+            // RFC 8945 §5.3: an answer the TSIG would push over the client's size goes out
+            // as the question alone, truncated (TC) and signed; the client retries over TCP.
+            let mut res = crate::reply::response(msg);
+            res.metadata.truncation = true;
+            match res.to_vec() {
+                Ok(b) => Reply::One(crate::reply::sign_bytes(b, s.context(msg.id))),
+                Err(_) => Reply::One(error(msg, ResponseCode::ServFail)),
+            }
+        }
         None => Reply::One(bytes),
     }
 }

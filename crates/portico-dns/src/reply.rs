@@ -49,14 +49,7 @@ pub fn error(msg: &Message, rcode: ResponseCode) -> Vec<u8> {
 
 /// Encodes, truncating (TC, sections emptied) when the answer does not fit the client's UDP size.
 pub fn encode(mut res: Message, req: &Message, tcp: bool) -> Vec<u8> {
-    let limit = if tcp {
-        65535
-    } else {
-        match &req.edns {
-            Some(e) => e.max_payload().clamp(512, 4096) as usize,
-            None => 512,
-        }
-    };
+    let limit = udp_limit(req, tcp);
     match res.to_vec() {
         Ok(b) if b.len() <= limit => b,
         _ => {
@@ -67,6 +60,18 @@ pub fn encode(mut res: Message, req: &Message, tcp: bool) -> Vec<u8> {
             res.to_vec()
                 .unwrap_or_else(|_| header_only(req.id, ResponseCode::ServFail))
         }
+    }
+}
+
+/// The largest answer `req`'s client takes: 64 KiB over TCP, its EDNS size (512 to 4096) or
+/// 512 over UDP.
+pub fn udp_limit(req: &Message, tcp: bool) -> usize {
+    if tcp {
+        return 65535;
+    }
+    match &req.edns {
+        Some(e) => e.max_payload().clamp(512, 4096) as usize,
+        None => 512,
     }
 }
 

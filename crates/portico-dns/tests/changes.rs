@@ -596,3 +596,44 @@ async fn transfers_signed_with_tsig_to_a_bind_secondary_and_unsigned_ones_refuse
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_queries_get_signed_answers_truncated_when_the_signature_would_not_fit() {
+    let dir = TempDir::new("signed-query");
+    let dns = serve(&zone_config(""), dir.path()).await;
+    let text = format!("\"{}\" \"{}\"", "a".repeat(200), "b".repeat(200));
+    dns.zones
+        .change(
+            "example.test",
+            &[change(Action::Create, "big", "TXT", &[&text])],
+        )
+        .await
+        .unwrap();
+    let key = format!("-y hmac-sha256:certbot:{SECRET}");
+    let out = dig(dns.addr, &format!("www.example.test A +noedns {key}")).await;
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("192.0.2.10"), "{out}");
+    assert!(
+        out.contains("TSIG") && !out.to_ascii_lowercase().contains("failure"),
+        "dig verifies the answer's TSIG: {out}"
+    );
+    // The TXT answer fits 512 bytes unsigned, not with its TSIG: the question alone, TC, signed.
+    let out = dig(dns.addr, "big.example.test TXT +noedns +ignore").await;
+    assert!(
+        !flags(&out).iter().any(|f| f == "tc"),
+        "unsigned, it fits: {out}"
+    );
+    let out = dig(
+        dns.addr,
+        &format!("big.example.test TXT +noedns +ignore {key}"),
+    )
+    .await;
+    assert!(flags(&out).iter().any(|f| f == "tc"), "{out}");
+    assert!(!out.to_ascii_lowercase().contains("failure"), "{out}");
+    // Over TCP the whole answer comes, signed.
+    let out = dig(dns.addr, &format!("big.example.test TXT +tcp {key}")).await;
+    assert!(
+        out.contains(&"b".repeat(200)) && !out.to_ascii_lowercase().contains("failure"),
+        "{out}"
+    );
+}
