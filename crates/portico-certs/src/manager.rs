@@ -520,7 +520,14 @@ impl CertManager {
         let Some(acme) = acme else {
             return (c.renew_at, HOUR);
         };
-        match acme.renewal_window(&c.leaf).await {
+        let asked = match self.shared_window(&req.name, &c.leaf, &acme).await {
+            SharedWindow::Fetched(r) => r,
+            SharedWindow::Busy => {
+                // Another node is asking the CA right now: read what it shares shortly.
+                return (c.renew_at, Duration::from_secs(5));
+            }
+        };
+        match asked {
             Ok(Some(w)) => {
                 let span = w.end.duration_since(w.start).unwrap_or_default();
                 let at = w.start + span.mul_f64(spread(&req.name));
@@ -561,6 +568,66 @@ impl CertManager {
                 (c.renew_at, HOUR)
             }
         }
+    }
+
+    /// The CA's renewal window for `leaf`. In cluster mode one node asks and shares the answer
+    /// (under `certificates/ari/<name>.json`, until the CA's Retry-After), so that a cluster
+    /// asks the CA once per poll, not once per node.
+    async fn shared_window(&self, name: &str, leaf: &[u8], acme: &AcmeIssuer) -> SharedWindow {
+        let Some(store) = lock(&self.shared).clone() else {
+            return SharedWindow::Fetched(acme.renewal_window(leaf).await);
+        };
+        let key = format!("certificates/ari/{name}.json");
+        let fingerprint = format!("{:016x}", fnv64(leaf));
+        let now = unix(self.clock.now());
+        let stored = store
+            .get(&key)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|v| v["leaf"] == fingerprint.as_str());
+        if let Some(v) = &stored {
+            let (start, end, next) = (v["start"].as_u64(), v["end"].as_u64(), v["next"].as_u64());
+            if let (Some(start), Some(end), Some(next)) = (start, end, next) {
+                if now < next {
+                    let serial = x509_parser::parse_x509_certificate(leaf)
+                        .map(|(_, c)| hex(c.tbs_certificate.raw_serial()))
+                        .unwrap_or_default();
+                    tracing::info!(certificate = %name, %serial, "renewal window shared by another node (ARI)");
+                    return SharedWindow::Fetched(Ok(Some(crate::issuer::acme::RenewalWindow {
+                        start: SystemTime::UNIX_EPOCH + Duration::from_secs(start),
+                        end: SystemTime::UNIX_EPOCH + Duration::from_secs(end),
+                        ask_again: Duration::from_secs(next - now),
+                        explanation: v["explanation"].as_str().map(str::to_string),
+                    })));
+                }
+            }
+        }
+        let _held = match store.try_lock(
+            &format!("certificates/ari-lock/{name}"),
+            Duration::from_secs(60),
+        ) {
+            Ok(Some(l)) => l,
+            Ok(None) => return SharedWindow::Busy,
+            Err(e) => {
+                tracing::debug!(certificate = %name, error = %e, "shared store unreachable: asking the CA directly");
+                return SharedWindow::Fetched(acme.renewal_window(leaf).await);
+            }
+        };
+        let fetched = acme.renewal_window(leaf).await;
+        if let Ok(Some(w)) = &fetched {
+            let v = serde_json::json!({
+                "leaf": fingerprint,
+                "start": unix(w.start),
+                "end": unix(w.end),
+                "next": now + w.ask_again.clamp(Duration::from_secs(60), Duration::from_secs(6 * 3600)).as_secs(),
+                "explanation": w.explanation,
+            });
+            if let Err(e) = store.put(&key, v.to_string().as_bytes(), 0o644) {
+                tracing::warn!(certificate = %name, error = %e, "cannot share the renewal window");
+            }
+        }
+        SharedWindow::Fetched(fetched)
     }
 
     async fn obtain(&self, req: &CertRequest, replaces: Option<&[u8]>) -> Result<(), String> {
@@ -807,6 +874,30 @@ fn issuer_name(k: IssuerKind) -> &'static str {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What `shared_window` found.
+enum SharedWindow {
+    /// The CA's answer, fetched here or by another node.
+    Fetched(Result<Option<crate::issuer::acme::RenewalWindow>, String>),
+    /// Another node holds the lock and is asking now.
+    Busy,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// FNV-1a: a stable short fingerprint of a certificate (to tie a shared window to its leaf).
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

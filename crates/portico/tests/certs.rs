@@ -644,27 +644,6 @@ fn ari_id_with_openssl(pem: &Path) -> String {
 /// a rate-limited new order is retried no sooner than the CA's Retry-After, longer than the
 /// backoff alone; the issued certificate is renewed at once when the CA's renewal window has
 /// begun, the new order names it in `replaces`; the next window is the one shown and used.
-/// Starts the fault-injecting proxy (test double) in front of `env`'s Pebble and points the
-/// config's ACME directory at it.
-async fn through_fault_proxy(env: &AcmeEnv) -> common::fault_proxy::FaultProxy {
-    let d = env.dir.path();
-    let proxy = common::fault_proxy::FaultProxy::start(
-        &d.join("pebble.crt"),
-        &d.join("pebble.key"),
-        format!("127.0.0.1:{}", env.acme).parse().unwrap(),
-        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
-    )
-    .await;
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    let direct = format!("https://localhost:{}/dir", env.acme);
-    assert!(text.contains(&direct));
-    std::fs::write(
-        &env.config,
-        text.replace(&direct, &format!("https://localhost:{}/dir", proxy.port)),
-    )
-    .unwrap();
-    proxy
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ari_window_and_rate_limit_retry_after_through_a_fault_injecting_proxy() {

@@ -813,3 +813,88 @@ async fn a_node_that_dies_holding_the_order_lock_is_replaced_after_its_lease() {
         );
     }
 }
+
+/// ARI in a cluster: one node asks the CA for a certificate's renewal window and shares it
+/// (until the CA's Retry-After); the other uses it. Through the fault-injecting proxy (test
+/// double: Debian's Pebble has no ARI), whose first certificate's window says "renew now", so
+/// the certificate is renewed once and the renewed one's window is the one watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_ask_the_ca_for_a_renewal_window_once_and_share_it() {
+    use base64::Engine;
+    let etcd = start_etcd();
+    let env = common::acme_env_full(
+        "",
+        &[],
+        r#"challenge = "tls-alpn-01""#,
+        "[\"app.example.test\"]",
+        "",
+    )
+    .await;
+    let proxy = common::through_fault_proxy(&env).await;
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|n| Node::configure(&env, n, &etcd.endpoint))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start().await;
+    }
+    // The renewed certificate: the second id the CA is asked about. Wait until a node says it
+    // used the window the other fetched for it.
+    let serial_of = |id: &str| {
+        let serial = id.split('.').nth(1).unwrap_or("");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(serial.trim_end_matches('='))
+            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+            .unwrap_or_default()
+    };
+    let renewed = || {
+        let s = proxy.state();
+        let mut ids: Vec<String> = Vec::new();
+        for q in &s.ari_queries {
+            if !ids.contains(q) {
+                ids.push(q.clone());
+            }
+        }
+        ids.get(1).cloned()
+    };
+    support::eventually(
+        "a node uses the renewed certificate's window that the other node fetched",
+        Duration::from_secs(180),
+        || {
+            let id = renewed();
+            let outputs: Vec<String> = nodes.iter().map(|n| n.output()).collect();
+            async move {
+                let Some(id) = id else { return false };
+                let serial = serial_of(&id);
+                !serial.is_empty()
+                    && outputs.iter().any(|o| {
+                        o.lines().any(|l| {
+                            l.contains("renewal window shared by another node")
+                                && l.contains(&serial)
+                        })
+                    })
+            }
+        },
+    )
+    .await;
+    let id = renewed().unwrap();
+    let asked = proxy
+        .state()
+        .ari_queries
+        .iter()
+        .filter(|q| **q == id)
+        .count();
+    assert_eq!(
+        asked,
+        1,
+        "the CA was asked {asked} times for one window:\n{}\n{}",
+        nodes[0].output(),
+        nodes[1].output()
+    );
+    let pebble_log = env.pebble.as_ref().unwrap().output();
+    assert_eq!(
+        pebble_log.matches("Issued certificate serial").count(),
+        2,
+        "issued, then renewed once:\n{pebble_log}"
+    );
+    drop(etcd);
+}

@@ -477,3 +477,25 @@ pub async fn start_bind(conf: &Path, port: u16) -> Proc {
     wait_listening(port).await;
     bind
 }
+
+/// Starts the fault-injecting proxy (test double) in front of `env`'s Pebble and points the
+/// config's ACME directory at it.
+pub async fn through_fault_proxy(env: &AcmeEnv) -> fault_proxy::FaultProxy {
+    let d = env.dir.path();
+    let proxy = fault_proxy::FaultProxy::start(
+        &d.join("pebble.crt"),
+        &d.join("pebble.key"),
+        format!("127.0.0.1:{}", env.acme).parse().unwrap(),
+        env.ca.client(&[b"http/1.1"], &[&rustls::version::TLS13]),
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let direct = format!("https://localhost:{}/dir", env.acme);
+    assert!(text.contains(&direct));
+    std::fs::write(
+        &env.config,
+        text.replace(&direct, &format!("https://localhost:{}/dir", proxy.port)),
+    )
+    .unwrap();
+    proxy
+}
