@@ -12,7 +12,9 @@ use crate::Runtime;
 
 pub(super) async fn group_view(ctx: &Ctx, name: &str) -> Option<Value> {
     let c = ctx.node.applied().await;
-    let exists = c.target_groups.iter().any(|g| g.name == name);
+    let config = c.target_groups.iter().find(|g| g.name == name);
+    let exists = config.is_some();
+    let attributes = config.map(attributes);
     let api: Vec<String> = c
         .runtime
         .targets
@@ -43,7 +45,34 @@ pub(super) async fn group_view(ctx: &Ctx, name: &str) -> Option<Value> {
             })
         })
         .collect();
-    Some(json!({"name": name, "targets": targets}))
+    Some(json!({"name": name, "attributes": attributes, "targets": targets}))
+}
+
+/// A group's settings as an ALB shows its target group attributes.
+fn attributes(g: &portico_lb::config::TargetGroupConfig) -> Value {
+    use portico_lb::config::{Algorithm, ProtocolVersion, StickinessKind, TargetProtocol};
+    json!({
+        "protocol": match g.protocol { TargetProtocol::Http => "http", TargetProtocol::Https => "https" },
+        "protocol_version": match g.protocol_version {
+            ProtocolVersion::Http1 => "http1",
+            ProtocolVersion::Http2 => "http2",
+            ProtocolVersion::Grpc => "grpc",
+        },
+        "algorithm": match g.algorithm {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastOutstandingRequests => "least_outstanding_requests",
+        },
+        "verify": g.verify,
+        "stickiness": g.stickiness.as_ref().map(|st| json!({
+            "type": match st.kind { StickinessKind::LbCookie => "lb_cookie", StickinessKind::AppCookie => "app_cookie" },
+            "duration_seconds": st.duration.as_secs(),
+            "cookie_name": st.cookie_name,
+        })),
+        "slow_start_seconds": g.slow_start.map(|d| d.as_secs()),
+        "deregistration_delay_seconds": g.deregistration_delay.as_secs(),
+        "connect_timeout_ms": g.connect_timeout.as_millis() as u64,
+        "response_timeout_ms": g.response_timeout.as_millis() as u64,
+    })
 }
 
 pub(super) fn resolves_to(written: &str, addr: SocketAddr) -> bool {

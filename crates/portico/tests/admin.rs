@@ -256,6 +256,15 @@ async fn admin_api_every_route_auth_errors_dns_targets_metrics_and_restart() {
     }
     let (_, g) = env.call("GET", "/api/v1/target-groups/web", None).await;
     assert_eq!(g["targets"][0]["state"], "healthy", "{g}");
+    // Its settings, as an ALB lists a target group's attributes (the config's defaults here).
+    let a = &g["attributes"];
+    assert_eq!(a["protocol"], "http", "{g}");
+    assert_eq!(a["protocol_version"], "http1", "{g}");
+    assert_eq!(a["deregistration_delay_seconds"], 300, "{g}");
+    assert!(
+        a["stickiness"].is_null() && a["slow_start_seconds"].is_null(),
+        "{g}"
+    );
 
     // Metrics move with traffic.
     let (_, m1) = env.call("GET", "/metrics", None).await;

@@ -278,6 +278,10 @@ async fn console_in_chromium_creates_a_record_registers_a_target_requests_a_cert
         .await;
     let r = get(SocketAddr::from(([127, 0, 0, 1], env.http)), "x", "/").await;
     assert_eq!(r.backend(), "console-target", "{}", r.body);
+    // The group's attributes are shown beside its targets.
+    browser
+        .wait_text("#tg-attributes td.dereg", "300 s", Duration::from_secs(10))
+        .await;
     browser.screenshot("targets").await;
 
     // Request a certificate from the internal CA; it becomes ISSUED.
