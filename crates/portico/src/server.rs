@@ -59,6 +59,26 @@ pub struct Server {
     pub lb: Arc<LoadBalancer>,
     pub dns: Option<DnsServer>,
     admin: Option<portico_admin::AdminServer>,
+    /// SIGHUP, SIGTERM and SIGINT, watched from before the pid file is written: a `portico
+    /// reload` (or `certs renew`) that reads the pid file at once must find the signal handled,
+    /// not meet SIGHUP's default action, which ends the process.
+    signals: Signals,
+}
+
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Self> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
 }
 
 impl Server {
@@ -181,6 +201,7 @@ impl Server {
                 following.clone(),
             ));
         }
+        let signals = Signals::watch()?;
         write_pid_file(&state_dir);
         Ok(Server {
             following,
@@ -188,6 +209,7 @@ impl Server {
             lb,
             dns,
             admin,
+            signals,
         })
     }
 
@@ -197,10 +219,8 @@ impl Server {
     }
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains and returns.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let Signals { hup, term, int } = &mut self.signals;
         tracing::info!(config = %self.core.source_path.display(), "portico serving");
         loop {
             tokio::select! {

@@ -1042,9 +1042,8 @@ async fn acme_profiles_checked_against_the_directory_kept_on_renewal_and_shown()
     let config = env.config.clone();
     eventually(
         "a renewal with an unknown profile is refused naming the offered ones",
-        // The restarted server first comes up and reaches the CA; on a loaded 2-core machine
-        // (four certificate tests with their own Pebble at once) that took over a minute once.
-        Duration::from_secs(180),
+        // The restarted server first comes up and asks the CA's directory.
+        Duration::from_secs(60),
         || {
             let config = config.clone();
             async move {
