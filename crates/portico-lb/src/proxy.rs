@@ -260,15 +260,17 @@ async fn forward(
         }),
     };
     // gRPC needs `TE: trailers` to reach an HTTP/2 target; it is hop-by-hop otherwise.
-    let te_trailers = parts
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+    // (Read only for groups that go through hyper's client, off the plain HTTP/1.1 path.)
+    let te_trailers = group.transport.is_some()
+        && parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
     // A sticky cookie is read before the request's headers change.
     let requested = group
         .stickiness

@@ -43,27 +43,15 @@ pub struct Matcher(Vec<(u16, u16)>);
 impl Matcher {
     /// Parses `"200"`, `"200,202"` or `"200-399"` (and mixes of them).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut ranges = Vec::new();
-        for part in s.split(',').map(str::trim) {
-            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-            let parse = |x: &str| {
-                x.trim()
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| format!("{x:?} is not an HTTP status code (100-599)"))
-            };
-            let (lo, hi) = (parse(lo)?, parse(hi)?);
-            if lo > hi {
-                return Err(format!("range {part:?} is backwards"));
-            }
-            ranges.push((lo, hi));
-        }
-        Ok(Matcher(ranges))
+        Self::parse_in(s, 100..=599, "an HTTP status code")
     }
 
     /// gRPC status codes (0-16): `"0"`, `"0,12"`, `"0-2"`.
     pub fn parse_grpc(s: &str) -> Result<Self, String> {
+        Self::parse_in(s, 0..=16, "a gRPC status code")
+    }
+
+    fn parse_in(s: &str, valid: std::ops::RangeInclusive<u16>, what: &str) -> Result<Self, String> {
         let mut ranges = Vec::new();
         for part in s.split(',').map(str::trim) {
             let (lo, hi) = part.split_once('-').unwrap_or((part, part));
@@ -71,8 +59,10 @@ impl Matcher {
                 x.trim()
                     .parse::<u16>()
                     .ok()
-                    .filter(|c| *c <= 16)
-                    .ok_or_else(|| format!("{x:?} is not a gRPC status code (0-16)"))
+                    .filter(|c| valid.contains(c))
+                    .ok_or_else(|| {
+                        format!("{x:?} is not {what} ({}-{})", valid.start(), valid.end())
+                    })
             };
             let (lo, hi) = (parse(lo)?, parse(hi)?);
             if lo > hi {
