@@ -69,6 +69,39 @@ pub(super) async fn render(State(ctx): State<Ctx>) -> Response {
 
     // DNS.
     node.zones().metrics.render(&mut out);
+    node.render_dns_checks(&mut out);
+    {
+        let catalog = node.zones().catalog();
+        let seen = node.answers_see();
+        let mut rows = Vec::new();
+        for z in catalog.zones.values() {
+            for (name, r) in z.routed_sets() {
+                let labels = format!(
+                    "zone=\"{}\",name=\"{}\",type=\"{}\",set_identifier=\"{}\",policy=\"{}\"",
+                    esc(&z.origin.to_string()),
+                    esc(&name.to_string()),
+                    r.type_name(),
+                    esc(&r.id),
+                    r.policy.kind()
+                );
+                let healthy = portico_dns::answer::set_healthy(z, r, seen.as_ref());
+                rows.push((labels, r.stats.answered(), healthy));
+            }
+        }
+        rows.sort();
+        out.push_str("# HELP portico_dns_routed_answers_total Answers given from each DNS record set with a routing policy.\n# TYPE portico_dns_routed_answers_total counter\n");
+        for (labels, n, _) in &rows {
+            let _ = writeln!(out, "portico_dns_routed_answers_total{{{labels}}} {n}");
+        }
+        out.push_str("# HELP portico_dns_record_set_healthy 1 while a DNS record set with a routing policy counts as healthy, 0 when not.\n# TYPE portico_dns_record_set_healthy gauge\n");
+        for (labels, _, healthy) in &rows {
+            let _ = writeln!(
+                out,
+                "portico_dns_record_set_healthy{{{labels}}} {}",
+                u8::from(*healthy)
+            );
+        }
+    }
     out.push_str("# HELP portico_dns_zone_serial The SOA serial each hosted zone serves.\n# TYPE portico_dns_zone_serial gauge\n");
     let catalog = node.zones().catalog();
     let mut zones: Vec<_> = catalog.zones.values().collect();

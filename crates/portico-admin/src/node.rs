@@ -23,6 +23,10 @@ pub trait Node: Send + Sync + 'static {
     fn lb(&self) -> &LoadBalancer;
     fn zones(&self) -> &Arc<HostedZones>;
     fn certs(&self) -> &CertManager;
+    /// What answers see of the node: listener addresses and the health routed sets name.
+    fn answers_see(&self) -> Arc<dyn portico_dns::answer::ListenerAddrs>;
+    /// `/metrics` of the zones' own health checks.
+    fn render_dns_checks(&self, out: &mut String);
     /// `<state_dir>`: the token, the URL file and the API's additions live there.
     fn state_dir(&self) -> &Path;
     /// The config file this node serves from.

@@ -40,6 +40,7 @@ pub(super) fn zone_of(ctx: &Ctx, zone: &str) -> ApiResult<Arc<portico_dns::zone:
 
 pub(super) async fn zone_get(State(ctx): State<Ctx>, UrlPath(zone): UrlPath<String>) -> ApiResult {
     let z = zone_of(&ctx, &zone)?;
+    let seen = ctx.node.answers_see();
     let mut records = Vec::new();
     for (name, node) in &z.nodes {
         for set in &node.sets {
@@ -50,14 +51,33 @@ pub(super) async fn zone_get(State(ctx): State<Ctx>, UrlPath(zone): UrlPath<Stri
                 "values": set.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
             }));
         }
-        if let Some(a) = &node.alias {
-            let target = match &a.target {
-                portico_dns::zone::AliasTarget::Listener(l) => format!("listener:{l}"),
-                portico_dns::zone::AliasTarget::Name(n) => n.to_string(),
-            };
-            records.push(
-                json!({"name": name.to_string(), "type": "ALIAS", "ttl": a.ttl, "target": target}),
-            );
+        let target = |a: &portico_dns::zone::Alias| match &a.target {
+            portico_dns::zone::AliasTarget::Listener(l) => format!("listener:{l}"),
+            portico_dns::zone::AliasTarget::Name(n) => n.to_string(),
+        };
+        if let Some(a) = node.alias() {
+            let mut r = json!({"name": name.to_string(), "type": "ALIAS", "ttl": a.ttl, "target": target(a)});
+            if a.evaluate_target_health {
+                r["evaluate_target_health"] = json!(true);
+            }
+            records.push(r);
+        }
+        for rs in node.routed() {
+            use portico_dns::routing::RoutedData;
+            let mut r = serde_json::to_value(portico_dns::routing::RoutingFields::of(rs))
+                .unwrap_or_default();
+            r["name"] = json!(name.to_string());
+            r["type"] = json!(rs.type_name());
+            r["ttl"] = json!(rs.ttl());
+            match &rs.data {
+                RoutedData::Set(set) => {
+                    r["values"] = json!(set.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+                }
+                RoutedData::Alias(a) => r["target"] = json!(target(a)),
+            }
+            r["answered"] = json!(rs.stats.answered());
+            r["healthy"] = json!(portico_dns::answer::set_healthy(&z, rs, seen.as_ref()));
+            records.push(r);
         }
     }
     Ok(Json(json!({

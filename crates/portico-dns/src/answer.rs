@@ -13,8 +13,9 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::owner::{self, ancestors, key_into};
+use crate::routing::{Health, Policy, Role, Routed, RoutedData, MULTIVALUE_MAX};
 use crate::wire::Rrs;
-use crate::zone::{AliasTarget, Node, RecordSet, Zone};
+use crate::zone::{Alias, AliasTarget, Node, RecordSet, Zone};
 
 /// Every hosted zone, by apex (lower-case, fully qualified).
 #[derive(Debug, Clone, Default)]
@@ -76,13 +77,21 @@ impl Answer<'_> {
     }
 }
 
-/// Addresses of a Portico listener, for ALIAS records that point at one.
+/// What answers learn from the rest of Portico: the addresses of a listener, for ALIAS records
+/// that point at one, and the health that routed record sets name.
 pub trait ListenerAddrs: Send + Sync {
-    fn addrs(&self, listener: &str) -> Vec<IpAddr>;
+    /// The addresses `listener` is bound to (in a cluster, on every live node); with
+    /// `healthy_only`, only those where it serves (see [`Health::Listener`]).
+    fn addrs(&self, listener: &str, healthy_only: bool) -> Vec<IpAddr>;
+
+    /// Whether `health` holds now; `None` when it names nothing known here (counted healthy).
+    fn healthy(&self, _health: &Health) -> Option<bool> {
+        None
+    }
 }
 
 impl ListenerAddrs for () {
-    fn addrs(&self, _: &str) -> Vec<IpAddr> {
+    fn addrs(&self, _: &str, _: bool) -> Vec<IpAddr> {
         Vec::new()
     }
 }
@@ -193,8 +202,10 @@ fn answer_node<'z>(
         // RFC 8482: one RRset is a complete answer to ANY.
         if let Some(set) = node.sets.first() {
             push_set(owner, set, &mut out.answers);
-        } else if node.alias.is_some() {
-            alias(zone, node, owner, RecordType::A, listeners, out);
+        } else if let Some(a) = node.alias() {
+            alias(zone, a, owner, RecordType::A, listeners, out);
+        } else if let Some(r) = node.routed().first() {
+            routed(zone, node, owner, r.rtype(), listeners, out);
         }
         return None;
     }
@@ -203,9 +214,22 @@ fn answer_node<'z>(
         additional_for(zone, key, set, out);
         return None;
     }
-    if matches!(qtype, RecordType::A | RecordType::AAAA) && node.alias.is_some() {
-        alias(zone, node, owner, qtype, listeners, out);
-        return None;
+    if node.extra.is_some() {
+        if let Some(a) = node
+            .alias()
+            .filter(|_| matches!(qtype, RecordType::A | RecordType::AAAA))
+        {
+            alias(zone, a, owner, qtype, listeners, out);
+            return None;
+        }
+        if node.routed().iter().any(|r| r.answers(qtype)) {
+            // A CNAME asked for is the answer; one met on the way to another type is followed.
+            return routed(zone, node, owner, qtype, listeners, out)
+                .filter(|_| qtype != RecordType::CNAME);
+        }
+        if node.routed().iter().any(|r| r.answers(RecordType::CNAME)) {
+            return routed(zone, node, owner, RecordType::CNAME, listeners, out);
+        }
     }
     if let Some(set) = node.get(RecordType::CNAME) {
         push_set(owner, set, &mut out.answers);
@@ -216,29 +240,178 @@ fn answer_node<'z>(
     None
 }
 
+/// Answers from the routed sets of `node` that answer `qtype`, chosen by their policy and
+/// health (see `routing.rs`). Returns a CNAME's target to follow.
+fn routed<'z>(
+    zone: &'z Zone,
+    node: &'z Node,
+    owner: &Name,
+    qtype: RecordType,
+    listeners: &dyn ListenerAddrs,
+    out: &mut Answer<'z>,
+) -> Option<Name> {
+    let group: Vec<&'z Routed> = node.routed().iter().filter(|r| r.answers(qtype)).collect();
+    let first = *group.first()?;
+    let health: Vec<bool> = group
+        .iter()
+        .map(|r| set_healthy(zone, r, listeners))
+        .collect();
+    let none_healthy = !health.contains(&true);
+    if first.stats.failing_open(none_healthy) {
+        tracing::warn!(event = "dns_all_unhealthy", zone = %zone.origin, name = %owner, rtype = %qtype,
+            policy = first.policy.kind(), "no record set of this name and type is healthy: answering as if all were (Route 53's behaviour)");
+    }
+    let usable = |i: usize| none_healthy || health[i];
+    let chosen: Vec<&'z Routed> = match first.policy {
+        Policy::Weighted(_) => {
+            let weight = |r: &Routed| match r.policy {
+                Policy::Weighted(w) => u32::from(w),
+                _ => 0,
+            };
+            let mut pool: Vec<&Routed> = (0..group.len())
+                .filter(|&i| usable(i) && weight(group[i]) > 0)
+                .map(|i| group[i])
+                .collect();
+            if pool.is_empty() {
+                // Sets of weight 0 answer only when no other can, then all equally.
+                pool = (0..group.len())
+                    .filter(|&i| usable(i))
+                    .map(|i| group[i])
+                    .collect();
+            }
+            let total: u32 = pool.iter().map(|r| weight(r)).sum();
+            let pick = if total == 0 {
+                pool.get(fastrand::usize(..pool.len().max(1))).copied()
+            } else {
+                let mut at = fastrand::u32(..total);
+                pool.iter()
+                    .find(|r| {
+                        let w = weight(r);
+                        if at < w {
+                            true
+                        } else {
+                            at -= w;
+                            false
+                        }
+                    })
+                    .copied()
+            };
+            pick.into_iter().collect()
+        }
+        Policy::Failover(_) => {
+            let role =
+                |want: Role| (0..group.len()).find(|&i| group[i].policy == Policy::Failover(want));
+            let (p, s) = (role(Role::Primary), role(Role::Secondary));
+            let pick = match (p, s) {
+                (Some(p), _) if health[p] => Some(p),
+                (_, Some(s)) if health[s] => Some(s),
+                // Nothing healthy: the primary, as Route 53 answers.
+                (p, s) => p.or(s),
+            };
+            pick.map(|i| group[i]).into_iter().collect()
+        }
+        Policy::Multivalue => {
+            let mut pool: Vec<&Routed> = (0..group.len())
+                .filter(|&i| usable(i))
+                .map(|i| group[i])
+                .collect();
+            fastrand::shuffle(&mut pool);
+            pool
+        }
+    };
+    let multivalue = first.policy == Policy::Multivalue;
+    let mut cname = None;
+    for r in chosen {
+        if multivalue && out.answers.len() >= MULTIVALUE_MAX {
+            break;
+        }
+        r.stats.count();
+        match &r.data {
+            RoutedData::Alias(a) => {
+                alias(zone, a, owner, qtype, listeners, out);
+            }
+            RoutedData::Set(set) if multivalue && set.len() > 1 => {
+                let room = MULTIVALUE_MAX.saturating_sub(out.answers.len());
+                let mut ips: Vec<IpAddr> = set.iter().filter_map(|r| addr_of(&r)).collect();
+                if ips.len() == set.len() {
+                    fastrand::shuffle(&mut ips);
+                    out.answers
+                        .extend(ips.into_iter().take(room).map(|ip| Rrs::Addr {
+                            owner: owner.clone(),
+                            ttl: set.ttl,
+                            ip,
+                        }));
+                } else if set.len() <= room {
+                    push_set(owner, set, &mut out.answers);
+                }
+            }
+            RoutedData::Set(set) => {
+                push_set(owner, set, &mut out.answers);
+                if let Some(RData::CNAME(target)) =
+                    set.first().filter(|_| set.rtype == RecordType::CNAME)
+                {
+                    cname = Some(target.0);
+                }
+            }
+        }
+    }
+    cname
+}
+
+/// Whether a routed set's health allows it to answer: its `health`, and for an alias that
+/// evaluates target health, a serving listener.
+pub fn set_healthy(zone: &Zone, r: &Routed, listeners: &dyn ListenerAddrs) -> bool {
+    let mut ok = r
+        .health
+        .as_ref()
+        .is_none_or(|h| listeners.healthy(h).unwrap_or(true));
+    if let RoutedData::Alias(a) = &r.data {
+        if a.evaluate_target_health {
+            ok &= match &a.target {
+                AliasTarget::Listener(l) => !listeners.addrs(l, true).is_empty(),
+                AliasTarget::Name(n) => zone.node(n).is_some_and(|t| {
+                    t.get(RecordType::A).is_some()
+                        || t.get(RecordType::AAAA).is_some()
+                        || t.alias().is_some()
+                        || !t.routed().is_empty()
+                }),
+            };
+        }
+    }
+    ok
+}
+
+fn addr_of(r: &RData) -> Option<IpAddr> {
+    match r {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+        _ => None,
+    }
+}
+
 fn alias(
     zone: &Zone,
-    node: &Node,
+    a: &Alias,
     owner: &Name,
     qtype: RecordType,
     listeners: &dyn ListenerAddrs,
     out: &mut Answer<'_>,
 ) {
-    let Some(a) = &node.alias else { return };
     let addrs: Vec<IpAddr> = match &a.target {
-        AliasTarget::Listener(l) => listeners.addrs(l),
+        AliasTarget::Listener(l) if a.evaluate_target_health => {
+            let healthy = listeners.addrs(l, true);
+            if healthy.is_empty() {
+                // No node serves the listener healthily: every address, as Route 53 answers.
+                listeners.addrs(l, false)
+            } else {
+                healthy
+            }
+        }
+        AliasTarget::Listener(l) => listeners.addrs(l, false),
         AliasTarget::Name(n) => zone
             .node(n)
             .and_then(|t| t.get(qtype))
-            .map(|s| {
-                s.iter()
-                    .filter_map(|r| match r {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                        _ => None,
-                    })
-                    .collect()
-            })
+            .map(|s| s.iter().filter_map(|r| addr_of(&r)).collect())
             .unwrap_or_default(),
     };
     for ip in addrs {

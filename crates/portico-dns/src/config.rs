@@ -87,14 +87,37 @@ pub struct RecordConfig {
     pub name: String,
     #[serde(rename = "type")]
     pub rtype: String,
-    #[serde(default = "default_ttl")]
-    pub ttl: u32,
+    /// Default 300, or 60 where health decides the answer.
+    pub ttl: Option<u32>,
     #[serde(default)]
     pub values: Vec<String>,
     /// ALIAS only: `listener:NAME` or a name in the zone.
     pub target: Option<String>,
+    /// Routing (see `routing.rs`): this set among the others of its name and type.
+    pub set_identifier: Option<String>,
+    /// `weighted`, `failover` or `multivalue`.
+    pub routing: Option<String>,
+    pub weight: Option<u32>,
+    /// `primary` or `secondary`.
+    pub failover: Option<String>,
+    /// `target_group:NAME`, `listener:NAME`, or a check `http://ADDR:PORT/PATH`, `https://…`,
+    /// `tcp://ADDR:PORT`.
+    pub health: Option<String>,
+    pub health_check: Option<crate::routing::CheckFields>,
+    /// ALIAS only: answer only where the listener serves healthily.
+    pub evaluate_target_health: Option<bool>,
 }
 
-fn default_ttl() -> u32 {
-    300
+impl RecordConfig {
+    pub fn routing_fields(&self) -> crate::routing::RoutingFields {
+        crate::routing::RoutingFields {
+            set_identifier: self.set_identifier.clone(),
+            routing: self.routing.clone(),
+            weight: self.weight,
+            failover: self.failover.clone(),
+            health: self.health.clone(),
+            health_check: self.health_check.clone(),
+            evaluate_target_health: self.evaluate_target_health,
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod notify;
 pub mod owner;
 pub mod reply;
+pub mod routing;
 pub mod rrset;
 pub mod server;
 pub mod transfer;

@@ -10,6 +10,7 @@ use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, RecordType};
 
 pub use crate::owner::Owner;
+use crate::routing::{Routed, RoutedData, MAX_HEALTH_TTL};
 use crate::rrset::{holds, BulkRecord, Rdatas};
 pub use crate::rrset::{Bulk, EncodeError, RecordSet};
 
@@ -27,6 +28,9 @@ pub enum AliasTarget {
 pub struct Alias {
     pub target: AliasTarget,
     pub ttl: u32,
+    /// Answer only addresses whose listener serves (bound, and a target group it forwards to
+    /// has a healthy target); all of them when none does (Route 53's "evaluate target health").
+    pub evaluate_target_health: bool,
 }
 
 /// Everything at one owner name.
@@ -35,17 +39,49 @@ pub struct Node {
     /// In type order. A boxed slice, exactly as long as it needs to be (a `Vec` that grew by
     /// one push holds room for four sets: 72 bytes per name wasted in a big zone).
     pub sets: Box<[RecordSet]>,
-    /// Boxed: rare, and large inline (it would double the size of every node).
-    pub alias: Option<Box<Alias>>,
+    /// ALIAS and routed sets. Boxed: rare, and large inline (it would double the size of every
+    /// node).
+    pub extra: Option<Box<Extra>>,
+}
+
+/// What a name holds besides plain record sets: answered at query time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extra {
+    pub alias: Option<Alias>,
+    /// Record sets with a `set_identifier` and a routing policy, in the order they were set.
+    pub routed: Vec<Routed>,
 }
 
 impl Node {
+    pub fn alias(&self) -> Option<&Alias> {
+        self.extra.as_ref().and_then(|e| e.alias.as_ref())
+    }
+
+    pub fn routed(&self) -> &[Routed] {
+        self.extra.as_ref().map_or(&[][..], |e| &e.routed[..])
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Drops an empty `extra`, so that equal nodes compare equal.
+    fn tidy(&mut self) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.alias.is_none() && e.routed.is_empty())
+        {
+            self.extra = None;
+        }
+    }
+
     pub fn get(&self, rtype: RecordType) -> Option<&RecordSet> {
         self.sets.iter().find(|s| s.rtype == rtype)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sets.is_empty() && self.alias.is_none()
+        self.sets.is_empty() && self.extra.is_none()
     }
 
     /// Replaces the set of `rtype` (or removes it when `set` is `None`), keeping type order.
@@ -70,6 +106,8 @@ pub struct Zone {
     pub cuts: std::collections::BTreeSet<Owner>,
     /// The apex's key.
     pub apex: Owner,
+    /// Names that hold routed record sets (for health checks and metrics to find them).
+    pub routed: std::collections::BTreeSet<Owner>,
     /// The first record `put` or `add` could not store; `validate` reports it.
     pub unstorable: Option<Box<ZoneError>>,
     /// Glue precomputed for the zone as it is served (`index_glue`, called where a zone is
@@ -154,6 +192,7 @@ impl Zone {
             origin,
             nodes: BTreeMap::new(),
             cuts: Default::default(),
+            routed: Default::default(),
             unstorable: None,
             glue: GlueIndex::default(),
         }
@@ -344,7 +383,7 @@ impl Zone {
                 owner,
                 Node {
                     sets: std::mem::take(&mut sets).into_boxed_slice(),
-                    alias: None,
+                    extra: None,
                 },
             ));
             i = j;
@@ -393,10 +432,71 @@ impl Zone {
     pub fn set_alias(&mut self, name: &Name, alias: Option<Alias>) {
         let owner = Owner::new(name);
         let node = self.nodes.entry(owner.clone()).or_default();
-        node.alias = alias.map(Box::new);
+        node.extra_mut().alias = alias;
+        node.tidy();
         if node.is_empty() {
             self.nodes.remove(&owner);
         }
+    }
+
+    /// Sets a routed record set, replacing the one of the same type and identifier.
+    pub fn set_routed(&mut self, name: &Name, routed: Routed) {
+        let owner = Owner::new(name);
+        let node = self.nodes.entry(owner.clone()).or_default();
+        let extra = node.extra_mut();
+        let (ty, id) = (routed.type_name(), routed.id.clone());
+        match extra
+            .routed
+            .iter_mut()
+            .find(|r| r.type_name() == ty && r.id == id)
+        {
+            // The counters go on with the new version of the set.
+            Some(r) => {
+                *r = Routed {
+                    stats: r.stats.clone(),
+                    ..routed
+                }
+            }
+            None => extra.routed.push(routed),
+        }
+        self.routed.insert(owner);
+    }
+
+    /// Removes the routed set of `type_name` (`ALIAS` for an alias) and `id`; true if there was one.
+    pub fn remove_routed(&mut self, name: &Name, type_name: &str, id: &str) -> bool {
+        let owner = Owner::new(name);
+        let Some(node) = self.nodes.get_mut(&owner) else {
+            return false;
+        };
+        let Some(extra) = node.extra.as_mut() else {
+            return false;
+        };
+        let before = extra.routed.len();
+        extra
+            .routed
+            .retain(|r| !(r.type_name().eq_ignore_ascii_case(type_name) && r.id == id));
+        let removed = extra.routed.len() != before;
+        if extra.routed.is_empty() {
+            self.routed.remove(&owner);
+        }
+        node.tidy();
+        if node.is_empty() {
+            self.nodes.remove(&owner);
+        }
+        removed
+    }
+
+    /// The routed sets of the zone, by owner name.
+    pub fn routed_sets(&self) -> impl Iterator<Item = (Name, &Routed)> + '_ {
+        self.routed.iter().flat_map(move |o| {
+            let name = o.name();
+            self.nodes
+                .get(o)
+                .map(|n| n.routed())
+                .unwrap_or_default()
+                .iter()
+                .map(move |r| (name.clone(), r))
+        })
     }
 
     /// Sets the SOA serial.
@@ -488,8 +588,9 @@ impl Zone {
                     ));
                 }
             }
+            validate_routed(node, &name)?;
             let has_cname = node.get(RecordType::CNAME).is_some();
-            if has_cname && (node.sets.len() > 1 || node.alias.is_some()) {
+            if has_cname && (node.sets.len() > 1 || node.extra.is_some()) {
                 return Err(ZoneError::new(
                     &name(),
                     "CNAME",
@@ -503,31 +604,119 @@ impl Zone {
                     "a CNAME cannot be at the zone apex (use ALIAS)",
                 ));
             }
-            if let Some(alias) = &node.alias {
+            if let Some(alias) = node.alias() {
                 if node.get(RecordType::A).is_some() || node.get(RecordType::AAAA).is_some() {
                     return Err(ZoneError::new(&name(), "ALIAS", "an ALIAS answers A and AAAA itself: remove the A/AAAA records at this name"));
                 }
-                if let AliasTarget::Name(t) = &alias.target {
-                    if !self.origin.zone_of(t) {
-                        return Err(ZoneError::new(
-                            &name(),
-                            "ALIAS",
-                            format!("ALIAS target {t} is outside the zone"),
-                        ));
-                    }
+                self.validate_alias_target(alias, &name())?;
+                if alias.evaluate_target_health && alias.ttl > MAX_HEALTH_TTL {
+                    return Err(ZoneError::new(&name(), "ALIAS", format!("TTL {} is above {MAX_HEALTH_TTL} for an alias that evaluates target health: resolvers would keep an unhealthy answer that long (use 60)", alias.ttl)));
+                }
+            }
+            for r in node.routed() {
+                if let RoutedData::Alias(a) = &r.data {
+                    self.validate_alias_target(a, &name())?;
                 }
             }
         }
         Ok(())
     }
 
+    fn validate_alias_target(&self, alias: &Alias, name: &Name) -> Result<(), ZoneError> {
+        match &alias.target {
+            AliasTarget::Name(t) if !self.origin.zone_of(t) => Err(ZoneError::new(
+                name,
+                "ALIAS",
+                format!("ALIAS target {t} is outside the zone"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Record count, for logs and metrics.
     pub fn record_count(&self) -> usize {
         self.nodes
             .values()
-            .map(|n| n.sets.iter().map(|s| s.len()).sum::<usize>() + usize::from(n.alias.is_some()))
+            .map(|n| {
+                n.sets.iter().map(|s| s.len()).sum::<usize>()
+                    + usize::from(n.alias().is_some())
+                    + n.routed().len()
+            })
             .sum()
     }
+}
+
+/// The rules of routed sets at one name: the sets that answer one query type share one policy,
+/// a failover group has at most one primary and one secondary, no plain set (or plain ALIAS)
+/// answers the same type, no routed NS or SOA, a routed CNAME stands alone, and a set whose
+/// answer health decides keeps a low TTL.
+fn validate_routed(node: &Node, name: &dyn Fn() -> Name) -> Result<(), ZoneError> {
+    let routed = node.routed();
+    if routed.is_empty() {
+        return Ok(());
+    }
+    let mut qtypes: Vec<RecordType> = routed.iter().map(Routed::rtype).collect();
+    if routed.iter().any(Routed::is_alias) {
+        qtypes.push(RecordType::AAAA);
+    }
+    qtypes.sort_by_key(|t| u16::from(*t));
+    qtypes.dedup();
+    for r in routed {
+        let err = |reason: String| Err(ZoneError::new(&name(), r.type_name(), reason));
+        if matches!(r.rtype(), RecordType::NS | RecordType::SOA) {
+            return err(format!(
+                "{} record sets cannot have a routing policy",
+                r.rtype()
+            ));
+        }
+        if r.id.is_empty() || r.id.len() > 128 {
+            return err("a set_identifier is 1 to 128 characters".into());
+        }
+        if r.health_decides() && r.ttl() > MAX_HEALTH_TTL {
+            return err(format!("set {:?}: TTL {} is above {MAX_HEALTH_TTL} for a record set whose answer health decides: resolvers would keep an unhealthy answer that long (use 60)", r.id, r.ttl()));
+        }
+        if r.rtype() == RecordType::CNAME
+            && (!node.sets.is_empty() || routed.iter().any(|o| o.rtype() != RecordType::CNAME))
+        {
+            return err(
+                "a CNAME cannot coexist with other data at the same name (RFC 1034 §3.6.2)".into(),
+            );
+        }
+        if r.policy == crate::routing::Policy::Multivalue && r.rtype() == RecordType::CNAME {
+            return err(
+                "multivalue answers cannot be CNAMEs (as in Route 53): use weighted".into(),
+            );
+        }
+    }
+    for q in qtypes {
+        let group: Vec<&Routed> = routed.iter().filter(|r| r.answers(q)).collect();
+        let Some(first) = group.first() else { continue };
+        let err = |reason: String| Err(ZoneError::new(&name(), q, reason));
+        if node.get(q).is_some()
+            || (node.alias().is_some() && matches!(q, RecordType::A | RecordType::AAAA))
+        {
+            return err("a record set with a routing policy cannot share its name and type with one without: give that one a set_identifier and a routing policy too".into());
+        }
+        if let Some(o) = group
+            .iter()
+            .find(|r| r.policy.kind() != first.policy.kind())
+        {
+            return err(format!("set {:?} is {} but set {:?} is {}: the record sets of one name and type share one routing policy", o.id, o.policy.kind(), first.id, first.policy.kind()));
+        }
+        for role in [
+            crate::routing::Role::Primary,
+            crate::routing::Role::Secondary,
+        ] {
+            let n = group
+                .iter()
+                .filter(|r| r.policy == crate::routing::Policy::Failover(role))
+                .count();
+            if n > 1 {
+                return err(format!("{n} failover record sets are {role}: a failover group has one primary and one secondary"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An SOA and NS like Route 53 gives a new hosted zone: the SOA names the first nameserver,

@@ -11,20 +11,47 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use portico_config::{path, ConfigIssue};
 
 use crate::config::DnsSections;
-use crate::zone::{default_apex, Alias, AliasTarget, Zone};
+use crate::routing::{Routed, RoutedData, RoutingFields, DEFAULT_HEALTH_TTL};
+use crate::zone::{default_apex, Alias, AliasTarget, RecordSet, Zone};
 use crate::zone_file;
 use crate::zones::{owner, owner_any, Keys};
 
-/// The record set a change (or a `[[zone.record]]`) describes: rdatas, or an ALIAS.
+/// What a change (or a `[[zone.record]]`) describes.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    Set(RecordType, u32, Vec<RData>),
+    Alias(Alias),
+    Routed(Routed),
+}
+
+impl Parsed {
+    /// The type as config writes it (`ALIAS` for an alias, routed or not).
+    pub(crate) fn kind(&self) -> String {
+        match self {
+            Parsed::Set(rt, ..) => rt.to_string(),
+            Parsed::Alias(_) => "ALIAS".into(),
+            Parsed::Routed(r) => r.type_name(),
+        }
+    }
+}
+
+/// The record set a change (or a `[[zone.record]]`) describes: rdatas, an ALIAS, or a set with
+/// a routing policy. Without a TTL: 300 s, or 60 s where health decides the answer.
 pub(crate) fn parse_set(
     origin: &Name,
     name: &str,
     rtype: &str,
-    ttl: u32,
+    ttl: Option<u32>,
     values: &[String],
     target: Option<&str>,
-) -> Result<(Name, RecordType, Vec<RData>, Option<Alias>), String> {
+    routing: &RoutingFields,
+) -> Result<(Name, Parsed), String> {
     let owner = owner(name, origin)?;
+    let ttl = ttl.unwrap_or(if routing.health_decides() {
+        DEFAULT_HEALTH_TTL
+    } else {
+        300
+    });
     if ttl > crate::zone::MAX_TTL {
         return Err(format!("TTL {ttl} is above {}", crate::zone::MAX_TTL));
     }
@@ -37,12 +64,15 @@ pub(crate) fn parse_set(
             Some(l) => AliasTarget::Listener(l.to_string()),
             None => AliasTarget::Name(owner_any(t, origin)?),
         };
-        return Ok((
-            owner,
-            RecordType::A,
-            Vec::new(),
-            Some(Alias { target, ttl }),
-        ));
+        let alias = Alias {
+            target,
+            ttl,
+            evaluate_target_health: routing.evaluate_target_health.unwrap_or(false),
+        };
+        return Ok(match routing.routed(RoutedData::Alias(alias.clone()))? {
+            Some(r) => (owner, Parsed::Routed(r)),
+            None => (owner, Parsed::Alias(alias)),
+        });
     }
     let rt: RecordType = up
         .parse()
@@ -57,7 +87,23 @@ pub(crate) fn parse_set(
                 .map_err(|e| format!("{owner} {up} {v:?}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((owner, rt, rdatas, None))
+    if routing.set_identifier.is_some() {
+        let set = RecordSet::new(rt, ttl, &rdatas).map_err(|e| {
+            format!(
+                "{owner} {up}: {} cannot be written in DNS wire format ({})",
+                e.rdata, e.reason
+            )
+        })?;
+        if let Some(r) = routing.routed(RoutedData::Set(set))? {
+            return Ok((owner, Parsed::Routed(r)));
+        }
+    } else {
+        // Errors for routing fields given without a set_identifier.
+        routing.routed(RoutedData::Set(
+            RecordSet::new(rt, ttl, &[]).map_err(|e| e.reason.to_string())?,
+        ))?;
+    }
+    Ok((owner, Parsed::Set(rt, ttl, rdatas)))
 }
 
 pub(crate) fn load_keys(
@@ -136,8 +182,7 @@ pub(crate) struct Managed {
     name: Name,
     kind: String,
     print: String,
-    set: Option<(RecordType, u32, Vec<RData>)>,
-    alias: Option<Alias>,
+    set: Parsed,
 }
 
 /// FNV-1a: a stable fingerprint of a master file's text across runs and Rust versions.
@@ -159,8 +204,14 @@ pub(crate) fn apply_file_diff(zone: &mut Zone, old: Option<&Zone>, new: &Zone) {
                 zone.put_set(&name(), set.clone());
             }
         }
-        if node.alias.is_some() && before.and_then(|b| b.alias.as_ref()) != node.alias.as_ref() {
-            zone.set_alias(&name(), node.alias.as_deref().cloned());
+        if node.alias().is_some() && before.and_then(|b| b.alias()) != node.alias() {
+            zone.set_alias(&name(), node.alias().cloned());
+        }
+        for r in node.routed() {
+            let same = before.is_some_and(|b| b.routed().iter().any(|o| o == r));
+            if !same {
+                zone.set_routed(&name(), r.clone());
+            }
         }
     }
     let Some(old) = old else { return };
@@ -173,8 +224,18 @@ pub(crate) fn apply_file_diff(zone: &mut Zone, old: Option<&Zone>, new: &Zone) {
                 zone.put(&name(), set.rtype, 0, Vec::new());
             }
         }
-        if node.alias.is_some() && after.and_then(|a| a.alias.as_ref()).is_none() {
+        if node.alias().is_some() && after.and_then(|a| a.alias()).is_none() {
             zone.set_alias(&name(), None);
+        }
+        for r in node.routed() {
+            let kept = after.is_some_and(|a| {
+                a.routed()
+                    .iter()
+                    .any(|o| o.id == r.id && o.type_name() == r.type_name())
+            });
+            if !kept {
+                zone.remove_routed(&name(), &r.type_name(), &r.id);
+            }
         }
     }
 }
@@ -250,6 +311,7 @@ pub(crate) fn build_zone(
     }
     let mut managed = Vec::new();
     for (j, r) in zc.records.iter().enumerate() {
+        let routing = r.routing_fields();
         match parse_set(
             origin,
             &r.name,
@@ -257,24 +319,37 @@ pub(crate) fn build_zone(
             r.ttl,
             &r.values,
             r.target.as_deref(),
+            &routing,
         ) {
-            Ok((name, rt, rdatas, alias)) => managed.push(Managed {
-                kind: if alias.is_some() {
-                    "ALIAS".into()
-                } else {
-                    rt.to_string()
-                },
-                print: format!(
-                    "cfg|{name}|{}|{}|{:?}|{:?}",
-                    r.rtype.to_ascii_uppercase(),
-                    r.ttl,
+            Ok((name, set)) => {
+                // The fingerprint of a record without routing is what it was before routing
+                // existed, so that an upgrade does not re-apply every `[[zone.record]]`.
+                // A routed set's kind is its type and identifier (`A#blue`), which is also the
+                // fingerprint's second field, for the removal below.
+                let kind = match &set {
+                    Parsed::Routed(rt) => format!("{}#{}", rt.type_name(), rt.id),
+                    other => other.kind(),
+                };
+                let shown = match &set {
+                    Parsed::Routed(_) => kind.clone(),
+                    _ => r.rtype.to_ascii_uppercase(),
+                };
+                let mut print = format!(
+                    "cfg|{name}|{shown}|{}|{:?}|{:?}",
+                    r.ttl.unwrap_or(300),
                     r.values,
                     r.target
-                ),
-                name,
-                set: alias.is_none().then_some((rt, r.ttl, rdatas)),
-                alias,
-            }),
+                );
+                if routing != RoutingFields::default() {
+                    print.push_str(&format!("|{}", routing.words()));
+                }
+                managed.push(Managed {
+                    kind,
+                    print,
+                    name,
+                    set,
+                })
+            }
             Err(e) => issues.push(ConfigIssue::new(path!["zone", i, "record", j], e)),
         }
     }
@@ -310,7 +385,9 @@ pub(crate) fn build_zone(
                 let Ok(n) = Name::from_ascii(name) else {
                     continue;
                 };
-                if kind == "ALIAS" {
+                if let Some((ty, id)) = kind.split_once('#') {
+                    zone.remove_routed(&n, ty, id);
+                } else if kind == "ALIAS" {
                     zone.set_alias(&n, None);
                 } else if let Ok(rt) = kind.parse::<RecordType>() {
                     zone.put(&n, rt, 0, Vec::new());
@@ -325,10 +402,10 @@ pub(crate) fn build_zone(
         if !apply {
             continue;
         }
-        match (m.set, m.alias) {
-            (_, Some(alias)) => zone.set_alias(&m.name, Some(alias)),
-            (Some((rt, ttl, rdatas)), None) => zone.put(&m.name, rt, ttl, rdatas),
-            (None, None) => {}
+        match m.set {
+            Parsed::Alias(alias) => zone.set_alias(&m.name, Some(alias)),
+            Parsed::Set(rt, ttl, rdatas) => zone.put(&m.name, rt, ttl, rdatas),
+            Parsed::Routed(r) => zone.set_routed(&m.name, r),
         }
     }
     // Nameserver names are fully qualified, as Route 53 and registrars list them ("ns1.example.net"

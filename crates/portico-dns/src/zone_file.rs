@@ -4,6 +4,10 @@
 //! ($ORIGIN, $TTL, relative names, `@`, blank owners, parentheses, comments, quoted strings,
 //! escapes); the record data of each type is parsed by hickory-proto once names are qualified.
 //! `ALIAS` is Portico's own type (`@ ALIAS listener:https` or `@ ALIAS www`), as a Route 53 alias.
+//! A record set with a routing policy is written as its plain records, each followed by a
+//! comment that Portico reads back (`www 60 IN A 192.0.2.1 ; portico: set_identifier=blue
+//! routing=weighted weight=70 health=target_group:web`), so that another server reads the file
+//! as plain records.
 //!
 //! Over 600 lines with its tests (about 190 lines): the master-file reader and writer, whose
 //! round trip the tests and the `zone_file` fuzz target hold together.
@@ -13,7 +17,8 @@ use std::fmt::Write as _;
 use hickory_proto::rr::rdata::{CNAME, MX, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-use crate::zone::{Alias, AliasTarget, Zone};
+use crate::routing::{Routed, RoutedData, RoutingFields};
+use crate::zone::{Alias, AliasTarget, RecordSet, Zone};
 
 /// A master file that cannot be read, naming the line and the record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +56,8 @@ struct Entry {
     blank_owner: bool,
     tokens: Vec<Token>,
     raw: String,
+    /// The words of a `; portico:` comment, if the record has one.
+    portico: Option<String>,
 }
 
 fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
@@ -89,6 +96,7 @@ fn each_entry(
                 blank_owner: line.starts_with([' ', '\t']),
                 tokens: Vec::new(),
                 raw: line.trim().to_string(),
+                portico: None,
             });
         } else if let Some(e) = cur.as_mut() {
             e.raw.push(' ');
@@ -103,7 +111,13 @@ fn each_entry(
             let c = chars[j];
             match c {
                 ' ' | '\t' | '\r' => j += 1,
-                ';' => break,
+                ';' => {
+                    let comment: String = chars[j + 1..].iter().collect();
+                    if let Some(words) = comment.trim_start().strip_prefix("portico:") {
+                        entry.portico = Some(words.trim().to_string());
+                    }
+                    break;
+                }
                 '(' => {
                     depth += 1;
                     j += 1;
@@ -203,6 +217,8 @@ fn unescape(rest: &[char]) -> Result<(Vec<u8>, usize), String> {
 pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), ZoneFileError> {
     let mut bulk = crate::zone::Bulk::default();
     let mut aliases = Vec::new();
+    // Records with a `; portico:` routing comment, gathered into sets by name, type and id.
+    let mut routed: Vec<(Name, Routed)> = Vec::new();
     let mut origin = zone.origin.clone();
     let mut ttl = default_ttl;
     let mut last_owner: Option<Name> = None;
@@ -261,6 +277,10 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
         }
         let rtype_text = rtype_text.ok_or_else(|| err("no record type".into()))?;
         let rest: Vec<&Token> = toks.collect();
+        let fields = match &e.portico {
+            Some(words) => RoutingFields::from_words(words).map_err(err)?,
+            None => RoutingFields::default(),
+        };
         if rtype_text == "ALIAS" {
             let t = rest.first().ok_or_else(|| {
                 err("ALIAS needs a target: listener:NAME or a name in the zone".into())
@@ -269,19 +289,55 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
                 Some(l) => AliasTarget::Listener(l.to_string()),
                 None => AliasTarget::Name(name(&t.text, &origin).map_err(err)?),
             };
-            aliases.push((
-                owner,
-                Alias {
-                    target,
-                    ttl: rec_ttl,
-                },
-            ));
+            let alias = Alias {
+                target,
+                ttl: rec_ttl,
+                evaluate_target_health: fields.evaluate_target_health.unwrap_or(false),
+            };
+            match fields
+                .routed(RoutedData::Alias(alias.clone()))
+                .map_err(err)?
+            {
+                Some(r) => routed.push((owner, r)),
+                None => aliases.push((owner, alias)),
+            }
             return Ok(());
         }
         let rtype: RecordType = rtype_text
             .parse()
             .map_err(|_| err(format!("unknown record type {rtype_text}")))?;
         let rdata = rdata(rtype, &rest, &origin).map_err(err)?;
+        if fields.set_identifier.is_some() {
+            let one =
+                RecordSet::new(rtype, rec_ttl, std::slice::from_ref(&rdata)).map_err(|e| {
+                    err(format!(
+                        "the {rtype} data cannot be written in DNS wire format: {}",
+                        e.reason
+                    ))
+                })?;
+            let Some(r) = fields.routed(RoutedData::Set(one)).map_err(err)? else {
+                return Ok(());
+            };
+            let same = routed
+                .iter_mut()
+                .find(|(n, o)| *n == owner && o.id == r.id && o.rtype() == rtype && !o.is_alias());
+            match same {
+                Some((_, o)) => {
+                    if o.policy != r.policy || o.health != r.health {
+                        return Err(err(format!(
+                            "set {:?}: this record's routing differs from the set's earlier records",
+                            r.id
+                        )));
+                    }
+                    if let RoutedData::Set(set) = &mut o.data {
+                        set.ttl = rec_ttl;
+                        set.push(&rdata).map_err(|e| err(e.reason.to_string()))?;
+                    }
+                }
+                None => routed.push((owner, r)),
+            }
+            return Ok(());
+        }
         bulk.push(&owner, rtype, rec_ttl, &rdata).map_err(|e| {
             err(format!(
                 "the {rtype} data cannot be written in DNS wire format: {}",
@@ -292,6 +348,9 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
     zone.add_bulk(bulk);
     for (owner, alias) in aliases {
         zone.set_alias(&owner, Some(alias));
+    }
+    for (owner, r) in routed {
+        zone.set_routed(&owner, r);
     }
     Ok(())
 }
@@ -539,15 +598,47 @@ pub fn export(zone: &Zone) -> String {
                 );
             }
         }
-        if let Some(a) = &node.alias {
-            let target = match &a.target {
-                AliasTarget::Listener(l) => format!("listener:{l}"),
-                AliasTarget::Name(n) => relative(n, &zone.origin),
-            };
-            let _ = writeln!(out, "{owner}\t{}\tIN\tALIAS\t{target}", a.ttl);
+        if let Some(a) = node.alias() {
+            let target = alias_target(a, &zone.origin);
+            let _ = write!(out, "{owner}\t{}\tIN\tALIAS\t{target}", a.ttl);
+            if a.evaluate_target_health {
+                out.push_str("\t; portico: evaluate_target_health=true");
+            }
+            out.push('\n');
+        }
+        for r in node.routed() {
+            let words = RoutingFields::of(r).words();
+            match &r.data {
+                RoutedData::Alias(a) => {
+                    let target = alias_target(a, &zone.origin);
+                    let _ = writeln!(
+                        out,
+                        "{owner}\t{}\tIN\tALIAS\t{target}\t; portico: {words}",
+                        a.ttl
+                    );
+                }
+                RoutedData::Set(set) => {
+                    for rd in &set.rdatas() {
+                        let _ = writeln!(
+                            out,
+                            "{owner}\t{}\tIN\t{}\t{}\t; portico: {words}",
+                            set.ttl,
+                            set.rtype,
+                            rdata_text(rd, &zone.origin)
+                        );
+                    }
+                }
+            }
         }
     }
     out
+}
+
+fn alias_target(a: &Alias, origin: &Name) -> String {
+    match &a.target {
+        AliasTarget::Listener(l) => format!("listener:{l}"),
+        AliasTarget::Name(n) => relative(n, origin),
+    }
 }
 
 #[cfg(test)]
@@ -606,7 +697,7 @@ caa     CAA 0 issue "letsencrypt.org"
             }
             other => panic!("{other:?}"),
         }
-        assert!(z.node(&z.origin.clone()).unwrap().alias.is_some());
+        assert!(z.node(&z.origin.clone()).unwrap().alias().is_some());
     }
 
     /// Exports `z` and asserts that the master file parses back to the same zone.

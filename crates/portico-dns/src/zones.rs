@@ -25,8 +25,11 @@ use portico_config::{path, ConfigIssue};
 use crate::answer::Catalog;
 use crate::config::DnsSections;
 use crate::journal::{Journal, JournalEntry};
+use crate::routing::{RoutedData, RoutingFields};
 use crate::zone::Zone;
-use crate::zone_config::{build_zone, load_keys, parse_set, Applied, Past, FILE_DEFAULT_TTL};
+use crate::zone_config::{
+    build_zone, load_keys, parse_set, Applied, Parsed, Past, FILE_DEFAULT_TTL,
+};
 use crate::zone_file;
 
 /// Per-zone settings from config.
@@ -83,16 +86,18 @@ pub struct RecordChange {
     pub name: String,
     #[serde(rename = "type")]
     pub rtype: String,
-    #[serde(default = "default_ttl")]
-    pub ttl: u32,
+    /// Default 300, or 60 where health decides the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
     #[serde(default)]
     pub values: Vec<String>,
     /// ALIAS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-}
-
-fn default_ttl() -> u32 {
-    300
+    /// A routing policy (`set_identifier`, `routing`, `weight`, `failover`, `health`,
+    /// `health_check`, `evaluate_target_health`; see `routing.rs`).
+    #[serde(flatten)]
+    pub routing: RoutingFields,
 }
 
 /// TSIG keys by name.
@@ -623,21 +628,27 @@ fn apply_batch(zone: &mut Zone, batch: &[RecordChange]) -> Result<(), ChangeErro
                 c.action, c.name, c.rtype
             ))
         };
-        let (name, rtype, rdatas, alias) = parse_set(
+        let (name, parsed) = parse_set(
             &origin,
             &c.name,
             &c.rtype,
             c.ttl,
             &c.values,
             c.target.as_deref(),
+            &c.routing,
         )
         .map_err(bad)?;
         let node = zone.node(&name).cloned().unwrap_or_default();
-        let is_alias = alias.is_some();
-        let exists = if is_alias {
-            node.alias.is_some()
-        } else {
-            node.get(rtype).is_some()
+        let existing_routed = |r: &crate::routing::Routed| {
+            node.routed()
+                .iter()
+                .find(|o| o.id == r.id && o.type_name() == r.type_name())
+                .cloned()
+        };
+        let exists = match &parsed {
+            Parsed::Alias(_) => node.alias().is_some(),
+            Parsed::Set(rt, ..) => node.get(*rt).is_some(),
+            Parsed::Routed(r) => existing_routed(r).is_some(),
         };
         match c.action {
             Action::Create if exists => {
@@ -647,33 +658,42 @@ fn apply_batch(zone: &mut Zone, batch: &[RecordChange]) -> Result<(), ChangeErro
             }
             Action::Delete if !exists => return Err(bad("the record set does not exist".into())),
             Action::Delete => {
-                let matches = if is_alias {
-                    node.alias.as_ref().map(|a| &a.target) == alias.as_ref().map(|a| &a.target)
-                } else {
-                    node.get(rtype)
-                        .is_some_and(|s| s.ttl == c.ttl && same_values(&s.rdatas(), &rdatas))
+                let matches = match &parsed {
+                    Parsed::Alias(a) => node.alias().map(|x| &x.target) == Some(&a.target),
+                    Parsed::Set(rt, ttl, rdatas) => node
+                        .get(*rt)
+                        .is_some_and(|s| s.ttl == *ttl && same_values(&s.rdatas(), rdatas)),
+                    Parsed::Routed(r) => {
+                        existing_routed(r).is_some_and(|o| match (&o.data, &r.data) {
+                            (RoutedData::Alias(x), RoutedData::Alias(y)) => x.target == y.target,
+                            (RoutedData::Set(x), RoutedData::Set(y)) => {
+                                x.ttl == y.ttl && same_values(&x.rdatas(), &y.rdatas())
+                            }
+                            _ => false,
+                        })
+                    }
                 };
                 if !matches {
                     return Err(bad(
                         "the values or TTL do not match the record set being deleted".into(),
                     ));
                 }
-                if is_alias {
-                    zone.set_alias(&name, None);
-                } else {
-                    zone.put(&name, rtype, 0, Vec::new());
-                }
-            }
-            Action::Create | Action::Upsert => {
-                if is_alias {
-                    zone.set_alias(&name, alias);
-                } else {
-                    if rtype == RecordType::SOA {
-                        return Err(bad("the SOA is managed by Portico".into()));
+                match &parsed {
+                    Parsed::Alias(_) => zone.set_alias(&name, None),
+                    Parsed::Set(rt, ..) => zone.put(&name, *rt, 0, Vec::new()),
+                    Parsed::Routed(r) => {
+                        zone.remove_routed(&name, &r.type_name(), &r.id);
                     }
-                    zone.put(&name, rtype, c.ttl, rdatas);
                 }
             }
+            Action::Create | Action::Upsert => match parsed {
+                Parsed::Alias(a) => zone.set_alias(&name, Some(a)),
+                Parsed::Routed(r) => zone.set_routed(&name, r),
+                Parsed::Set(RecordType::SOA, ..) => {
+                    return Err(bad("the SOA is managed by Portico".into()))
+                }
+                Parsed::Set(rt, ttl, rdatas) => zone.put(&name, rt, ttl, rdatas),
+            },
         }
     }
     Ok(())

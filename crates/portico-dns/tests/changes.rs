@@ -38,9 +38,10 @@ fn change(action: Action, name: &str, t: &str, values: &[&str]) -> RecordChange 
         action,
         name: name.into(),
         rtype: t.into(),
-        ttl: 60,
+        ttl: Some(60),
         values: values.iter().map(|v| v.to_string()).collect(),
         target: None,
+        routing: Default::default(),
     }
 }
 

@@ -30,6 +30,11 @@ impl Forward {
         }
     }
 
+    /// Every group it forwards to (each once per weight).
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<TargetGroup>> {
+        self.sequence.iter()
+    }
+
     /// The group this request goes to.
     pub fn pick(&self) -> Option<&Arc<TargetGroup>> {
         if self.sequence.len() <= 1 {

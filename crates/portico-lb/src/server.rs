@@ -293,6 +293,39 @@ impl LoadBalancer {
             .collect()
     }
 
+    /// Whether a target group has a healthy target now; `None` when no group has that name.
+    pub fn group_healthy(&self, group: &str) -> Option<bool> {
+        let snapshot = self.serving.snapshot.load();
+        let g = snapshot.target_groups.get(group)?;
+        Some(g.targets.iter().any(|t| t.state.healthy()))
+    }
+
+    /// Whether a listener serves: bound, and (when it forwards) one of the target groups it
+    /// forwards to has a healthy target, as Route 53 evaluates a load balancer's target health.
+    /// `None` when no listener has that name.
+    pub fn listener_healthy(&self, listener: &str) -> Option<bool> {
+        let snapshot = self.serving.snapshot.load();
+        let l = snapshot.listener(listener)?;
+        if self.local_addrs(listener).is_empty() {
+            return Some(false);
+        }
+        let mut groups = l
+            .rules
+            .iter()
+            .map(|r| &r.action)
+            .chain(std::iter::once(&l.default_action))
+            .filter_map(|a| match a {
+                crate::action::Action::Forward(f) => Some(f.groups()),
+                _ => None,
+            })
+            .flatten()
+            .peekable();
+        if groups.peek().is_none() {
+            return Some(true);
+        }
+        Some(groups.any(|g| g.targets.iter().any(|t| t.state.healthy())))
+    }
+
     /// Health of each target of a group, in configuration order.
     pub fn target_health(&self, group: &str) -> Vec<TargetHealth> {
         let snapshot = self.serving.snapshot.load();

@@ -33,6 +33,9 @@ const PUSHED: [&str; 3] = ["acme/accounts/", "ca/", "runtime.toml"];
 /// How often a node asks etcd what changed when no watch event woke it first (a watch that
 /// broke silently is covered by this), pushes its own changes and writes its heartbeat.
 pub const POLL: Duration = Duration::from_secs(1);
+/// A node whose heartbeat is older than this is taken for dead: changes stop waiting for it, and
+/// ALIAS answers stop giving its addresses.
+pub const LIVE: Duration = Duration::from_secs(5);
 
 fn shared(key: &str) -> bool {
     SHARED.iter().any(|p| key.starts_with(p)) && !key.starts_with("certificates/order/")
@@ -239,13 +242,68 @@ impl Cluster {
         }
     }
 
-    /// Tells the other nodes which zone serials this node serves, and that it is alive.
-    pub fn heartbeat(&self, serials: &HashMap<String, u32>) {
-        let beat = serde_json::json!({ "at_ms": now_ms(), "zones": serials });
+    /// Tells the other nodes which zone serials this node serves, where its listeners are bound
+    /// and whether each serves (for ALIAS answers across nodes), and that it is alive.
+    pub fn heartbeat(
+        &self,
+        serials: &HashMap<String, u32>,
+        listeners: &HashMap<String, (Vec<std::net::IpAddr>, bool)>,
+    ) {
+        let listeners: serde_json::Map<String, serde_json::Value> = listeners
+            .iter()
+            .map(|(name, (ips, healthy))| {
+                (
+                    name.clone(),
+                    serde_json::json!({ "addrs": ips, "healthy": healthy }),
+                )
+            })
+            .collect();
+        let beat =
+            serde_json::json!({ "at_ms": now_ms(), "zones": serials, "listeners": listeners });
         let key = format!(".nodes/{}", self.id);
         if let Err(e) = self.store.put(&key, beat.to_string().as_bytes(), 0o644) {
             self.mark(false, Some(&e));
         }
+    }
+
+    /// The other live nodes' listeners (from heartbeats under [`LIVE`] old), by listener name.
+    pub fn peer_listeners(&self) -> HashMap<String, Vec<crate::wiring::listeners::PeerListener>> {
+        let mut out: HashMap<String, Vec<crate::wiring::listeners::PeerListener>> = HashMap::new();
+        let Ok(keys) = self.store.list(".nodes/") else {
+            return out;
+        };
+        let own = format!(".nodes/{}", self.id);
+        let now = now_ms();
+        for key in keys.iter().filter(|k| **k != own) {
+            let Some(beat) = self
+                .store
+                .get(key)
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+            else {
+                continue;
+            };
+            let live = beat["at_ms"]
+                .as_u64()
+                .is_some_and(|t| now.saturating_sub(t) < LIVE.as_millis() as u64);
+            let Some(listeners) = beat["listeners"].as_object().filter(|_| live) else {
+                continue;
+            };
+            for (name, l) in listeners {
+                let healthy = l["healthy"].as_bool().unwrap_or(false);
+                let ips = l["addrs"].as_array().into_iter().flatten();
+                let entry = out.entry(name.clone()).or_default();
+                entry.extend(
+                    ips.filter_map(|ip| ip.as_str()?.parse().ok())
+                        .map(|ip| crate::wiring::listeners::PeerListener { ip, healthy }),
+                );
+            }
+        }
+        for v in out.values_mut() {
+            v.sort_by_key(|p| p.ip);
+        }
+        out
     }
 
     /// Whether every live node (one whose heartbeat is under 5 s old) serves `serial` of `zone`.
@@ -260,7 +318,7 @@ impl Cluster {
             .filter(|b| {
                 b["at_ms"]
                     .as_u64()
-                    .is_some_and(|t| now.saturating_sub(t) < 5_000)
+                    .is_some_and(|t| now.saturating_sub(t) < LIVE.as_millis() as u64)
             })
             .all(|b| {
                 b["zones"][zone]

@@ -117,6 +117,8 @@ pub struct Core {
     pub lb: Arc<LoadBalancer>,
     pub zones: Arc<HostedZones>,
     pub certs: Arc<CertManager>,
+    /// ALIAS addresses and routed record sets' health, as the hosted zones see them.
+    pub(crate) listeners: Arc<crate::wiring::listeners::LbListeners>,
     /// Cluster mode: the shared store and this node's cache of it.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// One apply at a time: reloads and API changes queue here.
@@ -317,6 +319,12 @@ impl portico_admin::Node for Core {
     }
     fn certs(&self) -> &CertManager {
         &self.certs
+    }
+    fn answers_see(&self) -> Arc<dyn portico_dns::answer::ListenerAddrs> {
+        self.listeners.clone()
+    }
+    fn render_dns_checks(&self, out: &mut String) {
+        self.listeners.render_metrics(out);
     }
     fn state_dir(&self) -> &Path {
         &self.state_dir

@@ -53,7 +53,8 @@ fn log_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 
 /// A running Portico: the parts wired together and serving.
 pub struct Server {
-    /// Stops following the shared store (cluster mode) at shutdown.
+    /// Stops the background tasks at shutdown: following the shared store (cluster mode) and
+    /// the hosted zones' health checks.
     following: tokio_util::sync::CancellationToken,
     pub core: Arc<Core>,
     pub lb: Arc<LoadBalancer>,
@@ -115,6 +116,7 @@ impl Server {
             .await
             .map_err(|issues| locate(&issues))?;
         let zones = HostedZones::new(Some(config.state_dir.clone()));
+        let listeners = crate::wiring::listeners::LbListeners::new(lb.clone());
         if let Some(c) = &cluster {
             zones.set_guard(c.clone());
             certs.set_shared_store(c.store.clone());
@@ -142,7 +144,7 @@ impl Server {
                 }
                 let ctx = Arc::new(portico_dns::handler::Ctx {
                     zones: zones.clone(),
-                    listeners: Arc::new(crate::wiring::listeners::LbListeners(lb.clone())),
+                    listeners: listeners.clone(),
                 });
                 let opts = portico_dns::server::Options {
                     tcp_idle_timeout: d.tcp_idle_timeout,
@@ -158,7 +160,7 @@ impl Server {
             .map_err(|issues| locate(&issues))?;
         certs.set_lookup(Arc::new(crate::wiring::dns01::ZonesLookup {
             zones: zones.clone(),
-            listeners: Arc::new(crate::wiring::listeners::LbListeners(lb.clone())),
+            listeners: listeners.clone(),
             resolver: config.acme.as_ref().and_then(|a| a.resolver_addr()),
         }));
         certs.set_dns01(Arc::new(crate::wiring::dns01::ZonesDns01 {
@@ -176,6 +178,7 @@ impl Server {
             lb: lb.clone(),
             zones,
             certs,
+            listeners,
             cluster: cluster.clone(),
             current: tokio::sync::Mutex::new(Current {
                 source,
@@ -192,6 +195,10 @@ impl Server {
             None => None,
         };
         let following = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::wiring::listeners::run_checks(
+            core.clone(),
+            following.clone(),
+        ));
         if let Some(c) = cluster {
             let noting = c.clone();
             let _ = tokio::task::spawn_blocking(move || noting.note_local()).await;
@@ -238,6 +245,7 @@ impl Server {
             a.stop();
         }
         self.following.cancel();
+        self.core.listeners.stop();
         self.core.certs.stop();
         let clean = self.lb.shutdown(shutdown_timeout).await;
         if !clean {

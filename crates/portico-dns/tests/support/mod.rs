@@ -43,7 +43,7 @@ impl Drop for TempDir {
 pub struct TestListeners;
 
 impl ListenerAddrs for TestListeners {
-    fn addrs(&self, listener: &str) -> Vec<IpAddr> {
+    fn addrs(&self, listener: &str, _healthy_only: bool) -> Vec<IpAddr> {
         if listener == "https" {
             vec![
                 "192.0.2.80".parse().unwrap(),

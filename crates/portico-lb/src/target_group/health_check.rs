@@ -36,6 +36,41 @@ pub struct HealthCheck {
     pub matcher: Matcher,
 }
 
+impl HealthCheck {
+    /// A check outside any target group (the hosted zones' own: a record set's `health =
+    /// "http://…"`): HTTP or HTTPS GET `path` answering 2xx or 3xx, or a TCP connect. HTTPS
+    /// checks do not verify the certificate, as Route 53's do not.
+    pub fn standalone(
+        protocol: HealthCheckProtocol,
+        path: &str,
+        interval: Duration,
+        timeout: Duration,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Result<Self, String> {
+        let transport = match protocol {
+            HealthCheckProtocol::Https => Some(Arc::new(Transport {
+                tls: Some(client::tls_config(None, false, false)?),
+                server_name: None,
+                h2: false,
+                grpc: false,
+            })),
+            _ => None,
+        };
+        Ok(HealthCheck {
+            protocol,
+            transport,
+            path: path.to_string(),
+            port: None,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+            matcher: Matcher(vec![(200, 399)]),
+        })
+    }
+}
+
 /// Status codes that count as healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matcher(Vec<(u16, u16)>);
@@ -83,41 +118,59 @@ pub fn spawn(group: Arc<TargetGroup>, cancel: CancellationToken) {
     let Some(check) = group.health_check.clone() else {
         return;
     };
-    for (i, target) in group.targets.iter().enumerate() {
+    for target in &group.targets {
         let addr = SocketAddr::new(target.addr.ip(), check.port.unwrap_or(target.addr.port()));
-        let state = target.state.clone();
-        let (check, cancel) = (check.clone(), cancel.clone());
-        let name = group.name.clone();
-        let shown = group.targets[i].addr;
-        let tls_name = target.tls_name.clone();
-        tokio::spawn(async move {
-            let mut passes = 0u32;
-            let mut fails = 0u32;
-            let mut tick = tokio::time::interval(check.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let outcome = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = tokio::time::timeout(check.timeout, probe(&check, addr, &tls_name)) => {
-                        r.unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)))
-                    }
-                };
-                record(
-                    &name,
-                    shown,
-                    &state,
-                    &check,
-                    outcome,
-                    &mut passes,
-                    &mut fails,
-                );
-            }
-        });
+        watch(
+            group.name.clone(),
+            target.addr,
+            addr,
+            target.tls_name.clone(),
+            check.clone(),
+            target.state.clone(),
+            cancel.clone(),
+        );
     }
+}
+
+/// Probes `addr` every `check.interval` until `cancel` fires, moving `state` by the thresholds;
+/// `label` and `shown` name it in logs. Target groups use it, and so do the hosted zones' own
+/// health checks (a record set's `health = "http://…"`).
+pub fn watch(
+    label: String,
+    shown: SocketAddr,
+    addr: SocketAddr,
+    tls_name: Option<ServerName<'static>>,
+    check: HealthCheck,
+    state: Arc<TargetState>,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut passes = 0u32;
+        let mut fails = 0u32;
+        let mut tick = tokio::time::interval(check.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tokio::time::timeout(check.timeout, probe(&check, addr, &tls_name)) => {
+                    r.unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)))
+                }
+            };
+            record(
+                &label,
+                shown,
+                &state,
+                &check,
+                outcome,
+                &mut passes,
+                &mut fails,
+            );
+        }
+    });
 }
 
 fn record(

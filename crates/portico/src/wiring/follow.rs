@@ -62,10 +62,15 @@ pub async fn follow(cluster: Arc<Cluster>, core: Arc<Core>, stop: CancellationTo
             .map(|(n, z)| (n.to_string(), z.serial()))
             .collect();
         let c = cluster.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let own = core.listeners.own();
+        if let Ok(peers) = tokio::task::spawn_blocking(move || {
             c.push();
-            c.heartbeat(&serials);
+            c.heartbeat(&serials, &own);
+            c.peer_listeners()
         })
-        .await;
+        .await
+        {
+            core.listeners.set_peers(peers);
+        }
     }
 }
