@@ -215,7 +215,12 @@ impl CheckTiming {
         };
         let t = CheckTiming {
             interval_ms: ms(interval, d.interval_ms, "interval")?,
-            timeout_ms: ms(timeout, d.timeout_ms, "timeout")?,
+            // Without a timeout, the default one, cut to the interval.
+            timeout_ms: ms(
+                timeout,
+                d.timeout_ms.min(ms(interval, d.interval_ms, "interval")?),
+                "timeout",
+            )?,
             healthy_threshold: count(healthy_threshold, d.healthy_threshold, "healthy_threshold")?,
             unhealthy_threshold: count(
                 unhealthy_threshold,

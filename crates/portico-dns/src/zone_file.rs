@@ -307,17 +307,20 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
             .parse()
             .map_err(|_| err(format!("unknown record type {rtype_text}")))?;
         let rdata = rdata(rtype, &rest, &origin).map_err(err)?;
-        if fields.set_identifier.is_some() {
-            let one =
-                RecordSet::new(rtype, rec_ttl, std::slice::from_ref(&rdata)).map_err(|e| {
-                    err(format!(
-                        "the {rtype} data cannot be written in DNS wire format: {}",
-                        e.reason
-                    ))
-                })?;
-            let Some(r) = fields.routed(RoutedData::Set(one)).map_err(err)? else {
-                return Ok(());
-            };
+        let routed_one = match &e.portico {
+            Some(_) => {
+                let one =
+                    RecordSet::new(rtype, rec_ttl, std::slice::from_ref(&rdata)).map_err(|e| {
+                        err(format!(
+                            "the {rtype} data cannot be written in DNS wire format: {}",
+                            e.reason
+                        ))
+                    })?;
+                fields.routed(RoutedData::Set(one)).map_err(err)?
+            }
+            None => None,
+        };
+        if let Some(r) = routed_one {
             let same = routed
                 .iter_mut()
                 .find(|(n, o)| *n == owner && o.id == r.id && o.rtype() == rtype && !o.is_alias());
@@ -825,5 +828,100 @@ caa     CAA 0 issue "letsencrypt.org"
         assert!(e.message.contains("never closed"), "{e}");
         let e = parse_into(&mut z, "a HINFO x y\n", 300).unwrap_err();
         assert!(e.message.contains("not supported"), "{e}");
+    }
+
+    const ROUTED: &str = r#"
+$ORIGIN example.com.
+@   3600 SOA ns1 hostmaster 1 7200 900 1209600 300
+@   NS  ns1
+ns1 A   192.0.2.53
+w   60  A   192.0.2.1   ; portico: set_identifier=one routing=weighted weight=1
+w   60  A   192.0.2.3   ; portico: set_identifier=three routing=weighted weight=3
+w   60  A   192.0.2.4   ; portico: set_identifier=three routing=weighted weight=3
+f   60  A   192.0.2.10  ; portico: set_identifier=main routing=failover failover=primary health=http://127.0.0.1:8080/health interval=1s healthy_threshold=2
+f   60  A   192.0.2.20  ; portico: set_identifier=backup routing=failover failover=secondary
+m   60  AAAA 2001:db8::1 ; portico: set_identifier=m1 routing=multivalue health=target_group:web
+m   60  ALIAS listener:https ; portico: set_identifier=m2 routing=multivalue evaluate_target_health=true
+t   60  TXT "v=1" ; portico: set_identifier=t1 routing=weighted weight=0
+@   60  ALIAS listener:https ; portico: evaluate_target_health=true
+"#;
+
+    /// Record sets with a routing policy are read from their `; portico:` comments, gathered
+    /// into sets by name, type and identifier, and written back the same way.
+    #[test]
+    fn routed_sets_read_and_round_trip() {
+        use crate::routing::{Health, Policy, Role, RoutedData};
+        let mut z = Zone::new(&Name::from_ascii("example.com.").unwrap());
+        parse_into(&mut z, ROUTED, 300).unwrap();
+        z.validate().unwrap();
+        let node = |n: &str| z.node(&Name::from_ascii(n).unwrap()).unwrap();
+        let w = node("w.example.com.");
+        assert!(w.sets.is_empty(), "routed records are not plain sets");
+        assert_eq!(w.routed().len(), 2);
+        let three = w.routed().iter().find(|r| r.id == "three").unwrap();
+        assert_eq!(three.policy, Policy::Weighted(3));
+        match &three.data {
+            RoutedData::Set(s) => assert_eq!(s.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let f = node("f.example.com.");
+        let main = f.routed().iter().find(|r| r.id == "main").unwrap();
+        assert_eq!(main.policy, Policy::Failover(Role::Primary));
+        match &main.health {
+            Some(Health::Check(c)) => {
+                assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
+                assert_eq!(c.path, "/health");
+                assert_eq!(c.timing.interval_ms, 1000);
+                assert_eq!(c.timing.healthy_threshold, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(node("m.example.com.").routed().len(), 2);
+        assert!(node("example.com.").alias().unwrap().evaluate_target_health);
+        assert_eq!(z.routed.len(), 4);
+        assert_round_trips(&z);
+        // Another server reads the export as plain records (the comments are comments).
+        let text = export(&z);
+        assert!(
+            text.contains("192.0.2.3\t; portico: set_identifier=three routing=weighted weight=3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn routed_sets_that_cannot_work_are_refused_naming_the_set() {
+        let base = "@ 3600 SOA ns1 hostmaster 1 7200 900 1209600 300\n@ NS ns1\n";
+        let refused = |extra: &str| {
+            let mut z = Zone::new(&Name::from_ascii("example.com.").unwrap());
+            match parse_into(&mut z, &format!("{base}{extra}"), 300) {
+                Err(e) => e.message,
+                Ok(()) => z
+                    .validate()
+                    .map_err(|e| e.to_string())
+                    .err()
+                    .unwrap_or_else(|| panic!("accepted: {extra}")),
+            }
+        };
+        let e = refused("w A 192.0.2.1 ; portico: set_identifier=a routing=weighted weight=1\nw A 192.0.2.2 ; portico: set_identifier=b routing=multivalue\n");
+        assert!(e.contains("share one routing policy"), "{e}");
+        let e = refused(
+            "w A 192.0.2.1 ; portico: set_identifier=a routing=weighted weight=1\nw A 192.0.2.2\n",
+        );
+        assert!(e.contains("cannot share its name and type"), "{e}");
+        let e = refused("f 3600 A 192.0.2.1 ; portico: set_identifier=a routing=failover failover=primary health=target_group:x\n");
+        assert!(e.contains("TTL 3600 is above 300"), "{e}");
+        let e = refused("f A 192.0.2.1 ; portico: set_identifier=a routing=failover failover=primary\nf A 192.0.2.2 ; portico: set_identifier=b routing=failover failover=primary\n");
+        assert!(e.contains("one primary and one secondary"), "{e}");
+        let e = refused("w A 192.0.2.1 ; portico: set_identifier=a routing=weighted\n");
+        assert!(e.contains("needs a weight"), "{e}");
+        let e = refused("w A 192.0.2.1 ; portico: routing=weighted weight=2\n");
+        assert!(e.contains("needs a set_identifier"), "{e}");
+        let e = refused("w A 192.0.2.1 ; portico: set_identifier=a routing=failover failover=primary health=http://app.example.com/health\n");
+        assert!(e.contains("not an address with a port"), "{e}");
+        let e = refused("@ NS ns2 ; portico: set_identifier=a routing=weighted weight=1\n");
+        assert!(
+            e.contains("cannot have a routing policy") || e.contains("share its name"),
+            "{e}"
+        );
     }
 }

@@ -33,11 +33,30 @@ pub struct RecordArgs {
     /// A value in master-file syntax; repeat for several.
     #[arg(long = "value")]
     values: Vec<String>,
-    #[arg(long, default_value_t = 300)]
-    ttl: u32,
+    /// Default 300, or 60 where health decides the answer.
+    #[arg(long)]
+    ttl: Option<u32>,
     /// For ALIAS: `listener:<name>` or a name in the zone.
     #[arg(long = "alias-target")]
     alias_target: Option<String>,
+    /// Routing: this set among the others of its name and type.
+    #[arg(long = "set-identifier")]
+    set_identifier: Option<String>,
+    /// `weighted`, `failover` or `multivalue` (with --set-identifier).
+    #[arg(long)]
+    routing: Option<String>,
+    #[arg(long)]
+    weight: Option<u32>,
+    /// `primary` or `secondary`.
+    #[arg(long)]
+    failover: Option<String>,
+    /// `target_group:NAME`, `listener:NAME`, or a check `http://ADDR:PORT/PATH`, `https://…`,
+    /// `tcp://ADDR:PORT`.
+    #[arg(long)]
+    health: Option<String>,
+    /// For ALIAS: answer only where the listener serves healthily.
+    #[arg(long = "evaluate-target-health")]
+    evaluate_target_health: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -53,10 +72,28 @@ pub fn records(cmd: RecordsCommand) -> anyhow::Result<()> {
             }
             println!("{:<40} {:<6} {:>7}  VALUES", "NAME", "TYPE", "TTL");
             for r in v["records"].as_array().into_iter().flatten() {
-                let values = match r["values"].as_array() {
+                let mut values = match r["values"].as_array() {
                     Some(a) => a.iter().map(s).collect::<Vec<_>>().join(" | "),
                     None => s(&r["target"]),
                 };
+                if let Some(id) = r["set_identifier"].as_str() {
+                    let mut policy = s(&r["routing"]);
+                    if let Some(w) = r["weight"].as_u64() {
+                        policy.push_str(&format!(" {w}"));
+                    }
+                    if let Some(f) = r["failover"].as_str() {
+                        policy.push_str(&format!(" {f}"));
+                    }
+                    if let Some(h) = r["health"].as_str() {
+                        policy.push_str(&format!(", health {h}"));
+                    }
+                    let state = if r["healthy"].as_bool() == Some(false) {
+                        "unhealthy"
+                    } else {
+                        "healthy"
+                    };
+                    values.push_str(&format!("  [{id}: {policy}; {state}]"));
+                }
                 println!(
                     "{:<40} {:<6} {:>7}  {values}",
                     s(&r["name"]),
@@ -76,10 +113,29 @@ pub fn records(cmd: RecordsCommand) -> anyhow::Result<()> {
 fn change(action: &str, a: RecordArgs) -> anyhow::Result<()> {
     let admin = Admin::find(&a.target)?;
     let mut change = serde_json::json!({
-        "action": action, "name": a.name, "type": a.rtype, "ttl": a.ttl, "values": a.values,
+        "action": action, "name": a.name, "type": a.rtype, "values": a.values,
     });
+    if let Some(t) = a.ttl {
+        change["ttl"] = t.into();
+    }
     if let Some(t) = &a.alias_target {
         change["target"] = Value::String(t.clone());
+    }
+    for (key, v) in [
+        ("set_identifier", &a.set_identifier),
+        ("routing", &a.routing),
+        ("failover", &a.failover),
+        ("health", &a.health),
+    ] {
+        if let Some(v) = v {
+            change[key] = Value::String(v.clone());
+        }
+    }
+    if let Some(w) = a.weight {
+        change["weight"] = w.into();
+    }
+    if a.evaluate_target_health {
+        change["evaluate_target_health"] = true.into();
     }
     let v = admin.call(
         "POST",
