@@ -898,3 +898,118 @@ async fn two_nodes_ask_the_ca_for_a_renewal_window_once_and_share_it() {
     );
     drop(etcd);
 }
+
+/// DNS-level failover between Portico nodes: an ALIAS to a listener answers with every live
+/// node's address for it, and a node whose heartbeat stops is dropped from the answer within the
+/// heartbeat timeout (5 s) by the nodes still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_to_a_listener_answers_every_live_node_and_drops_a_dead_one() {
+    let etcd = start_etcd();
+    let dir = TempDir::new("cluster-alias");
+    let (dns, http) = (free_port(), free_port());
+    let mut nodes: Vec<Node> = (1..=3u8)
+        .map(|n| {
+            let ip = format!("127.0.0.{n}");
+            let state = dir.path().join(format!("node{n}"));
+            let config = dir.path().join(format!("node{n}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    r#"state_dir = "{state}"
+shutdown_timeout = "2s"
+[admin]
+listen = "{ip}:0"
+[store]
+etcd = ["{etcd}"]
+[dns]
+listen = ["{ip}:{dns}"]
+[[listener]]
+name = "web"
+bind = "{ip}:{http}"
+protocol = "http"
+default_action = {{ fixed_response = {{ status = 200, body = "node {n}\n" }} }}
+[[zone]]
+name = "example.test"
+[[zone.record]]
+name = "app"
+type = "ALIAS"
+target = "listener:web"
+evaluate_target_health = true
+"#,
+                    state = state.display(),
+                    etcd = etcd.endpoint,
+                ),
+            )
+            .unwrap();
+            Node {
+                ip: ip.parse().unwrap(),
+                proc: None,
+                config,
+                state,
+                admin: "127.0.0.1:1".parse().unwrap(),
+                token: String::new(),
+            }
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start().await;
+    }
+    let answer = |ip: std::net::IpAddr| {
+        let mut lines: Vec<String> = dig_at(ip, dns, "app.example.test")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines.join(" ")
+    };
+    for n in &nodes {
+        let ip = n.ip;
+        support::eventually(
+            &format!("{ip} answers every node's address"),
+            Duration::from_secs(20),
+            || {
+                let ok = answer(ip) == "127.0.0.1 127.0.0.2 127.0.0.3";
+                async move { ok }
+            },
+        )
+        .await;
+    }
+
+    // Node 3 dies without a word (SIGKILL): the others stop answering its address once its
+    // heartbeat is older than the timeout.
+    nodes[2].proc = None;
+    let killed = Instant::now();
+    for n in &nodes[..2] {
+        let ip = n.ip;
+        support::eventually(
+            &format!("{ip} drops the dead node"),
+            Duration::from_secs(20),
+            || {
+                let ok = answer(ip) == "127.0.0.1 127.0.0.2";
+                async move { ok }
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "the dead node left the answers after {:?} (heartbeat timeout 5 s)",
+        killed.elapsed()
+    );
+
+    // Back: it is answered again.
+    nodes[2].start().await;
+    for n in &nodes {
+        let ip = n.ip;
+        support::eventually(
+            &format!("{ip} answers the restarted node"),
+            Duration::from_secs(20),
+            || {
+                let ok = answer(ip) == "127.0.0.1 127.0.0.2 127.0.0.3";
+                async move { ok }
+            },
+        )
+        .await;
+    }
+    drop(nodes);
+    drop(etcd);
+}
