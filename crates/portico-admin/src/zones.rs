@@ -114,6 +114,28 @@ pub(super) async fn zone_change(
         return Err(ApiError::bad("the change batch has no changes"));
     }
     zone_of(&ctx, &zone)?;
+    // Health must name a target group or listener that exists: an unknown one would count as
+    // healthy for ever, and failover would never happen.
+    let seen = ctx.node.answers_see();
+    for (i, c) in batch.changes.iter().enumerate() {
+        let Some(h) = c.routing.health.as_deref() else {
+            continue;
+        };
+        if !(h.starts_with("target_group:") || h.starts_with("listener:")) {
+            continue;
+        }
+        if let Ok(health) =
+            portico_dns::routing::Health::parse(h, portico_dns::routing::CheckTiming::default())
+        {
+            if seen.healthy(&health).is_none() {
+                return Err(ApiError::bad(format!(
+                    "change {i} ({:?} {} {}): health {h:?} names nothing this node serves",
+                    c.action, c.name, c.rtype
+                ))
+                .hint("GET /api/v1/target-groups and /api/v1/listeners list what exists"));
+            }
+        }
+    }
     use portico_dns::zones::ChangeError;
     let info = ctx
         .node

@@ -128,6 +128,68 @@ impl PorticoConfig {
     }
 
     /// Checks that belong to no single part yet.
+    /// Health that a `[[zone.record]]` names (`health = "target_group:…"`, `"listener:…"`, an
+    /// ALIAS that evaluates its listener) must exist: an unknown name would count as healthy
+    /// for ever, and failover would never happen.
+    fn routing_issues(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        let groups: Vec<&str> = self.target_group.iter().map(|g| g.name.as_str()).collect();
+        let listeners: Vec<&str> = self.listener.iter().map(|l| l.name.as_str()).collect();
+        for (i, z) in self.zone.iter().enumerate() {
+            for (j, r) in z.records.iter().enumerate() {
+                let at = |k: &str| {
+                    vec![
+                        PathSeg::Key("zone".into()),
+                        PathSeg::Index(i),
+                        PathSeg::Key("record".into()),
+                        PathSeg::Index(j),
+                        PathSeg::Key(k.into()),
+                    ]
+                };
+                let names = |kind: &str, known: &[&str]| {
+                    if known.is_empty() {
+                        format!("no [[{kind}]] is configured")
+                    } else {
+                        format!("the {kind}s are {}", known.join(", "))
+                    }
+                };
+                if let Some(h) = &r.health {
+                    if let Some(g) = h.strip_prefix("target_group:") {
+                        if !groups.contains(&g) {
+                            issues.push(
+                                ConfigIssue::new(at("health"), format!("no target group {g:?}"))
+                                    .hint(names("target_group", &groups)),
+                            );
+                        }
+                    }
+                    if let Some(l) = h.strip_prefix("listener:") {
+                        if !listeners.contains(&l) {
+                            issues.push(
+                                ConfigIssue::new(at("health"), format!("no listener {l:?}"))
+                                    .hint(names("listener", &listeners)),
+                            );
+                        }
+                    }
+                }
+                if r.evaluate_target_health == Some(true) {
+                    if let Some(l) = r
+                        .target
+                        .as_deref()
+                        .and_then(|t| t.strip_prefix("listener:"))
+                    {
+                        if !listeners.contains(&l) {
+                            issues.push(
+                                ConfigIssue::new(at("target"), format!("no listener {l:?}"))
+                                    .hint(names("listener", &listeners)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        issues
+    }
+
     pub fn own_issues(&self) -> Vec<ConfigIssue> {
         let mut issues = self.cert_requests().err().unwrap_or_default();
         for (i, a) in self.alert.iter().enumerate() {
@@ -196,6 +258,7 @@ impl PorticoConfig {
                 );
             }
         }
+        issues.extend(self.routing_issues());
         if let Some(st) = &self.store {
             let at = |k: &str| vec![PathSeg::Key("store".into()), PathSeg::Key(k.into())];
             if st.etcd.is_empty() {

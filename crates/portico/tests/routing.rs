@@ -412,4 +412,6 @@ health = "target_group:blue"
     assert!(out.contains("portico.toml:"), "{out}");
     assert!(out.contains("TTL 3600 is above 300"), "{out}");
     assert!(out.contains("use 60"), "{out}");
+    assert!(out.contains("no target group \"blue\""), "{out}");
+    assert!(out.contains("no [[target_group]] is configured"), "{out}");
 }

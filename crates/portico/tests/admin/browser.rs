@@ -262,6 +262,25 @@ async fn console_in_chromium_creates_a_record_registers_a_target_requests_a_cert
     browser
         .wait_text("#records", "made by the API", Duration::from_secs(10))
         .await;
+    // A record set with a routing policy, made in the console: shown with its policy and
+    // health, and answered.
+    browser.type_into("#rec-name", "canary").await;
+    browser.type_into("#rec-value", "192.0.2.61").await;
+    browser.click("#rec-routing option:nth-child(2)").await;
+    browser.type_into("#rec-set", "blue").await;
+    browser.type_into("#rec-weight", "5").await;
+    browser.click("#rec-save").await;
+    browser
+        .wait_text(
+            "tr[data-set=blue]",
+            "blue: weighted 5",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser
+        .wait_text("tr[data-set=blue]", "healthy", Duration::from_secs(10))
+        .await;
+    assert_eq!(env.dig("canary.example.test", "A"), "192.0.2.61");
     let shot = browser.screenshot("zones").await;
     println!("screenshot: {}", shot.display());
 
