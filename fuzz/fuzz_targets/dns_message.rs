@@ -32,9 +32,9 @@ fn fixture() -> &'static Fixture {
                 records: vec![portico_dns::config::RecordConfig {
                     name: "www".into(),
                     rtype: "A".into(),
-                    ttl: 300,
+                    ttl: Some(300),
                     values: vec!["192.0.2.1".into()],
-                    target: None,
+                    ..Default::default()
                 }],
             }],
         };

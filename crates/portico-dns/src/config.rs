@@ -80,7 +80,7 @@ pub struct ZoneConfig {
 }
 
 /// `[[zone.record]]`: one record set.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConfig {
     /// Relative to the zone; `@` is the apex.
