@@ -66,7 +66,7 @@ fn build(bytes: &mut impl Iterator<Item = u8>) -> Zone {
             5 => z.add(&owner, RecordType::MX, 300, RData::MX(MX::new(10, target))),
             _ => z.set_alias(
                 &owner,
-                Some(Alias { target: AliasTarget::Name(target), ttl: 60 }),
+                Some(Alias { target: AliasTarget::Name(target), ttl: 60, evaluate_target_health: false }),
             ),
         }
     }
@@ -226,7 +226,7 @@ impl Reference {
         if qtype == RecordType::ANY {
             if let Some(set) = node.sets.first() {
                 push_set(owner, set.ttl, &set.rdatas(), &mut out.answers);
-            } else if node.alias.is_some() {
+            } else if node.alias().is_some() {
                 self.alias(node, owner, RecordType::A, out);
             }
             return None;
@@ -244,7 +244,7 @@ impl Reference {
             }
             return None;
         }
-        if matches!(qtype, RecordType::A | RecordType::AAAA) && node.alias.is_some() {
+        if matches!(qtype, RecordType::A | RecordType::AAAA) && node.alias().is_some() {
             self.alias(node, owner, qtype, out);
             return None;
         }
@@ -258,7 +258,7 @@ impl Reference {
     }
 
     fn alias(&self, node: &Node, owner: &Name, qtype: RecordType, out: &mut RefAnswer) {
-        let Some(a) = &node.alias else { return };
+        let Some(a) = node.alias() else { return };
         let AliasTarget::Name(n) = &a.target else { return };
         let Some(set) = self.nodes.get(&n.to_lowercase()).and_then(|t| t.get(qtype)) else { return };
         for r in &set.rdatas() {
