@@ -505,7 +505,7 @@ fn referral<'z>(zone: &'z Zone, cut: &[u8], out: &mut Answer<'z>) {
 
 fn has_descendant(zone: &Zone, key: &[u8]) -> bool {
     zone.nodes
-        .range::<[u8], _>((Bound::Excluded(key), Bound::Unbounded))
+        .range::<_, [u8]>((Bound::Excluded(key), Bound::Unbounded))
         .next()
         .is_some_and(|(n, _)| n.key().starts_with(key))
 }

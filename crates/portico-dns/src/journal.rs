@@ -1,8 +1,10 @@
-//! The recent history of a zone's changes, for IXFR (RFC 1995): each entry is the records a
-//! change removed and added between two serials. Kept in memory for the last changes; a client
-//! whose serial is older (or from before a restart) gets a full transfer instead, as RFC 1995
-//! allows. Durability comes from the zone file, written atomically before a change is
-//! acknowledged.
+//! A zone's changes: each [`Delta`] is what one change did to the names it touched (everything
+//! at each name before and after), between two serials; the journal file (`journal_file.rs`)
+//! stores deltas and a restart replays them. For IXFR (RFC 1995) each delta also gives the
+//! records it removed and added ([`JournalEntry`]); the last of these are kept in memory, filled
+//! again from the journal file at start, so that a secondary whose serial is older than a
+//! restart still gets an incremental transfer. A client older than the history gets a full
+//! transfer, as RFC 1995 allows.
 
 use std::collections::VecDeque;
 
@@ -10,29 +12,37 @@ use std::cmp::Ordering;
 
 use hickory_proto::rr::{Name, Record, RecordType};
 
-use crate::zone::{Node, Zone};
+use crate::zone::{Node, Owner, Zone};
 
-const KEEP: usize = 200;
+/// How many changes IXFR can go back (in memory, and in the journal file after a checkpoint).
+pub const KEEP: usize = 200;
 
-#[derive(Debug, Clone)]
-pub struct JournalEntry {
+/// One change to a zone: for each name it touched, everything there before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
     pub from: u32,
     pub to: u32,
-    pub removed: Vec<Record>,
-    pub added: Vec<Record>,
+    pub nodes: Vec<(Owner, Option<Node>, Option<Node>)>,
 }
 
-impl JournalEntry {
-    /// The difference between two versions of a zone (SOA records excluded). Walks both in
-    /// order and looks only inside names whose data differs, so a change to a large zone costs
-    /// a comparison per name, not a copy of every record.
-    pub fn diff(old: &Zone, new: &Zone) -> Self {
-        let mut e = JournalEntry {
+impl Delta {
+    /// The change from `old` to `new`: only the names a tracked copy touched, else every name
+    /// whose data differs (a walk of both versions in order).
+    pub fn between(old: &Zone, new: &Zone) -> Delta {
+        let mut d = Delta {
             from: old.serial(),
             to: new.serial(),
-            removed: Vec::new(),
-            added: Vec::new(),
+            nodes: Vec::new(),
         };
+        if let Some(t) = new.touched.names() {
+            for o in t {
+                let (x, y) = (old.nodes.get(o), new.nodes.get(o));
+                if x != y {
+                    d.nodes.push((o.clone(), x.cloned(), y.cloned()));
+                }
+            }
+            return d;
+        }
         let (mut a, mut b) = (old.nodes.iter().peekable(), new.nodes.iter().peekable());
         loop {
             let step = match (a.peek(), b.peek()) {
@@ -45,23 +55,61 @@ impl JournalEntry {
                 Ordering::Equal => {
                     if let (Some((name, x)), Some((_, y))) = (a.next(), b.next()) {
                         if x != y {
-                            e.node(&name.name(), Some(x), Some(y));
+                            d.nodes
+                                .push((name.clone(), Some(x.clone()), Some(y.clone())));
                         }
                     }
                 }
                 Ordering::Less => {
                     if let Some((name, x)) = a.next() {
-                        e.node(&name.name(), Some(x), None);
+                        d.nodes.push((name.clone(), Some(x.clone()), None));
                     }
                 }
                 Ordering::Greater => {
                     if let Some((name, y)) = b.next() {
-                        e.node(&name.name(), None, Some(y));
+                        d.nodes.push((name.clone(), None, Some(y.clone())));
                     }
                 }
             }
         }
+        d
+    }
+
+    /// Applies the change to `zone` (which must be at `from`); it is then at `to`.
+    pub fn apply(&self, zone: &mut Zone) {
+        for (owner, _, new) in &self.nodes {
+            zone.replace_node(owner.clone(), new.clone());
+        }
+        zone.set_serial(self.to);
+    }
+
+    /// The records this change removed and added, for IXFR.
+    pub fn entry(&self) -> JournalEntry {
+        let mut e = JournalEntry {
+            from: self.from,
+            to: self.to,
+            removed: Vec::new(),
+            added: Vec::new(),
+        };
+        for (owner, old, new) in &self.nodes {
+            e.node(&owner.name(), old.as_ref(), new.as_ref());
+        }
         e
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub from: u32,
+    pub to: u32,
+    pub removed: Vec<Record>,
+    pub added: Vec<Record>,
+}
+
+impl JournalEntry {
+    /// The difference between two versions of a zone (SOA records excluded).
+    pub fn diff(old: &Zone, new: &Zone) -> Self {
+        Delta::between(old, new).entry()
     }
 
     fn node(&mut self, name: &Name, old: Option<&Node>, new: Option<&Node>) {
@@ -90,7 +138,7 @@ pub struct Journal {
 
 impl Journal {
     pub fn append(&mut self, e: JournalEntry) {
-        if self.entries.len() == KEEP {
+        if self.entries.len() >= KEEP {
             self.entries.pop_front();
         }
         self.entries.push_back(e);

@@ -3,6 +3,7 @@ pub mod answer;
 pub mod config;
 pub mod handler;
 pub mod journal;
+pub mod journal_file;
 pub mod metrics;
 pub mod notify;
 pub mod owner;

@@ -2,9 +2,16 @@
 //! version of a zone must pass (CNAME exclusivity, names inside the zone, TTL bounds, one SOA).
 //!
 //! A [`Zone`] is immutable once built; a change produces a new one (copy, edit, validate) that is
-//! swapped in whole, so a query never sees half a change.
+//! swapped in whole, so a query never sees half a change. The name tree is a persistent B-tree
+//! (`imbl::OrdMap`): the copy shares every node with the original and an edit copies only the
+//! path to what it changes, so a change to a zone of a million names costs what it changes, not
+//! a copy of the zone. A copy made for an edit also records which names the edit touched
+//! ([`Zone::track`]), so that validation, the IXFR difference and the journal look only there.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
 
 use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -100,26 +107,63 @@ pub struct Zone {
     /// The apex, lower-case and fully qualified.
     pub origin: Name,
     /// Owner names (canonical keys) to their records, in DNS canonical order.
-    pub nodes: BTreeMap<Owner, Node>,
+    pub nodes: OrdMap<Owner, Node>,
     /// Names below the apex that hold NS records (zone cuts), so that lookups in a zone
     /// without delegations skip the search for one.
-    pub cuts: std::collections::BTreeSet<Owner>,
+    pub cuts: OrdSet<Owner>,
     /// The apex's key.
     pub apex: Owner,
     /// Names that hold routed record sets (for health checks and metrics to find them).
-    pub routed: std::collections::BTreeSet<Owner>,
+    pub routed: OrdSet<Owner>,
     /// The first record `put` or `add` could not store; `validate` reports it.
     pub unstorable: Option<Box<ZoneError>>,
     /// Glue precomputed for the zone as it is served (`index_glue`, called where a zone is
     /// published); empty on a zone being edited, where answers look glue up instead.
     pub glue: GlueIndex,
+    /// The names an edit changed, on a copy made with [`Zone::track`].
+    pub touched: Touched,
+}
+
+/// The owner names changed on a copy of a zone since [`Zone::track`]; `None` when the copy is
+/// not tracked (a zone being built). Not part of a zone's identity, and a clone starts untracked.
+#[derive(Default)]
+pub struct Touched(Option<BTreeSet<Owner>>);
+
+impl Touched {
+    /// The names touched, if the zone was tracked.
+    pub fn names(&self) -> Option<&BTreeSet<Owner>> {
+        self.0.as_ref()
+    }
+}
+
+impl Clone for Touched {
+    fn clone(&self) -> Self {
+        Touched(None)
+    }
+}
+
+impl PartialEq for Touched {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Touched {}
+
+impl std::fmt::Debug for Touched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("Touched(untracked)"),
+            Some(s) => write!(f, "Touched({} names)", s.len()),
+        }
+    }
 }
 
 /// For each NS, MX and SRV set (owner key, type): the in-zone A and AAAA sets of its targets,
 /// in the order answers list them. Not part of a zone's identity: equal for every two zones, and
 /// a clone starts empty, so that an edited copy never answers with the original's glue.
 #[derive(Default)]
-pub struct GlueIndex(Option<GlueMap>);
+pub struct GlueIndex(Option<Arc<GlueMap>>);
 
 /// Owner key → the glue of each of its NS, MX and SRV sets.
 type GlueMap = std::collections::HashMap<Box<[u8]>, Vec<(RecordType, Glue)>>;
@@ -144,6 +188,14 @@ impl GlueIndex {
 impl Clone for GlueIndex {
     fn clone(&self) -> Self {
         GlueIndex(None)
+    }
+}
+
+impl GlueIndex {
+    /// The same index, for a new version of the zone whose change left every glue source alone
+    /// (see [`Zone::glue_unchanged`]).
+    pub fn share(&self) -> GlueIndex {
+        GlueIndex(self.0.clone())
     }
 }
 
@@ -190,11 +242,94 @@ impl Zone {
         Zone {
             apex: Owner::new(&origin),
             origin,
-            nodes: BTreeMap::new(),
+            nodes: OrdMap::new(),
             cuts: Default::default(),
             routed: Default::default(),
             unstorable: None,
             glue: GlueIndex::default(),
+            touched: Touched::default(),
+        }
+    }
+
+    /// Starts recording the names that edits of this copy change.
+    pub fn track(&mut self) {
+        self.touched = Touched(Some(BTreeSet::new()));
+    }
+
+    fn touch(&mut self, owner: &Owner) {
+        if let Some(t) = self.touched.0.as_mut() {
+            if !t.contains(owner) {
+                t.insert(owner.clone());
+            }
+        }
+    }
+
+    /// Whether this tracked copy differs from `old` (the zone it was copied from); a full
+    /// comparison when it is not tracked.
+    pub fn differs_from(&self, old: &Zone) -> bool {
+        match self.touched.names() {
+            Some(t) => t.iter().any(|o| self.nodes.get(o) != old.nodes.get(o)),
+            None => self != old,
+        }
+    }
+
+    /// Whether the change from `old` to this tracked copy leaves the glue index as it was: no
+    /// NS, MX, SRV, A or AAAA set changed at a touched name (an ACME challenge's TXT record, say).
+    pub fn glue_unchanged(&self, old: &Zone) -> bool {
+        let Some(t) = self.touched.names() else {
+            return false;
+        };
+        let glue_type = |ty: RecordType| {
+            matches!(
+                ty,
+                RecordType::NS
+                    | RecordType::MX
+                    | RecordType::SRV
+                    | RecordType::A
+                    | RecordType::AAAA
+            )
+        };
+        t.iter().all(|o| {
+            let sets = |n: Option<&Node>| -> Vec<RecordSet> {
+                n.map(|n| {
+                    n.sets
+                        .iter()
+                        .filter(|s| glue_type(s.rtype))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+            };
+            sets(old.nodes.get(o)) == sets(self.nodes.get(o))
+        })
+    }
+
+    /// Replaces everything at `owner` (a node read back from the journal), keeping the zone
+    /// cuts and the routed index in step.
+    pub fn replace_node(&mut self, owner: Owner, node: Option<Node>) {
+        self.touch(&owner);
+        let node = node.filter(|n| !n.is_empty());
+        let cut = owner != self.apex
+            && node
+                .as_ref()
+                .is_some_and(|n| n.get(RecordType::NS).is_some());
+        if cut {
+            self.cuts.insert(owner.clone());
+        } else {
+            self.cuts.remove(&owner);
+        }
+        if node.as_ref().is_some_and(|n| !n.routed().is_empty()) {
+            self.routed.insert(owner.clone());
+        } else {
+            self.routed.remove(&owner);
+        }
+        match node {
+            Some(n) => {
+                self.nodes.insert(owner, n);
+            }
+            None => {
+                self.nodes.remove(&owner);
+            }
         }
     }
 
@@ -230,7 +365,7 @@ impl Zone {
                 }
             }
         }
-        self.glue = GlueIndex(Some(map));
+        self.glue = GlueIndex(Some(Arc::new(map)));
     }
 
     pub fn node(&self, name: &Name) -> Option<&Node> {
@@ -266,6 +401,7 @@ impl Zone {
     pub fn put(&mut self, name: &Name, rtype: RecordType, ttl: u32, rdatas: Vec<RData>) {
         self.note_cut(name, rtype, !rdatas.is_empty());
         let owner = Owner::new(name);
+        self.touch(&owner);
         let node = self.nodes.entry(owner.clone()).or_default();
         let mut failed = None;
         let set = if rdatas.is_empty() {
@@ -288,6 +424,7 @@ impl Zone {
     pub fn put_set(&mut self, name: &Name, set: RecordSet) {
         self.note_cut(name, set.rtype, !set.is_empty());
         let owner = Owner::new(name);
+        self.touch(&owner);
         let node = self.nodes.entry(owner.clone()).or_default();
         node.replace_set(set.rtype, (!set.is_empty()).then_some(set));
         if node.is_empty() {
@@ -397,6 +534,7 @@ impl Zone {
     pub fn add(&mut self, name: &Name, rtype: RecordType, ttl: u32, rdata: RData) {
         self.note_cut(name, rtype, true);
         let owner = Owner::new(name);
+        self.touch(&owner);
         let node = self.nodes.entry(owner.clone()).or_default();
         let done = match node.sets.iter_mut().find(|s| s.rtype == rtype) {
             Some(set) => {
@@ -431,6 +569,7 @@ impl Zone {
 
     pub fn set_alias(&mut self, name: &Name, alias: Option<Alias>) {
         let owner = Owner::new(name);
+        self.touch(&owner);
         let node = self.nodes.entry(owner.clone()).or_default();
         node.extra_mut().alias = alias;
         node.tidy();
@@ -442,6 +581,7 @@ impl Zone {
     /// Sets a routed record set, replacing the one of the same type and identifier.
     pub fn set_routed(&mut self, name: &Name, routed: Routed) {
         let owner = Owner::new(name);
+        self.touch(&owner);
         let node = self.nodes.entry(owner.clone()).or_default();
         let extra = node.extra_mut();
         let (ty, id) = (routed.type_name(), routed.id.clone());
@@ -465,6 +605,7 @@ impl Zone {
     /// Removes the routed set of `type_name` (`ALIAS` for an alias) and `id`; true if there was one.
     pub fn remove_routed(&mut self, name: &Name, type_name: &str, id: &str) -> bool {
         let owner = Owner::new(name);
+        self.touch(&owner);
         let Some(node) = self.nodes.get_mut(&owner) else {
             return false;
         };
@@ -501,6 +642,8 @@ impl Zone {
 
     /// Sets the SOA serial.
     pub fn set_serial(&mut self, serial: u32) {
+        let apex = self.apex.clone();
+        self.touch(&apex);
         if let Some(node) = self.nodes.get_mut(&self.apex) {
             for set in node.sets.iter_mut().filter(|s| s.rtype == RecordType::SOA) {
                 let mut rdatas = set.rdatas();
@@ -519,6 +662,29 @@ impl Zone {
 
     /// Every rule a zone version must satisfy.
     pub fn validate(&self) -> Result<(), ZoneError> {
+        self.validate_apex()?;
+        for (owner, node) in &self.nodes {
+            self.validate_node(owner, node)?;
+        }
+        Ok(())
+    }
+
+    /// The rules of [`Zone::validate`], checked only at the names a tracked copy changed (every
+    /// rule is about one name, or the apex); all of them on an untracked zone.
+    pub fn validate_change(&self) -> Result<(), ZoneError> {
+        let Some(t) = self.touched.names() else {
+            return self.validate();
+        };
+        self.validate_apex()?;
+        for owner in t {
+            if let Some(node) = self.nodes.get(owner) {
+                self.validate_node(owner, node)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_apex(&self) -> Result<(), ZoneError> {
         if let Some(e) = &self.unstorable {
             return Err((**e).clone());
         }
@@ -555,7 +721,11 @@ impl Zone {
                 "the zone has no NS records at its apex",
             ));
         }
-        for (owner, node) in &self.nodes {
+        Ok(())
+    }
+
+    fn validate_node(&self, owner: &Owner, node: &Node) -> Result<(), ZoneError> {
+        {
             // Decoded only for an error message.
             let name = || owner.name();
             if !owner.key().starts_with(self.apex.key()) {

@@ -18,7 +18,8 @@ use hickory_proto::rr::rdata::{CNAME, MX, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::routing::{Routed, RoutedData, RoutingFields};
-use crate::zone::{Alias, AliasTarget, RecordSet, Zone};
+use crate::zone::{Alias, AliasTarget, Node, Owner, RecordSet, Zone};
+use crate::zone_config::FILE_DEFAULT_TTL;
 
 /// A master file that cannot be read, naming the line and the record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -587,54 +588,67 @@ pub fn export(zone: &Zone) -> String {
     let mut nodes: Vec<_> = zone.nodes.iter().collect();
     nodes.sort_by_key(|(k, _)| **k != zone.apex);
     for (key, node) in nodes {
-        let owner = relative(&key.name(), &zone.origin);
-        let mut sets: Vec<_> = node.sets.iter().collect();
-        sets.sort_by_key(|s| (s.rtype != RecordType::SOA, u16::from(s.rtype)));
-        for set in sets {
-            for r in &set.rdatas() {
+        export_node(&mut out, &zone.origin, key, node);
+    }
+    out
+}
+
+/// Reads back what [`export_node`] wrote for `owner`: `None` when the text holds nothing.
+pub fn parse_node(origin: &Name, owner: &Owner, text: &str) -> Result<Option<Node>, ZoneFileError> {
+    let mut z = Zone::new(origin);
+    parse_into(&mut z, text, FILE_DEFAULT_TTL)?;
+    Ok(z.nodes.get(owner).cloned())
+}
+
+/// Writes one name's records (sets, ALIAS, routed sets) as master-file lines relative to
+/// `origin`.
+pub fn export_node(out: &mut String, origin: &Name, key: &Owner, node: &Node) {
+    let owner = relative(&key.name(), origin);
+    let mut sets: Vec<_> = node.sets.iter().collect();
+    sets.sort_by_key(|s| (s.rtype != RecordType::SOA, u16::from(s.rtype)));
+    for set in sets {
+        for r in &set.rdatas() {
+            let _ = writeln!(
+                out,
+                "{owner}\t{}\tIN\t{}\t{}",
+                set.ttl,
+                set.rtype,
+                rdata_text(r, origin)
+            );
+        }
+    }
+    if let Some(a) = node.alias() {
+        let target = alias_target(a, origin);
+        let _ = write!(out, "{owner}\t{}\tIN\tALIAS\t{target}", a.ttl);
+        if a.evaluate_target_health {
+            out.push_str("\t; portico: evaluate_target_health=true");
+        }
+        out.push('\n');
+    }
+    for r in node.routed() {
+        let words = RoutingFields::of(r).words();
+        match &r.data {
+            RoutedData::Alias(a) => {
+                let target = alias_target(a, origin);
                 let _ = writeln!(
                     out,
-                    "{owner}\t{}\tIN\t{}\t{}",
-                    set.ttl,
-                    set.rtype,
-                    rdata_text(r, &zone.origin)
+                    "{owner}\t{}\tIN\tALIAS\t{target}\t; portico: {words}",
+                    a.ttl
                 );
             }
-        }
-        if let Some(a) = node.alias() {
-            let target = alias_target(a, &zone.origin);
-            let _ = write!(out, "{owner}\t{}\tIN\tALIAS\t{target}", a.ttl);
-            if a.evaluate_target_health {
-                out.push_str("\t; portico: evaluate_target_health=true");
-            }
-            out.push('\n');
-        }
-        for r in node.routed() {
-            let words = RoutingFields::of(r).words();
-            match &r.data {
-                RoutedData::Alias(a) => {
-                    let target = alias_target(a, &zone.origin);
+            RoutedData::Set(set) => {
+                for rd in &set.rdatas() {
                     let _ = writeln!(
                         out,
-                        "{owner}\t{}\tIN\tALIAS\t{target}\t; portico: {words}",
-                        a.ttl
+                        "{owner}\t{}\tIN\t{}\t{}\t; portico: {words}",
+                        set.ttl,
+                        set.rtype,
+                        rdata_text(rd, origin)
                     );
-                }
-                RoutedData::Set(set) => {
-                    for rd in &set.rdatas() {
-                        let _ = writeln!(
-                            out,
-                            "{owner}\t{}\tIN\t{}\t{}\t; portico: {words}",
-                            set.ttl,
-                            set.rtype,
-                            rdata_text(rd, &zone.origin)
-                        );
-                    }
                 }
             }
         }
     }
-    out
 }
 
 fn alias_target(a: &Alias, origin: &Name) -> String {

@@ -2,10 +2,16 @@
 //!
 //! A change — from config, a change batch, an RFC 2136 UPDATE or an ACME challenge — is an edit
 //! applied to a copy of the zone under the zone writer lock, validated, given a higher SOA serial,
-//! persisted (master file written atomically: temp file, fsync, rename; the difference kept for
-//! IXFR), and
-//! only then swapped into the catalog and acknowledged. Secondaries are NOTIFYed; the change is
-//! `INSYNC` once each of them serves the new serial.
+//! persisted, and only then swapped into the catalog and acknowledged. Secondaries are NOTIFYed;
+//! the change is `INSYNC` once each of them serves the new serial.
+//!
+//! Persisted means appended to the zone's journal and fsynced (`journal_file.rs`): the names the
+//! change touched, before and after. The master file (`zones/<zone>zone`) is written whole only
+//! at checkpoints — after [`CHECKPOINT_CHANGES`] changes or [`CHECKPOINT_BYTES`] of journal, at
+//! the first change after [`CHECKPOINT_AGE`], and on a clean shutdown — in the background,
+//! atomically (temp file, fsync, rename); the journal then keeps only what IXFR may still need.
+//! A start reads the master file and replays the journal after its serial. In cluster mode the
+//! zone is shared through the store as a whole (`ZoneGuard`) and no journal is kept.
 //!
 //! Over 600 lines on purpose: every write path (config load, change batch, UPDATE, challenge
 //! records, another node's copy) goes through the one writer lock and `commit` defined here.
@@ -15,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::TSigner;
@@ -24,7 +30,8 @@ use portico_config::{path, ConfigIssue};
 
 use crate::answer::Catalog;
 use crate::config::DnsSections;
-use crate::journal::{Journal, JournalEntry};
+use crate::journal::{Delta, Journal, JournalEntry, KEEP};
+use crate::journal_file::{self, Frame, JournalFile};
 use crate::routing::{RoutedData, RoutingFields};
 use crate::zone::Zone;
 use crate::zone_config::{
@@ -103,11 +110,57 @@ pub struct RecordChange {
 /// TSIG keys by name.
 pub type Keys = HashMap<Name, TSigner>;
 
+/// A checkpoint is due after this many journaled changes…
+pub const CHECKPOINT_CHANGES: usize = 1000;
+/// …or this many bytes of journal since the last one…
+pub const CHECKPOINT_BYTES: usize = 16 << 20;
+/// …or at the first change once the oldest change not in the master file is this old.
+pub const CHECKPOINT_AGE: Duration = Duration::from_secs(300);
+
+/// A zone's open journal and what of it the master file does not hold yet.
+struct ZoneJournal {
+    file: JournalFile,
+    /// The serial of the master file on disk.
+    saved: u32,
+    /// When the oldest change not in the master file was made.
+    unsaved_since: Option<Instant>,
+    checkpointing: bool,
+    /// Changes when the journal is started afresh (a checkpoint in flight then writes nothing).
+    generation: u64,
+}
+
+impl ZoneJournal {
+    fn unsaved(&self) -> (usize, usize) {
+        let n = self.file.since(self.saved);
+        let bytes = self.file.frames[self.file.frames.len() - n..]
+            .iter()
+            .map(|f| f.bytes.len())
+            .sum();
+        (n, bytes)
+    }
+
+    fn due(&self) -> bool {
+        let (n, bytes) = self.unsaved();
+        n > 0
+            && !self.checkpointing
+            && (n >= CHECKPOINT_CHANGES
+                || bytes >= CHECKPOINT_BYTES
+                || self
+                    .unsaved_since
+                    .is_some_and(|t| t.elapsed() >= CHECKPOINT_AGE))
+    }
+}
+
 pub struct HostedZones {
     catalog: ArcSwap<Catalog>,
     settings: ArcSwap<HashMap<Name, ZoneSettings>>,
     keys: ArcSwap<Keys>,
     journals: Mutex<HashMap<Name, Journal>>,
+    /// Open journal files (a writable state directory outside cluster mode).
+    journal_files: Mutex<HashMap<Name, ZoneJournal>>,
+    /// Held while a master file is written whole, so that a checkpoint never overwrites a
+    /// newer file.
+    file_writes: Mutex<u64>,
     applied: Mutex<HashMap<Name, HashSet<String>>>,
     changes: Mutex<HashMap<String, ChangeInfo>>,
     state_dir: Option<PathBuf>,
@@ -136,6 +189,8 @@ impl HostedZones {
             settings: ArcSwap::from_pointee(HashMap::new()),
             keys: ArcSwap::from_pointee(HashMap::new()),
             journals: Mutex::default(),
+            journal_files: Mutex::default(),
+            file_writes: Mutex::new(0),
             applied: Mutex::default(),
             changes: Mutex::default(),
             state_dir,
@@ -332,9 +387,12 @@ impl HostedZones {
             .zones
             .get(origin)
             .ok_or_else(|| ChangeError::NoSuchZone(origin.to_string()))?;
+        // An O(1) copy (the name tree is shared), tracked so that the checks, the journal entry
+        // and the glue below look only at the names the edit touched.
         let mut zone = Zone::clone(old);
+        zone.track();
         edit(&mut zone)?;
-        if zone == **old {
+        if !zone.differs_from(old) {
             // Nothing changed: no new serial, nothing to tell secondaries.
             return Ok(ChangeInfo {
                 id: change_id(),
@@ -345,7 +403,7 @@ impl HostedZones {
             });
         }
         zone.set_serial(old.serial().wrapping_add(1).max(1));
-        zone.validate()
+        zone.validate_change()
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
         self.persist(&zone, Some(old), None).map_err(|e| match e {
             PersistError::Conflict(m) => ChangeError::Conflict(m),
@@ -353,9 +411,15 @@ impl HostedZones {
         })?;
         let serial = zone.serial();
         let mut next = Catalog::clone(&catalog);
-        zone.index_glue();
+        if zone.glue_unchanged(old) {
+            zone.glue = old.glue.share();
+        } else {
+            zone.index_glue();
+        }
+        zone.touched = Default::default();
         next.zones.insert(origin.clone(), Arc::new(zone));
         self.catalog.store(Arc::new(next));
+        self.checkpoint_if_due(origin);
         let settings = self.settings(origin);
         let secondaries = settings.secondaries;
         let notify_key = settings.transfer_keys.first().and_then(|k| self.key(k));
@@ -479,7 +543,241 @@ impl HostedZones {
         let mut zone = Zone::new(origin);
         zone_file::parse_into(&mut zone, &text, 300)
             .map_err(|e| format!("{}:{e}", path.display()))?;
+        if self.journaling() {
+            self.replay_journal(&dir, &mut zone)?;
+        }
         Ok(Some(zone))
+    }
+
+    /// Whether changes go to a journal: a state directory, and no shared store.
+    fn journaling(&self) -> bool {
+        self.state_dir.is_some() && lock(&self.guard).is_none()
+    }
+
+    fn journal_path(dir: &Path, origin: &Name) -> PathBuf {
+        dir.join(format!("{origin}journal"))
+    }
+
+    /// Brings a zone read from its master file up to date from the journal, fills the IXFR
+    /// history from it, and (unless read-only) keeps the journal open for the next changes.
+    fn replay_journal(&self, dir: &Path, zone: &mut Zone) -> Result<(), String> {
+        let origin = zone.origin.clone();
+        let path = Self::journal_path(dir, &origin);
+        let mut file = None;
+        let frames = if self.read_only {
+            journal_file::read(&path).unwrap_or_else(|e| {
+                tracing::warn!(journal = %path.display(), error = %e, "zone journal unreadable: serving the master file alone");
+                Vec::new()
+            })
+        } else {
+            let f = match JournalFile::open(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    set_aside(&path, &e.to_string());
+                    JournalFile::open(&path)
+                }
+                other => other,
+            }
+            .map_err(|e| format!("cannot open the zone journal {}: {e}", path.display()))?;
+            let frames = f.frames.clone();
+            file = Some(f);
+            frames
+        };
+        let saved = zone.serial();
+        let (replay, frames): (Vec<Frame>, Vec<Frame>) = match journal_file::after(&frames, saved) {
+            Some(rest) => (rest.to_vec(), frames),
+            None => {
+                let why = format!(
+                    "it does not continue from the master file's serial {saved} (entries {}→{})",
+                    frames.first().map_or(0, |f| f.from),
+                    frames.last().map_or(0, |f| f.to)
+                );
+                if self.read_only {
+                    tracing::warn!(journal = %path.display(), "zone journal ignored: {why}");
+                } else {
+                    set_aside(&path, &why);
+                    file = Some(JournalFile::open(&path).map_err(|e| {
+                        format!("cannot start the zone journal {}: {e}", path.display())
+                    })?);
+                }
+                (Vec::new(), Vec::new())
+            }
+        };
+        let mut history = Journal::default();
+        let skip = frames.len().saturating_sub(KEEP);
+        let first_replayed = frames.len() - replay.len();
+        for (i, f) in frames.iter().enumerate() {
+            if i < skip && i < first_replayed {
+                continue;
+            }
+            let d = f.decode(&origin).map_err(|e| {
+                format!(
+                    "{}: {e} (move the file aside to serve the zone as of its master file, serial {saved})",
+                    path.display()
+                )
+            })?;
+            if i >= first_replayed {
+                d.apply(zone);
+            }
+            if i >= skip {
+                history.append(d.entry());
+            }
+        }
+        if !replay.is_empty() {
+            tracing::info!(zone = %origin, from = saved, to = zone.serial(), changes = replay.len(), "zone journal replayed");
+        }
+        lock(&self.journals).insert(origin.clone(), history);
+        if let Some(file) = file {
+            let generation = self.next_generation();
+            lock(&self.journal_files).insert(
+                origin,
+                ZoneJournal {
+                    file,
+                    saved,
+                    unsaved_since: (!replay.is_empty()).then(Instant::now),
+                    checkpointing: false,
+                    generation,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn next_generation(&self) -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static G: AtomicU64 = AtomicU64::new(1);
+        G.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Appends a change to the zone's journal and waits until it is on disk; `false` when the
+    /// zone has no open journal (then the caller writes the master file).
+    fn append_journal(&self, origin: &Name, d: &Delta) -> Result<bool, PersistError> {
+        let mut files = lock(&self.journal_files);
+        let Some(j) = files.get_mut(origin) else {
+            return Ok(false);
+        };
+        let frame = Frame {
+            from: d.from,
+            to: d.to,
+            bytes: journal_file::encode(origin, d),
+        };
+        j.file.append(frame).map_err(|e| {
+            PersistError::Io(format!(
+                "cannot append to the zone journal {}: {e}",
+                j.file.path().display()
+            ))
+        })?;
+        j.unsaved_since.get_or_insert_with(Instant::now);
+        Ok(true)
+    }
+
+    /// After the master file was written whole at `serial`: a fresh journal that continues
+    /// from it.
+    fn restart_journal(&self, dir: &Path, origin: &Name, serial: u32) -> Result<(), PersistError> {
+        let path = Self::journal_path(dir, origin);
+        let _ = std::fs::remove_file(&path);
+        let file = JournalFile::open(&path).map_err(|e| {
+            PersistError::Io(format!(
+                "cannot start the zone journal {}: {e}",
+                path.display()
+            ))
+        })?;
+        let generation = self.next_generation();
+        lock(&self.journal_files).insert(
+            origin.clone(),
+            ZoneJournal {
+                file,
+                saved: serial,
+                unsaved_since: None,
+                checkpointing: false,
+                generation,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a checkpoint of the zone in the background when one is due.
+    fn checkpoint_if_due(self: &Arc<Self>, origin: &Name) {
+        {
+            let mut files = lock(&self.journal_files);
+            let Some(j) = files.get_mut(origin) else {
+                return;
+            };
+            if !j.due() {
+                return;
+            }
+            j.checkpointing = true;
+        }
+        let (zones, origin) = (self.clone(), origin.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = zones.checkpoint(&origin) {
+                tracing::warn!(zone = %origin, error = %e, "zone checkpoint failed; the journal keeps every change");
+            }
+        });
+    }
+
+    /// Writes the zone as served now into its master file (temp file, fsync, rename), then
+    /// drops from the journal what neither a restart nor IXFR needs any more.
+    pub fn checkpoint(&self, origin: &Name) -> Result<(), String> {
+        let Some(dir) = self.write_dir() else {
+            return Ok(());
+        };
+        let generation = {
+            let mut files = lock(&self.journal_files);
+            let Some(j) = files.get_mut(origin) else {
+                return Ok(());
+            };
+            j.checkpointing = true;
+            j.generation
+        };
+        let done = |files: &mut HashMap<Name, ZoneJournal>| {
+            if let Some(j) = files.get_mut(origin) {
+                j.checkpointing = false;
+            }
+        };
+        let Some(zone) = self.catalog.load().zones.get(origin).cloned() else {
+            done(&mut lock(&self.journal_files));
+            return Ok(());
+        };
+        let serial = zone.serial();
+        let text = zone_file::export(&zone);
+        let path = dir.join(format!("{origin}zone"));
+        let result = {
+            let _w = lock(&self.file_writes);
+            let current = lock(&self.journal_files).get(origin).map(|j| j.generation);
+            if current != Some(generation) {
+                Ok(()) // the journal was started afresh meanwhile, with a newer master file
+            } else {
+                fault_in_checkpoint(&path, &text);
+                portico_config::files::write_atomic(&path, text.as_bytes(), 0o644)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            }
+        };
+        let mut files = lock(&self.journal_files);
+        done(&mut files);
+        result?;
+        if let Some(j) = files.get_mut(origin).filter(|j| j.generation == generation) {
+            j.saved = serial;
+            j.file
+                .compact(serial, KEEP)
+                .map_err(|e| format!("cannot compact {}: {e}", j.file.path().display()))?;
+            j.unsaved_since = (j.file.since(serial) > 0).then(Instant::now);
+            tracing::info!(zone = %origin, serial, "zone checkpoint written");
+        }
+        Ok(())
+    }
+
+    /// Checkpoints every zone whose master file lacks changes (on a clean shutdown).
+    pub fn checkpoint_all(&self) {
+        let due: Vec<Name> = lock(&self.journal_files)
+            .iter()
+            .filter(|(_, j)| j.unsaved().0 > 0)
+            .map(|(o, _)| o.clone())
+            .collect();
+        for origin in due {
+            if let Err(e) = self.checkpoint(&origin) {
+                tracing::warn!(zone = %origin, error = %e, "zone checkpoint failed; the journal keeps every change");
+            }
+        }
     }
 
     /// Writes the zone file (temp, fsync, rename) and records the difference for IXFR. With a
@@ -491,12 +789,42 @@ impl HostedZones {
         old: Option<&Zone>,
         text: Option<String>,
     ) -> Result<(), PersistError> {
-        let text = text.unwrap_or_else(|| zone_file::export(zone));
+        let delta = old.map(|o| Delta::between(o, zone));
         if let Some(dir) = self.write_dir() {
-            std::fs::create_dir_all(&dir)
+            let guard = lock(&self.guard).clone();
+            let journaled = match (&guard, &delta) {
+                (None, Some(d)) => self.append_journal(&zone.origin, d)?,
+                _ => false,
+            };
+            if !journaled {
+                self.write_whole(&dir, zone, guard, text)?;
+            }
+        }
+        if let Some(d) = delta {
+            lock(&self.journals)
+                .entry(zone.origin.clone())
+                .or_default()
+                .append(d.entry());
+        }
+        Ok(())
+    }
+
+    /// Writes the master file whole (a new zone, or cluster mode); outside cluster mode the
+    /// journal then starts afresh from it.
+    fn write_whole(
+        &self,
+        dir: &Path,
+        zone: &Zone,
+        guard: Option<Arc<dyn ZoneGuard>>,
+        text: Option<String>,
+    ) -> Result<(), PersistError> {
+        let text = text.unwrap_or_else(|| zone_file::export(zone));
+        {
+            std::fs::create_dir_all(dir)
                 .map_err(|e| PersistError::Io(format!("cannot create {}: {e}", dir.display())))?;
             let path = dir.join(format!("{}zone", zone.origin));
-            let guard = lock(&self.guard).clone();
+            let _w = lock(&self.file_writes);
+            let journaled = guard.is_none();
             if let Some(g) = guard {
                 let before = std::fs::read(&path).ok();
                 g.publish(
@@ -507,12 +835,9 @@ impl HostedZones {
             }
             portico_config::files::write_atomic(&path, text.as_bytes(), 0o644)
                 .map_err(|e| PersistError::Io(format!("cannot write {}: {e}", path.display())))?;
-        }
-        if let Some(old) = old {
-            lock(&self.journals)
-                .entry(zone.origin.clone())
-                .or_default()
-                .append(JournalEntry::diff(old, zone));
+            if journaled {
+                self.restart_journal(dir, &zone.origin, zone.serial())?;
+            }
         }
         Ok(())
     }
@@ -548,6 +873,57 @@ impl HostedZones {
         self.catalog.store(Arc::new(next));
         Ok(true)
     }
+}
+
+/// Moves a journal that cannot be used out of the way (kept for a person to look at).
+fn set_aside(path: &Path, why: &str) {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_extension(format!("journal.unused-{stamp}"));
+    tracing::warn!(journal = %path.display(), moved_to = %aside.display(), "zone journal set aside: {why}");
+    let _ = std::fs::rename(path, aside);
+}
+
+/// A fault for tests (a test double of a crash): with `PORTICO_TEST_FAULT=checkpoint-crash`,
+/// the process writes half the new master file to its temp file and aborts, as a `kill -9` in
+/// the middle of a checkpoint would leave it.
+fn fault_in_checkpoint(path: &Path, text: &str) {
+    if std::env::var("PORTICO_TEST_FAULT").as_deref() != Ok("checkpoint-crash") {
+        return;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("zone");
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let _ = std::fs::write(tmp, &text.as_bytes()[..text.len() / 2]);
+    std::process::abort();
+}
+
+/// Folds every zone journal of a state directory into its master file and removes it (before
+/// the directory is copied into a shared store: journals are one node's own).
+pub fn fold_journals(state_dir: &Path) -> Result<usize, String> {
+    let dir = state_dir.join("zones");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let zones = HostedZones::new(Some(state_dir.to_path_buf()));
+    let mut n = 0;
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        let Some(origin) = file.strip_suffix("journal").filter(|o| o.ends_with('.')) else {
+            continue;
+        };
+        let origin = zone_name(origin).map_err(|e| e.to_string())?;
+        if let Some(zone) = zones.read_state(&origin)? {
+            let path = dir.join(format!("{origin}zone"));
+            portico_config::files::write_atomic(&path, zone_file::export(&zone).as_bytes(), 0o644)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        lock(&zones.journal_files).remove(&origin);
+        std::fs::remove_file(e.path())
+            .map_err(|err| format!("cannot remove {}: {err}", e.path().display()))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Where zone writes are shared in cluster mode: `publish` stores `new` under `key` only if the

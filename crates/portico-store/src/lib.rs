@@ -83,9 +83,14 @@ pub fn check_key(key: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Keys that belong to one process, never shared or migrated.
+/// Keys that belong to one process, never shared or migrated: its pid and admin address,
+/// temp files and locks, and zone journals (`zones/<zone>journal`, folded into the master files
+/// before a migration).
 pub fn is_local_only(key: &str) -> bool {
-    matches!(key, "portico.pid" | "admin.url") || key.contains("/.") || key.starts_with('.')
+    matches!(key, "portico.pid" | "admin.url")
+        || key.contains("/.")
+        || key.starts_with('.')
+        || (key.starts_with("zones/") && (key.ends_with(".journal") || key.contains(".journal.")))
 }
 
 /// Copies every key of `from` into `to` (same bytes; private keys keep mode 0600 on disk).
@@ -139,5 +144,7 @@ mod tests {
         assert_eq!(mode_for("ca/root.key"), 0o600);
         assert_eq!(mode_for("certificates/archive/app/cert3.pem"), 0o644);
         assert!(is_local_only("portico.pid") && is_local_only("zones/.x.tmp.1"));
+        assert!(is_local_only("zones/example.com.journal"));
+        assert!(!is_local_only("zones/example.com.zone"));
     }
 }

@@ -251,6 +251,10 @@ impl Server {
         if !clean {
             tracing::warn!("drain deadline passed with requests still in flight");
         }
+        // Zones' master files brought up to date with their journals, so that a stopped
+        // server's files are complete (a crash instead leaves the journal to replay).
+        let zones = self.core.zones.clone();
+        let _ = tokio::task::spawn_blocking(move || zones.checkpoint_all()).await;
         let _ = std::fs::remove_file(self.core.state_dir.join(PID_FILE));
         if self.admin.is_some() {
             let _ = std::fs::remove_file(self.core.state_dir.join(portico_admin::URL_FILE));

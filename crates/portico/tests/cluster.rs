@@ -102,7 +102,12 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || name == "portico.pid" || name == "admin.url" {
+            // Zone journals are the node's own (folded into the master file by migrate).
+            if name.starts_with('.')
+                || name == "portico.pid"
+                || name == "admin.url"
+                || name.ends_with(".journal")
+            {
                 continue;
             }
             let p = e.path();

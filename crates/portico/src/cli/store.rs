@@ -43,6 +43,16 @@ pub fn migrate(config_path: &Path, to: Direction) -> anyhow::Result<()> {
         )
     })?;
     let dir = LocalDir::new(&config.state_dir);
+    // Zone journals are this node's own: folded into the master files before they are copied
+    // out, and dropped before the master files are copied in (they would replay over them).
+    match to {
+        Direction::Etcd => {
+            portico_dns::zones::fold_journals(&config.state_dir)
+                .map_err(anyhow::Error::msg)
+                .context("folding the zone journals into the master files")?;
+        }
+        Direction::Dir => remove_journals(&config.state_dir)?,
+    }
     let (from, into): (&dyn Store, &dyn Store) = match to {
         Direction::Etcd => (&dir, shared.as_ref()),
         Direction::Dir => (shared.as_ref(), &dir),
@@ -54,5 +64,19 @@ pub fn migrate(config_path: &Path, to: Direction) -> anyhow::Result<()> {
         from.describe(),
         into.describe()
     );
+    Ok(())
+}
+
+fn remove_journals(state_dir: &Path) -> anyhow::Result<()> {
+    let dir = state_dir.join("zones");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().ends_with(".journal") {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
     Ok(())
 }
