@@ -262,18 +262,23 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
         let mut rtype_text = None;
         for _ in 0..3 {
             let Some(t) = toks.next() else { break };
-            let up = t.text.to_ascii_uppercase();
-            if up == "IN" {
+            // Compared without an upper-case copy: TTL and class are on every line of an
+            // exported zone, and a million-record load made three copies per record.
+            if t.text.eq_ignore_ascii_case("IN") {
                 continue;
             }
-            if matches!(up.as_str(), "CH" | "HS" | "CS") {
+            if ["CH", "HS", "CS"]
+                .iter()
+                .any(|c| t.text.eq_ignore_ascii_case(c))
+            {
+                let up = t.text.to_ascii_uppercase();
                 return Err(err(format!("class {up} is not served: only IN")));
             }
             if t.text.starts_with(|c: char| c.is_ascii_digit()) {
                 rec_ttl = parse_ttl(&t.text).map_err(err)?;
                 continue;
             }
-            rtype_text = Some(up);
+            rtype_text = Some(t.text.to_ascii_uppercase());
             break;
         }
         let rtype_text = rtype_text.ok_or_else(|| err("no record type".into()))?;
@@ -387,6 +392,13 @@ fn name(text: &str, origin: &Name) -> Result<Name, String> {
         Name::parse(text, Some(origin))
     }
     .map_err(|e| format!("bad name {text:?}: {e}"))?;
+    // The origin is lower-case already (a zone's origin, or a `$ORIGIN` read through here), so
+    // a name written in lower case needs no lower-cased copy.
+    // (Checked byte for byte: `Name`'s own equality ignores case.)
+    let lower = |b: &[u8]| !b.iter().any(u8::is_ascii_uppercase);
+    if plain && lower(text.as_bytes()) && origin.iter().all(lower) {
+        return Ok(n);
+    }
     Ok(n.to_lowercase())
 }
 
