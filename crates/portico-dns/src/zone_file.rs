@@ -52,16 +52,17 @@ impl Token {
 }
 
 /// One logical record: its first line, whether it began with blank space, its tokens.
-struct Entry {
+struct Entry<'a> {
     line: usize,
     blank_owner: bool,
     tokens: Vec<Token>,
-    raw: String,
+    /// The record's text for error messages: borrowed from the file unless it spans lines.
+    raw: std::borrow::Cow<'a, str>,
     /// The words of a `; portico:` comment, if the record has one.
     portico: Option<String>,
 }
 
-fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
+fn tokenize(text: &str) -> Result<Vec<Entry<'_>>, ZoneFileError> {
     let mut entries = Vec::new();
     each_entry(text, |e| {
         entries.push(e);
@@ -71,11 +72,13 @@ fn tokenize(text: &str) -> Result<Vec<Entry>, ZoneFileError> {
 }
 
 /// Calls `f` with each logical record in turn, so that a large file is never held as tokens.
-fn each_entry(
-    text: &str,
-    mut f: impl FnMut(Entry) -> Result<(), ZoneFileError>,
+fn each_entry<'a>(
+    text: &'a str,
+    mut f: impl FnMut(Entry<'a>) -> Result<(), ZoneFileError>,
 ) -> Result<(), ZoneFileError> {
-    let mut cur: Option<Entry> = None;
+    let mut cur: Option<Entry<'a>> = None;
+    // One buffer for every line's characters (a million-record file allocated one per line).
+    let mut chars: Vec<char> = Vec::new();
     let mut depth = 0usize;
     let mut line_count = 0;
     for (i, line) in text.lines().enumerate() {
@@ -96,17 +99,19 @@ fn each_entry(
                 line: lineno,
                 blank_owner: line.starts_with([' ', '\t']),
                 tokens: Vec::new(),
-                raw: line.trim().to_string(),
+                raw: std::borrow::Cow::Borrowed(line.trim()),
                 portico: None,
             });
         } else if let Some(e) = cur.as_mut() {
-            e.raw.push(' ');
-            e.raw.push_str(line.trim());
+            let raw = e.raw.to_mut();
+            raw.push(' ');
+            raw.push_str(line.trim());
         }
         let entry = cur
             .as_mut()
             .ok_or_else(|| err("internal: no record".into()))?;
-        let chars: Vec<char> = line.chars().collect();
+        chars.clear();
+        chars.extend(line.chars());
         let mut j = 0;
         while j < chars.len() {
             let c = chars[j];
@@ -188,7 +193,7 @@ fn each_entry(
         let e = cur.as_ref();
         return Err(ZoneFileError {
             line: e.map_or(line_count, |e| e.line),
-            record: e.map(|e| e.raw.clone()).unwrap_or_default(),
+            record: e.map(|e| e.raw.to_string()).unwrap_or_default(),
             message: "'(' is never closed".into(),
         });
     }
@@ -226,7 +231,7 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
     each_entry(text, |e| {
         let err = |message: String| ZoneFileError {
             line: e.line,
-            record: e.raw.clone(),
+            record: e.raw.to_string(),
             message,
         };
         let mut toks = e.tokens.iter().peekable();
