@@ -279,29 +279,20 @@ impl Zone {
         let Some(t) = self.touched.names() else {
             return false;
         };
-        let glue_type = |ty: RecordType| {
-            matches!(
-                ty,
-                RecordType::NS
-                    | RecordType::MX
-                    | RecordType::SRV
-                    | RecordType::A
-                    | RecordType::AAAA
-            )
-        };
-        t.iter().all(|o| {
-            let sets = |n: Option<&Node>| -> Vec<RecordSet> {
-                n.map(|n| {
-                    n.sets
-                        .iter()
-                        .filter(|s| glue_type(s.rtype))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default()
-            };
-            sets(old.nodes.get(o)) == sets(self.nodes.get(o))
-        })
+        fn glue_sets(n: Option<&Node>) -> impl Iterator<Item = &RecordSet> {
+            n.map_or(&[][..], |n| &n.sets[..]).iter().filter(|s| {
+                matches!(
+                    s.rtype,
+                    RecordType::NS
+                        | RecordType::MX
+                        | RecordType::SRV
+                        | RecordType::A
+                        | RecordType::AAAA
+                )
+            })
+        }
+        t.iter()
+            .all(|o| glue_sets(old.nodes.get(o)).eq(glue_sets(self.nodes.get(o))))
     }
 
     /// Replaces everything at `owner` (a node read back from the journal), keeping the zone
@@ -725,68 +716,70 @@ impl Zone {
     }
 
     fn validate_node(&self, owner: &Owner, node: &Node) -> Result<(), ZoneError> {
-        {
-            // Decoded only for an error message.
-            let name = || owner.name();
-            if !owner.key().starts_with(self.apex.key()) {
+        // Decoded only for an error message.
+        let name = || owner.name();
+        if !owner.key().starts_with(self.apex.key()) {
+            return Err(ZoneError::new(
+                &name(),
+                "-",
+                format!("the name is outside the zone {}", self.origin),
+            ));
+        }
+        for set in &node.sets {
+            if set.ttl > MAX_TTL {
                 return Err(ZoneError::new(
                     &name(),
-                    "-",
-                    format!("the name is outside the zone {}", self.origin),
+                    set.rtype,
+                    format!("TTL {} is above {MAX_TTL}", set.ttl),
                 ));
             }
-            for set in &node.sets {
-                if set.ttl > MAX_TTL {
-                    return Err(ZoneError::new(
-                        &name(),
-                        set.rtype,
-                        format!("TTL {} is above {MAX_TTL}", set.ttl),
-                    ));
-                }
-                if set.rtype == RecordType::SOA && *owner != self.apex {
-                    return Err(ZoneError::new(
-                        &name(),
-                        "SOA",
-                        "an SOA record belongs only at the zone apex",
-                    ));
-                }
-                if set.rtype == RecordType::CNAME && set.len() > 1 {
-                    return Err(ZoneError::new(
-                        &name(),
-                        "CNAME",
-                        "a name has at most one CNAME record",
-                    ));
-                }
+            if set.rtype == RecordType::SOA && *owner != self.apex {
+                return Err(ZoneError::new(
+                    &name(),
+                    "SOA",
+                    "an SOA record belongs only at the zone apex",
+                ));
             }
-            validate_routed(node, &name)?;
-            let has_cname = node.get(RecordType::CNAME).is_some();
-            if has_cname && (node.sets.len() > 1 || node.extra.is_some()) {
+            if set.rtype == RecordType::CNAME && set.len() > 1 {
                 return Err(ZoneError::new(
                     &name(),
                     "CNAME",
-                    "a CNAME cannot coexist with other data at the same name (RFC 1034 §3.6.2)",
+                    "a name has at most one CNAME record",
                 ));
             }
-            if has_cname && *owner == self.apex {
+        }
+        validate_routed(node, &name)?;
+        let has_cname = node.get(RecordType::CNAME).is_some();
+        if has_cname && (node.sets.len() > 1 || node.extra.is_some()) {
+            return Err(ZoneError::new(
+                &name(),
+                "CNAME",
+                "a CNAME cannot coexist with other data at the same name (RFC 1034 §3.6.2)",
+            ));
+        }
+        if has_cname && *owner == self.apex {
+            return Err(ZoneError::new(
+                &name(),
+                "CNAME",
+                "a CNAME cannot be at the zone apex (use ALIAS)",
+            ));
+        }
+        if let Some(alias) = node.alias() {
+            if node.get(RecordType::A).is_some() || node.get(RecordType::AAAA).is_some() {
                 return Err(ZoneError::new(
                     &name(),
-                    "CNAME",
-                    "a CNAME cannot be at the zone apex (use ALIAS)",
+                    "ALIAS",
+                    "an ALIAS answers A and AAAA itself: remove the A/AAAA records at this name",
                 ));
             }
-            if let Some(alias) = node.alias() {
-                if node.get(RecordType::A).is_some() || node.get(RecordType::AAAA).is_some() {
-                    return Err(ZoneError::new(&name(), "ALIAS", "an ALIAS answers A and AAAA itself: remove the A/AAAA records at this name"));
-                }
-                self.validate_alias_target(alias, &name())?;
-                if alias.evaluate_target_health && alias.ttl > MAX_HEALTH_TTL {
-                    return Err(ZoneError::new(&name(), "ALIAS", format!("TTL {} is above {MAX_HEALTH_TTL} for an alias that evaluates target health: resolvers would keep an unhealthy answer that long (use 60)", alias.ttl)));
-                }
+            self.validate_alias_target(alias, &name())?;
+            if alias.evaluate_target_health && alias.ttl > MAX_HEALTH_TTL {
+                return Err(ZoneError::new(&name(), "ALIAS", format!("TTL {} is above {MAX_HEALTH_TTL} for an alias that evaluates target health: resolvers would keep an unhealthy answer that long (use 60)", alias.ttl)));
             }
-            for r in node.routed() {
-                if let RoutedData::Alias(a) = &r.data {
-                    self.validate_alias_target(a, &name())?;
-                }
+        }
+        for r in node.routed() {
+            if let RoutedData::Alias(a) = &r.data {
+                self.validate_alias_target(a, &name())?;
             }
         }
         Ok(())

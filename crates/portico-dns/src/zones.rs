@@ -160,7 +160,7 @@ pub struct HostedZones {
     journal_files: Mutex<HashMap<Name, ZoneJournal>>,
     /// Held while a master file is written whole, so that a checkpoint never overwrites a
     /// newer file.
-    file_writes: Mutex<u64>,
+    file_writes: Mutex<()>,
     applied: Mutex<HashMap<Name, HashSet<String>>>,
     changes: Mutex<HashMap<String, ChangeInfo>>,
     state_dir: Option<PathBuf>,
@@ -190,7 +190,7 @@ impl HostedZones {
             keys: ArcSwap::from_pointee(HashMap::new()),
             journals: Mutex::default(),
             journal_files: Mutex::default(),
-            file_writes: Mutex::new(0),
+            file_writes: Mutex::new(()),
             applied: Mutex::default(),
             changes: Mutex::default(),
             state_dir,
@@ -564,11 +564,12 @@ impl HostedZones {
         let origin = zone.origin.clone();
         let path = Self::journal_path(dir, &origin);
         let mut file = None;
-        let frames = if self.read_only {
-            journal_file::read(&path).unwrap_or_else(|e| {
+        let mut read = Vec::new();
+        if self.read_only {
+            read = journal_file::read(&path).unwrap_or_else(|e| {
                 tracing::warn!(journal = %path.display(), error = %e, "zone journal unreadable: serving the master file alone");
                 Vec::new()
-            })
+            });
         } else {
             let f = match JournalFile::open(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -578,13 +579,13 @@ impl HostedZones {
                 other => other,
             }
             .map_err(|e| format!("cannot open the zone journal {}: {e}", path.display()))?;
-            let frames = f.frames.clone();
             file = Some(f);
-            frames
-        };
+        }
+        let frames: &[Frame] = file.as_ref().map_or(&read[..], |f| &f.frames[..]);
         let saved = zone.serial();
-        let (replay, frames): (Vec<Frame>, Vec<Frame>) = match journal_file::after(&frames, saved) {
-            Some(rest) => (rest.to_vec(), frames),
+        // Where the entries to replay start (the earlier ones are only IXFR history).
+        let (first_replayed, frames) = match journal_file::after(frames, saved) {
+            Some(rest) => (frames.len() - rest.len(), frames),
             None => {
                 let why = format!(
                     "it does not continue from the master file's serial {saved} (entries {}→{})",
@@ -599,12 +600,12 @@ impl HostedZones {
                         format!("cannot start the zone journal {}: {e}", path.display())
                     })?);
                 }
-                (Vec::new(), Vec::new())
+                (0, &[][..])
             }
         };
+        let replayed = frames.len() - first_replayed;
         let mut history = Journal::default();
         let skip = frames.len().saturating_sub(KEEP);
-        let first_replayed = frames.len() - replay.len();
         for (i, f) in frames.iter().enumerate() {
             if i < skip && i < first_replayed {
                 continue;
@@ -622,30 +623,24 @@ impl HostedZones {
                 history.append(d.entry());
             }
         }
-        if !replay.is_empty() {
-            tracing::info!(zone = %origin, from = saved, to = zone.serial(), changes = replay.len(), "zone journal replayed");
+        if replayed > 0 {
+            tracing::info!(zone = %origin, from = saved, to = zone.serial(), changes = replayed, "zone journal replayed");
         }
         lock(&self.journals).insert(origin.clone(), history);
         if let Some(file) = file {
-            let generation = self.next_generation();
+            let generation = next_generation();
             lock(&self.journal_files).insert(
                 origin,
                 ZoneJournal {
                     file,
                     saved,
-                    unsaved_since: (!replay.is_empty()).then(Instant::now),
+                    unsaved_since: (replayed > 0).then(Instant::now),
                     checkpointing: false,
                     generation,
                 },
             );
         }
         Ok(())
-    }
-
-    fn next_generation(&self) -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static G: AtomicU64 = AtomicU64::new(1);
-        G.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Appends a change to the zone's journal and waits until it is on disk; `false` when the
@@ -681,7 +676,7 @@ impl HostedZones {
                 path.display()
             ))
         })?;
-        let generation = self.next_generation();
+        let generation = next_generation();
         lock(&self.journal_files).insert(
             origin.clone(),
             ZoneJournal {
@@ -780,9 +775,10 @@ impl HostedZones {
         }
     }
 
-    /// Writes the zone file (temp, fsync, rename) and records the difference for IXFR. With a
-    /// shared store, the zone is first written there, only if it still holds what this node last
-    /// saw; otherwise the change is a conflict and nothing is written.
+    /// Persists a new version of the zone and records the difference for IXFR: a change to a
+    /// zone with an open journal is appended to it; otherwise the master file is written whole
+    /// (`write_whole`). With a shared store, the zone is first written there, only if it still
+    /// holds what this node last saw; otherwise the change is a conflict and nothing is written.
     fn persist(
         &self,
         zone: &Zone,
@@ -819,25 +815,23 @@ impl HostedZones {
         text: Option<String>,
     ) -> Result<(), PersistError> {
         let text = text.unwrap_or_else(|| zone_file::export(zone));
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| PersistError::Io(format!("cannot create {}: {e}", dir.display())))?;
-            let path = dir.join(format!("{}zone", zone.origin));
-            let _w = lock(&self.file_writes);
-            let journaled = guard.is_none();
-            if let Some(g) = guard {
-                let before = std::fs::read(&path).ok();
-                g.publish(
-                    &format!("zones/{}zone", zone.origin),
-                    before.as_deref(),
-                    text.as_bytes(),
-                )?;
-            }
-            portico_config::files::write_atomic(&path, text.as_bytes(), 0o644)
-                .map_err(|e| PersistError::Io(format!("cannot write {}: {e}", path.display())))?;
-            if journaled {
-                self.restart_journal(dir, &zone.origin, zone.serial())?;
-            }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PersistError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{}zone", zone.origin));
+        let _w = lock(&self.file_writes);
+        let journaled = guard.is_none();
+        if let Some(g) = guard {
+            let before = std::fs::read(&path).ok();
+            g.publish(
+                &format!("zones/{}zone", zone.origin),
+                before.as_deref(),
+                text.as_bytes(),
+            )?;
+        }
+        portico_config::files::write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|e| PersistError::Io(format!("cannot write {}: {e}", path.display())))?;
+        if journaled {
+            self.restart_journal(dir, &zone.origin, zone.serial())?;
         }
         Ok(())
     }
@@ -873,6 +867,13 @@ impl HostedZones {
         self.catalog.store(Arc::new(next));
         Ok(true)
     }
+}
+
+/// A new journal generation (see `ZoneJournal::generation`).
+fn next_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static G: AtomicU64 = AtomicU64::new(1);
+    G.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Moves a journal that cannot be used out of the way (kept for a person to look at).
