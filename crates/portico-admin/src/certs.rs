@@ -247,13 +247,27 @@ pub(super) async fn cert_lock(
     })?;
     let ca = match spec.ca_identity {
         Some(c) => c,
-        None => portico_certs::lock::known_caa_identity(&directory)
-            .map(String::from)
-            .ok_or_else(|| {
-                ApiError::bad(format!("which CAA domain does the CA at {directory} use?")).hint(
-                    "pass ca_identity (the CA's directory lists it under meta.caaIdentities; Let's Encrypt's is letsencrypt.org)",
-                )
-            })?,
+        None => match portico_certs::lock::known_caa_identity(&directory) {
+            Some(c) => c.to_string(),
+            // Any other CA: the first CAA domain its directory names (RFC 8555 §7.1.1).
+            None => {
+                let issuer = ctx.node.certs().acme_issuer().ok_or_else(|| {
+                    ApiError::conflict("no [acme] section: CAA names the ACME CA that may issue")
+                })?;
+                let named = issuer.caa_identities().await.map_err(|e| {
+                    ApiError::bad(format!(
+                        "which CAA domain does the CA at {directory} use? {e}"
+                    ))
+                    .hint("pass ca_identity (the CA's CAA domain)")
+                })?;
+                named.into_iter().next().ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "which CAA domain does the CA at {directory} use? Its directory lists no meta.caaIdentities"
+                    ))
+                    .hint("pass ca_identity (the CA's CAA domain, from its documentation)")
+                })?
+            }
+        },
     };
     let account = portico_certs::issuer::acme::account_uri(ctx.node.state_dir(), &directory)
         .ok_or_else(|| {

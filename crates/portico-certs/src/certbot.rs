@@ -165,10 +165,10 @@ pub enum AccountFit {
     OtherDirectory(String),
     /// The account files are not there.
     Missing,
-    /// Its key type (`kty`, `RSA` for every account certbot 2 makes) and URL: Portico's ACME
-    /// client (instant-acme) signs with ECDSA P-256 only, so this account cannot sign Portico's
-    /// orders; renewals go through Portico's own account at the same CA.
-    UnsupportedKey { kty: String, uri: String },
+    /// The account's URL and private key (a JWK; `RSA` for every account certbot 2 makes).
+    /// Portico's ACME client signs with ECDSA P-256 only, so an RSA account is adopted by
+    /// rolling its key over (`AcmeIssuer::adopt_account`).
+    Found { uri: String, key: serde_json::Value },
 }
 
 /// Whether certbot's account for `l` can be Portico's at `directory`.
@@ -195,7 +195,11 @@ pub fn account_fit(dir: &Path, l: &Lineage, directory: &str) -> AccountFit {
     let (Some(key), Some(regr)) = (key, regr) else {
         return AccountFit::Missing;
     };
-    let kty = key["kty"].as_str().unwrap_or("").to_string();
-    let uri = regr["uri"].as_str().unwrap_or("").to_string();
-    AccountFit::UnsupportedKey { kty, uri }
+    match regr["uri"].as_str() {
+        Some(uri) => AccountFit::Found {
+            uri: uri.to_string(),
+            key,
+        },
+        None => AccountFit::Missing,
+    }
 }

@@ -274,6 +274,11 @@ impl CertManager {
         }
     }
 
+    /// The ACME issuer of the applied `[acme]` section.
+    pub fn acme_issuer(&self) -> Option<Arc<AcmeIssuer>> {
+        lock(&self.acme).clone()
+    }
+
     pub fn internal_root(&self) -> PathBuf {
         self.internal.root_path()
     }

@@ -1386,6 +1386,9 @@ async fn certs_lock_binds_caa_to_the_account_and_method_and_the_doctor_checks_it
     let mut text = std::fs::read_to_string(&env.config).unwrap();
     text.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"));
     std::fs::write(&env.config, text).unwrap();
+    // Through the fault-injecting proxy (a test double): Pebble's directory names no CAA
+    // domain, the proxy's names one when told to.
+    let proxy = through_fault_proxy(&env).await;
     let (portico, _client) = env.serve_until_issued().await;
     let config = env.config.to_str().unwrap().to_string();
     let (dns, http, https) = (
@@ -1416,20 +1419,24 @@ async fn certs_lock_binds_caa_to_the_account_and_method_and_the_doctor_checks_it
     let rows = doctor_rows(&common);
     assert!(has(&rows, "CAAUnlocked", "app.example.test"), "{rows:?}");
 
-    let c = config.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || {
-        run(&[
-            "certs",
-            "lock",
-            "app",
-            "--ca-identity",
-            "pebble.example",
-            "-c",
-            &c,
-        ])
-    })
-    .await
-    .unwrap();
+    // Without --ca-identity the CA's CAA domain comes from its directory; when it names none,
+    // the lock is refused with what to pass, and nothing is written.
+    let lock = |c: String| async move {
+        tokio::task::spawn_blocking(move || run(&["certs", "lock", "app", "-c", &c]))
+            .await
+            .unwrap()
+    };
+    let (code, out) = lock(config.clone()).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("lists no meta.caaIdentities"), "{out}");
+    assert!(out.contains("ca_identity"), "{out}");
+    assert!(has(
+        &doctor_rows(&common),
+        "CAAUnlocked",
+        "app.example.test"
+    ));
+    proxy.state().caa_identities = vec!["pebble.example".into(), "other.example".into()];
+    let (code, out) = lock(config.clone()).await;
     assert_eq!(code, 0, "{out}\n{}", portico.output());
     let account = std::fs::read_dir(env.dir.path().join("state/acme/accounts"))
         .unwrap()
@@ -1565,8 +1572,32 @@ async fn certbot_lineage_imported_served_without_a_new_order_and_renewed_later()
         out.contains("app: adopted version 1 (app.example.test), renewed by http-01 (certbot used standalone)"),
         "{out}"
     );
-    assert!(out.contains("has an RSA key"), "{out}");
     assert_eq!(tree_state(&le), before, "certbot's directory is only read");
+    // certbot's RSA account becomes Portico's: same account URL, key rolled over to P-256.
+    let certbot_uri = find_file(&le.join("accounts"), "regr.json")
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap()["uri"].clone())
+        .and_then(|u| u.as_str().map(String::from))
+        .expect("certbot's regr.json with the account URL");
+    assert!(
+        out.contains(&format!(
+            "renewals use certbot's account {certbot_uri}: its key was rolled over"
+        )),
+        "{out}"
+    );
+    let portico_account = || {
+        let file = find_file(&env.dir.path().join("state/acme/accounts"), "account.json")
+            .expect("Portico's account.json");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(portico_account(), certbot_uri);
 
     let (portico, client) = env.serve_until_issued().await;
     let pem = std::fs::read_to_string(le.join("live/app/cert.pem")).unwrap();
@@ -1596,6 +1627,24 @@ async fn certbot_lineage_imported_served_without_a_new_order_and_renewed_later()
         "Portico's renewal replaces certbot's certificate",
     )
     .await;
+    // The renewal was ordered (signed with the rolled-over key) by certbot's account: no
+    // other account was made.
+    assert_eq!(portico_account(), certbot_uri);
+}
+
+/// The first file named `name` under `dir`, depth first.
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// Waits until HTTPS serves a leaf other than `old` (a renewal took effect).

@@ -76,7 +76,14 @@ impl AcmeIssuer {
         }
     }
 
-    fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
+    /// The HTTPS connector to the CA: the configured root (Pebble, a private CA) or the
+    /// platform's verifier.
+    fn connector(
+        &self,
+    ) -> Result<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        String,
+    > {
         let tls = match &self.ca_root {
             Some(root) => {
                 use rustls_pki_types::pem::PemObject;
@@ -102,13 +109,62 @@ impl AcmeIssuer {
                 .with_provider_and_platform_verifier(client_provider())
                 .map_err(|e| format!("ACME client: {e}"))?,
         };
+        Ok(tls.https_only().enable_http1().enable_http2().build())
+    }
+
+    fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(tls.https_only().enable_http1().enable_http2().build());
+                .build(self.connector()?);
         Ok(Account::builder_with_http(Box::new(RetryAfterClient {
             inner: client,
             retry_after: self.retry_after.clone(),
         })))
+    }
+
+    /// The CAA domains the CA names in its directory (`meta.caaIdentities`, RFC 8555 §7.1.1).
+    pub async fn caa_identities(&self) -> Result<Vec<String>, String> {
+        let dir = super::rollover::directory(self.connector()?, &self.directory).await?;
+        Ok(dir["meta"]["caaIdentities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect())
+    }
+
+    /// Makes the account at `uri`, signed by the RSA key `jwk` (certbot's `private_key.json`),
+    /// Portico's account at this CA: the account's key is rolled over to a new P-256 key
+    /// (RFC 8555 §7.3.5) that Portico keeps. Refused when Portico has an account here already.
+    pub async fn adopt_account(&self, jwk: &serde_json::Value, uri: &str) -> Result<(), String> {
+        let file = self.accounts.join("account.json");
+        if file.exists() {
+            return Err(format!(
+                "Portico has an account at this CA already ({})",
+                file.display()
+            ));
+        }
+        let old = super::rollover::rsa_from_jwk(jwk)?;
+        let pkcs8 =
+            super::rollover::rollover(self.connector()?, &self.directory, uri, &old).await?;
+        let creds = serde_json::json!({
+            "id": uri,
+            "key_pkcs8": base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                &pkcs8
+            ),
+            "directory": self.directory,
+        });
+        // What instant-acme reads back, checked before it is stored.
+        let _: AccountCredentials = serde_json::from_value(creds.clone())
+            .map_err(|e| format!("the adopted account's credentials: {e}"))?;
+        std::fs::create_dir_all(&self.accounts)
+            .map_err(|e| format!("{}: {e}", self.accounts.display()))?;
+        let json = serde_json::to_string_pretty(&creds).map_err(|e| e.to_string())?;
+        write_atomic(&file, json.as_bytes(), 0o600)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        tracing::info!(directory = %self.directory, account = %uri, "ACME account adopted (key rolled over to P-256)");
+        Ok(())
     }
 
     /// Revokes `leaf` (RFC 8555 §7.6) with the account that ordered it.

@@ -57,7 +57,8 @@ pub enum CertsCommand {
     /// challenge (validationmethods), RFC 8657; through the running server's admin API.
     Lock {
         name: String,
-        /// The CA's CAA domain (default: letsencrypt.org for Let's Encrypt's directories).
+        /// The CA's CAA domain (default: letsencrypt.org for Let's Encrypt's directories,
+        /// otherwise the first the CA's directory names in meta.caaIdentities).
         #[arg(long)]
         ca_identity: Option<String>,
         #[command(flatten)]

@@ -39,6 +39,7 @@ pub fn certs_import(certbot: &Path, target: &Target) -> anyhow::Result<()> {
     };
     let mut runtime = crate::runtime::load(&config.state_dir)?;
     let mut added_offline = false;
+    let mut rt = None;
     for l in &found {
         if storage.load_live(&l.name).is_some() {
             println!(
@@ -119,9 +120,9 @@ pub fn certs_import(certbot: &Path, target: &Target) -> anyhow::Result<()> {
             Some(AccountFit::Missing) => {
                 println!("  certbot's account files are missing: renewals use Portico's own account")
             }
-            Some(AccountFit::UnsupportedKey { kty, uri }) => println!(
-                "  certbot's account {uri} has an {kty} key, and Portico's ACME client signs with ECDSA P-256 only: renewals use Portico's own account at the same CA (the certificate keeps serving until then)"
-            ),
+            Some(AccountFit::Found { uri, key }) => {
+                adopt(&config, &source.base_dir(), &uri, &key, &mut rt)?
+            }
         }
     }
     if added_offline {
@@ -131,6 +132,49 @@ pub fn certs_import(certbot: &Path, target: &Target) -> anyhow::Result<()> {
         println!(
             "the certificates are served from the next `portico serve`; list them with `portico certs list`"
         );
+    }
+    Ok(())
+}
+
+/// Makes certbot's account (`uri`, signed by `key`) Portico's at the configured CA, unless
+/// Portico has an account there already: its RSA key is rolled over to a P-256 key Portico
+/// keeps, so renewals are ordered by the same account (CAA `accounturi`, ARI's exemption).
+fn adopt(
+    config: &crate::config::PorticoConfig,
+    base_dir: &Path,
+    uri: &str,
+    key: &serde_json::Value,
+    rt: &mut Option<tokio::runtime::Runtime>,
+) -> anyhow::Result<()> {
+    let Some(acme) = config.acme_settings(base_dir) else {
+        return Ok(());
+    };
+    match portico_certs::issuer::acme::account_uri(&config.state_dir, &acme.directory) {
+        Some(have) if have == uri => println!("  renewals use certbot's account {uri} (adopted)"),
+        Some(have) => println!(
+            "  Portico has its own account at this CA ({have}): renewals use it, not certbot's {uri}"
+        ),
+        None => {
+            let issuer = portico_certs::issuer::acme::AcmeIssuer::new(
+                &config.state_dir,
+                &acme.directory,
+                acme.email.clone(),
+                acme.ca_root.clone(),
+                acme.eab.clone(),
+            );
+            let rt = match rt {
+                Some(rt) => rt,
+                None => rt.insert(crate::server::runtime()?),
+            };
+            match rt.block_on(issuer.adopt_account(key, uri)) {
+                Ok(()) => println!(
+                    "  renewals use certbot's account {uri}: its key was rolled over (RFC 8555 §7.3.5) to a P-256 key that Portico keeps, so certbot can no longer sign with this account"
+                ),
+                Err(e) => println!(
+                    "  certbot's account {uri} was not adopted ({e}): renewals use a new Portico account at the same CA"
+                ),
+            }
+        }
     }
     Ok(())
 }

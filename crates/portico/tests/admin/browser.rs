@@ -344,3 +344,59 @@ async fn console_in_chromium_creates_a_record_registers_a_target_requests_a_cert
     drop(browser);
     drop(backend);
 }
+
+/// The console's Lock CAA button on a certificate ordered from Pebble: the server takes the
+/// CA's CAA domain from the directory's `meta.caaIdentities` (the fault-injecting proxy, a test
+/// double, adds it: Pebble names none), writes the lock with Portico's account and method, and
+/// the console says what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_locks_caa_for_an_acme_certificate() {
+    let env = crate::common::acme_env("", &[("PEBBLE_WFE_NONCEREJECT", "0")], "").await;
+    let admin_port = free_port();
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"));
+    std::fs::write(&env.config, text).unwrap();
+    let proxy = crate::common::through_fault_proxy(&env).await;
+    proxy.state().caa_identities = vec!["pebble.example".into()];
+    let (portico, _client) = env.serve_until_issued().await;
+    let state = env.dir.path().join("state");
+    let token = std::fs::read_to_string(state.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("http://127.0.0.1:{admin_port}/"))
+        .await;
+    browser.type_into("#token", &token).await;
+    browser.click("#signin-button").await;
+    browser
+        .wait_text("#zones", "example.test.", Duration::from_secs(10))
+        .await;
+    browser.click("nav button[data-page=certificates]").await;
+    browser
+        .wait_text("tr[data-cert=app]", "ISSUED", Duration::from_secs(10))
+        .await;
+    browser.click("button[data-lock=app]").await;
+    let account = std::fs::read_dir(state.join("acme/accounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("account.json");
+    let account: Value = serde_json::from_str(&std::fs::read_to_string(account).unwrap()).unwrap();
+    let uri = account["id"].as_str().unwrap();
+    let msg = browser
+        .wait_text(
+            "#msg",
+            "CAA locked for app.example.test.: only pebble.example",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(msg.contains(uri), "{msg}\n{}", portico.output());
+    assert!(msg.contains("http-01"), "{msg}");
+    browser.screenshot("certificate-locked").await;
+    drop(browser);
+}

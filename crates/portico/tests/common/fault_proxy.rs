@@ -9,6 +9,8 @@
 //!   begun ("renew now"); every other id a window 20–21 days ahead, or with
 //!   `move_window_earlier` 10–11 days ahead from its second query on (a CA that pulls the
 //!   window forward, as for an early revocation). `Retry-After: 60`.
+//! - With `caa_identities` set, the directory's `meta.caaIdentities` lists them (Pebble's lists
+//!   none).
 //! - With `profiles` set, the directory's `meta.profiles` lists them (Debian's Pebble 2.4 has no
 //!   certificate profiles); each newOrder's `profile` is recorded and reflected in the order.
 //! - With `unknown_extensions` set, every JSON object the CA answers gains a field no RFC
@@ -50,6 +52,8 @@ pub struct FaultState {
     pub unknown_extensions: bool,
     /// Authorizations answered with the unknown challenge added.
     pub authorizations_extended: u32,
+    /// CAA domains the directory names (`meta.caaIdentities`; Pebble names none).
+    pub caa_identities: Vec<String>,
 }
 
 pub struct FaultProxy {
@@ -242,6 +246,10 @@ async fn handle(
     if path == "/dir" {
         let mut dir: serde_json::Value = serde_json::from_str(&body).unwrap();
         dir["renewalInfo"] = format!("https://{host}/renewal-info").into();
+        let caa = st.lock().unwrap().caa_identities.clone();
+        if !caa.is_empty() {
+            dir["meta"]["caaIdentities"] = caa.into();
+        }
         let profiles = st.lock().unwrap().profiles.clone();
         if !profiles.is_empty() {
             let map: serde_json::Map<String, serde_json::Value> = profiles
