@@ -85,8 +85,9 @@ pub async fn serve(
         None => run(io, ctx, Mode::Http1, draining).await,
         Some(config) => {
             let acceptor = TlsAcceptor::from(config.clone());
-            let tls = match tokio::time::timeout(listener.header_timeout, acceptor.accept(io)).await
-            {
+            let handshake = crate::tls::resolver::LOCAL_IP
+                .scope(local.ip().to_canonical(), acceptor.accept(io));
+            let tls = match tokio::time::timeout(listener.header_timeout, handshake).await {
                 Ok(Ok(s)) => {
                     metrics
                         .tls_handshakes

@@ -392,3 +392,57 @@ async fn mutual_tls_without_a_readable_ca_file_is_refused_naming_the_key() {
         "{errs:?}"
     );
 }
+
+/// Two IP-address certificates on one listener: a client without SNI gets the one for the
+/// address it connected to (and verifies it), not the first.
+#[tokio::test]
+async fn no_sni_gets_the_certificate_for_the_address_connected_to() {
+    let dir = TempDir::new("tls-ip");
+    let ca = TestCa::new();
+    ca.issue(dir.path(), "one", &["127.0.0.1"]);
+    ca.issue(dir.path(), "two", &["127.0.0.2"]);
+    let b = Backend::start("b").await;
+    // Bound to every address so that 127.0.0.1 and 127.0.0.2 reach it; only loopback is dialled.
+    let lb = start_lb(
+        &format!(
+            r#"
+[[certificate]]
+name = "one"
+cert_file = "one.crt"
+key_file = "one.key"
+[[certificate]]
+name = "two"
+cert_file = "two.crt"
+key_file = "two.key"
+[[target_group]]
+name = "g"
+targets = ["{}"]
+[[listener]]
+name = "https"
+bind = "0.0.0.0:0"
+protocol = "https"
+certificates = ["one", "two"]
+default_action = {{ forward = "g" }}
+"#,
+            b.addr
+        ),
+        dir.path(),
+    )
+    .await;
+    let port = addr(&lb, "https").port();
+    let mut client = (*ca.client(&[], &[&TLS13])).clone();
+    client.enable_sni = false;
+    let client = Arc::new(client);
+    for (ip, name) in [("127.0.0.1", "one"), ("127.0.0.2", "two")] {
+        let a: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let tls = tls_connect(a, ip, client.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{ip}: {e}"));
+        let pem = std::fs::read_to_string(dir.path().join(format!("{name}.crt"))).unwrap();
+        assert_eq!(
+            leaf_cn(&tls),
+            rustls::pki_types::CertificateDer::from_pem_slice_helper(pem.as_bytes()),
+            "{ip}"
+        );
+    }
+}

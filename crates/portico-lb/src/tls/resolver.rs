@@ -99,6 +99,12 @@ impl CertStore {
     }
 }
 
+tokio::task_local! {
+    /// The address the client connected to, set around a handshake: rustls's `ClientHello`
+    /// does not carry it, and a client without SNI is served the certificate for that address.
+    pub static LOCAL_IP: std::net::IpAddr;
+}
+
 /// Picks one of a listener's certificates by SNI; the default for no SNI or an unknown name.
 #[derive(Debug)]
 pub struct ListenerResolver {
@@ -116,8 +122,12 @@ impl ListenerResolver {
         }
     }
 
-    /// The certificate for `sni`, as a handshake would choose it.
-    pub fn choose(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for `sni` on a connection to `local`, as a handshake would choose it.
+    pub fn choose(
+        &self,
+        sni: Option<&str>,
+        local: Option<std::net::IpAddr>,
+    ) -> Option<Arc<CertifiedKey>> {
         let map = self.store.certs.load();
         if let Some(sni) = sni {
             for name in &self.names {
@@ -130,13 +140,26 @@ impl ListenerResolver {
         }
         if sni.is_none() {
             // A client that connects by address sends no SNI (RFC 6066 §3): a certificate for
-            // an IP address is what it can verify, so it is preferred over the default.
-            let by_ip = self.names.iter().filter_map(|n| map.get(n)).find(|c| {
-                c.names
+            // an IP address is what it can verify, so it is preferred over the default — the
+            // one for the address it connected to, else the first for any address.
+            let mut any_ip = None;
+            for c in self.names.iter().filter_map(|n| map.get(n)) {
+                let mut has_ip = false;
+                for ip in c
+                    .names
                     .iter()
-                    .any(|n| n.parse::<std::net::IpAddr>().is_ok())
-            });
-            if let Some(c) = by_ip {
+                    .filter_map(|n| n.parse::<std::net::IpAddr>().ok())
+                {
+                    if Some(ip) == local {
+                        return Some(c.key.clone());
+                    }
+                    has_ip = true;
+                }
+                if has_ip && any_ip.is_none() {
+                    any_ip = Some(c);
+                }
+            }
+            if let Some(c) = any_ip {
                 return Some(c.key.clone());
             }
         }
@@ -155,6 +178,7 @@ impl ResolvesServerCert for ListenerResolver {
             let sni = hello.server_name()?.to_ascii_lowercase();
             return self.store.alpn_challenges.load().get(&sni).cloned();
         }
-        self.choose(hello.server_name())
+        let local = LOCAL_IP.try_with(|ip| *ip).ok();
+        self.choose(hello.server_name(), local)
     }
 }
