@@ -31,16 +31,16 @@ pub struct ZoneFileError {
 }
 
 #[derive(Debug, Clone)]
-/// One word or quoted string of a record.
-pub struct Token {
-    pub text: String,
+/// One word or quoted string of a record; a word without escapes borrows the file's text.
+pub struct Token<'a> {
+    pub text: std::borrow::Cow<'a, str>,
     pub quoted: bool,
     /// The exact bytes of a quoted string (`\DDD` escapes may make it non-UTF-8); empty for a
     /// word, whose bytes are its text's (see `bytes`).
     pub raw: Vec<u8>,
 }
 
-impl Token {
+impl Token<'_> {
     /// The token's bytes: a quoted string's exact bytes, a word's text.
     pub fn bytes(&self) -> &[u8] {
         if self.quoted {
@@ -55,7 +55,7 @@ impl Token {
 struct Entry<'a> {
     line: usize,
     blank_owner: bool,
-    tokens: Vec<Token>,
+    tokens: Vec<Token<'a>>,
     /// The record's text for error messages: borrowed from the file unless it spans lines.
     raw: std::borrow::Cow<'a, str>,
     /// The words of a `; portico:` comment, if the record has one.
@@ -77,10 +77,11 @@ fn each_entry<'a>(
     mut f: impl FnMut(Entry<'a>) -> Result<(), ZoneFileError>,
 ) -> Result<(), ZoneFileError> {
     let mut cur: Option<Entry<'a>> = None;
-    // One buffer for every line's characters (a million-record file allocated one per line).
-    let mut chars: Vec<char> = Vec::new();
     let mut depth = 0usize;
     let mut line_count = 0;
+    // Scanned as bytes: every delimiter is ASCII, so a word's bounds are character boundaries
+    // and a word without escapes (nearly all) is borrowed from the file, not copied.
+    let stop = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b';' | b'(' | b')' | b'"');
     for (i, line) in text.lines().enumerate() {
         line_count = i + 1;
         let lineno = i + 1;
@@ -110,78 +111,78 @@ fn each_entry<'a>(
         let entry = cur
             .as_mut()
             .ok_or_else(|| err("internal: no record".into()))?;
-        chars.clear();
-        chars.extend(line.chars());
+        let b = line.as_bytes();
         let mut j = 0;
-        while j < chars.len() {
-            let c = chars[j];
-            match c {
-                ' ' | '\t' | '\r' => j += 1,
-                ';' => {
-                    let comment: String = chars[j + 1..].iter().collect();
+        while j < b.len() {
+            match b[j] {
+                b' ' | b'\t' | b'\r' => j += 1,
+                b';' => {
+                    let comment = &line[j + 1..];
                     if let Some(words) = comment.trim_start().strip_prefix("portico:") {
                         entry.portico = Some(words.trim().to_string());
                     }
                     break;
                 }
-                '(' => {
+                b'(' => {
                     depth += 1;
                     j += 1;
                 }
-                ')' => {
+                b')' => {
                     depth = depth
                         .checked_sub(1)
                         .ok_or_else(|| err("')' without '('".into()))?;
                     j += 1;
                 }
-                '"' => {
-                    let mut b = Vec::new();
+                b'"' => {
+                    let mut out = Vec::new();
                     j += 1;
                     loop {
-                        let Some(&c) = chars.get(j) else {
+                        let Some(&c) = b.get(j) else {
                             return Err(err("unterminated quoted string".into()));
                         };
                         j += 1;
                         match c {
-                            '"' => break,
-                            '\\' => {
-                                let (bytes, used) = unescape(&chars[j..]).map_err(err)?;
-                                b.extend_from_slice(&bytes);
+                            b'"' => break,
+                            b'\\' => {
+                                let (bytes, used) = unescape(&line[j..]).map_err(err)?;
+                                out.extend_from_slice(&bytes);
                                 j += used;
                             }
-                            c => b.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                            c => out.push(c),
                         }
                     }
                     entry.tokens.push(Token {
-                        text: String::from_utf8_lossy(&b).into_owned(),
+                        text: String::from_utf8_lossy(&out).into_owned().into(),
                         quoted: true,
-                        raw: b,
+                        raw: out,
                     });
                 }
                 _ => {
                     let start = j;
-                    while j < chars.len()
-                        && !matches!(chars[j], ' ' | '\t' | '\r' | ';' | '(' | ')' | '"' | '\\')
-                    {
+                    while j < b.len() && !stop(b[j]) && b[j] != b'\\' {
                         j += 1;
                     }
-                    // A word without escapes (nearly all) is copied in one go.
-                    let mut s: String = chars[start..j].iter().collect();
-                    while j < chars.len()
-                        && !matches!(chars[j], ' ' | '\t' | '\r' | ';' | '(' | ')' | '"')
-                    {
-                        if chars[j] == '\\' && j + 1 < chars.len() {
-                            // Keep escapes in names for hickory's name parser.
-                            s.push('\\');
-                            s.push(chars[j + 1]);
-                            j += 2;
-                        } else {
-                            s.push(chars[j]);
-                            j += 1;
+                    let text = if j < b.len() && b[j] == b'\\' {
+                        // Escapes are kept in names for hickory's name parser.
+                        let mut s = line[start..j].to_string();
+                        while j < b.len() && !stop(b[j]) {
+                            let escaped = b[j] == b'\\' && j + 1 < b.len();
+                            if escaped {
+                                s.push('\\');
+                                j += 1;
+                            }
+                            let Some(c) = line[j..].chars().next() else {
+                                break;
+                            };
+                            s.push(c);
+                            j += c.len_utf8();
                         }
-                    }
+                        std::borrow::Cow::Owned(s)
+                    } else {
+                        std::borrow::Cow::Borrowed(&line[start..j])
+                    };
                     entry.tokens.push(Token {
-                        text: s,
+                        text,
                         quoted: false,
                         raw: Vec::new(),
                     });
@@ -206,16 +207,18 @@ fn each_entry<'a>(
 }
 
 /// `\X` or `\DDD` inside a quoted string; returns the bytes and how many chars it used.
-fn unescape(rest: &[char]) -> Result<(Vec<u8>, usize), String> {
-    match rest {
+fn unescape(rest: &str) -> Result<(Vec<u8>, usize), String> {
+    match rest.as_bytes() {
         [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
-            let v = (*a as u32 - 48) * 100 + (*b as u32 - 48) * 10 + (*c as u32 - 48);
+            let v = u32::from(a - b'0') * 100 + u32::from(b - b'0') * 10 + u32::from(c - b'0');
             u8::try_from(v)
                 .map(|b| (vec![b], 3))
-                .map_err(|_| format!("escape \\{a}{b}{c} is above 255"))
+                .map_err(|_| format!("escape \\{} is above 255", &rest[..3]))
         }
-        [c, ..] => Ok((c.encode_utf8(&mut [0; 4]).as_bytes().to_vec(), 1)),
-        [] => Err("a backslash ends the line".into()),
+        _ => match rest.chars().next() {
+            Some(c) => Ok((c.encode_utf8(&mut [0; 4]).as_bytes().to_vec(), c.len_utf8())),
+            None => Err("a backslash ends the line".into()),
+        },
     }
 }
 
@@ -240,7 +243,7 @@ pub fn parse_into(zone: &mut Zone, text: &str, default_ttl: u32) -> Result<(), Z
             let arg = e
                 .tokens
                 .get(1)
-                .map(|t| t.text.as_str())
+                .map(|t| &*t.text)
                 .ok_or_else(|| err(format!("{} needs an argument", first.text)))?;
             match first.text.to_ascii_uppercase().as_str() {
                 "$ORIGIN" => origin = name(arg, &origin).map_err(err)?,
@@ -411,6 +414,15 @@ fn parse_ttl(t: &str) -> Result<u32, String> {
     hickory_proto::serialize::txt::parse_ttl(t).map_err(|e| format!("bad TTL {t:?}: {e}"))
 }
 
+/// The one token of `toks` parsed as `T` (`None` when there is not exactly one, or it does
+/// not parse).
+fn one<T: std::str::FromStr>(toks: &[&Token]) -> Option<T> {
+    match toks {
+        [t] => t.text.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Record data of `rtype` from its tokens, with relative names qualified by `origin`.
 pub fn rdata(rtype: RecordType, toks: &[&Token], origin: &Name) -> Result<RData, String> {
     let need = |n: usize| {
@@ -442,13 +454,10 @@ pub fn rdata(rtype: RecordType, toks: &[&Token], origin: &Name) -> Result<RData,
             need(1)?;
             RData::TXT(TXT::from_bytes(toks.iter().map(|t| t.bytes()).collect()))
         }
-        // The common case, without hickory's text lexer (a third of a big zone's load time).
-        RecordType::A if toks.len() == 1 && toks[0].text.parse::<std::net::Ipv4Addr>().is_ok() => {
-            RData::A(hickory_proto::rr::rdata::A(toks[0].text.parse().map_err(|_| String::new())?))
-        }
-        RecordType::AAAA if toks.len() == 1 && toks[0].text.parse::<std::net::Ipv6Addr>().is_ok() => {
-            RData::AAAA(hickory_proto::rr::rdata::AAAA(toks[0].text.parse().map_err(|_| String::new())?))
-        }
+        // The common case, without hickory's text lexer (a third of a big zone's load time),
+        // the address parsed once.
+        RecordType::A if let Some(ip) = one(toks) => RData::A(hickory_proto::rr::rdata::A(ip)),
+        RecordType::AAAA if let Some(ip) = one(toks) => RData::AAAA(hickory_proto::rr::rdata::AAAA(ip)),
         RecordType::A | RecordType::AAAA | RecordType::CAA => {
             // hickory's CAA parser turns bytes above 127 (raw or \DDD) into other bytes, so they
             // would not survive an export and re-import (found by the zone_file fuzz target).
@@ -464,7 +473,7 @@ pub fn rdata(rtype: RecordType, toks: &[&Token], origin: &Name) -> Result<RData,
                     t.text
                 ));
             }
-            let text: Vec<String> = toks.iter().map(|t| if t.quoted { quote(t.bytes()) } else { t.text.clone() }).collect();
+            let text: Vec<String> = toks.iter().map(|t| if t.quoted { quote(t.bytes()) } else { t.text.to_string() }).collect();
             let data = RData::try_from_str(rtype, &text.join(" ")).map_err(|e| format!("bad {rtype} data: {e}"))?;
             if let RData::CAA(c) = &data {
                 // RFC 8659 §4.1: a tag is 1 to 15 ASCII letters and digits.
@@ -490,7 +499,7 @@ pub fn rdata_from_value(rtype: RecordType, value: &str, origin: &Name) -> Result
                 .collect()
         } else {
             vec![Token {
-                text: value.to_string(),
+                text: value.into(),
                 quoted: true,
                 raw: value.as_bytes().to_vec(),
             }]

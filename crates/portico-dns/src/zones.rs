@@ -269,7 +269,7 @@ impl HostedZones {
             let past = Past {
                 stored: stored.as_ref(),
                 applied: &applied,
-                imported: self.read_imported(&origin),
+                imported: self.imported_path(&origin),
             };
             let Some((zone, done)) = build_zone(zc, i, &origin, past, base_dir, &mut issues) else {
                 continue;
@@ -488,10 +488,9 @@ impl HostedZones {
             .unwrap_or_default()
     }
 
-    /// The master file the zone was last built from, kept in the state directory.
-    fn read_imported(&self, origin: &Name) -> Option<String> {
-        let dir = self.zone_dir()?;
-        std::fs::read_to_string(dir.join(format!("{origin}imported"))).ok()
+    /// Where the master file the zone was last built from is kept in the state directory.
+    fn imported_path(&self, origin: &Name) -> Option<PathBuf> {
+        Some(self.zone_dir()?.join(format!("{origin}imported")))
     }
 
     fn save_applied_config(&self, origin: &Name, done: Applied) -> Result<(), String> {
