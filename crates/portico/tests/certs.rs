@@ -1438,16 +1438,7 @@ async fn certs_lock_binds_caa_to_the_account_and_method_and_the_doctor_checks_it
     proxy.state().caa_identities = vec!["pebble.example".into(), "other.example".into()];
     let (code, out) = lock(config.clone()).await;
     assert_eq!(code, 0, "{out}\n{}", portico.output());
-    let account = std::fs::read_dir(env.dir.path().join("state/acme/accounts"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-        .join("account.json");
-    let account: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(account).unwrap()).unwrap();
-    let uri = account["id"].as_str().unwrap().to_string();
+    let uri = acme_account_uri(&env.dir.path().join("state"));
     let want = format!(
         "app.example.test. CAA 0 issue \"pebble.example; accounturi={uri}; validationmethods=http-01\""
     );

@@ -379,15 +379,7 @@ async fn console_locks_caa_for_an_acme_certificate() {
         .wait_text("tr[data-cert=app]", "ISSUED", Duration::from_secs(10))
         .await;
     browser.click("button[data-lock=app]").await;
-    let account = std::fs::read_dir(state.join("acme/accounts"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-        .join("account.json");
-    let account: Value = serde_json::from_str(&std::fs::read_to_string(account).unwrap()).unwrap();
-    let uri = account["id"].as_str().unwrap();
+    let uri = crate::common::acme_account_uri(&state);
     let msg = browser
         .wait_text(
             "#msg",
@@ -395,7 +387,7 @@ async fn console_locks_caa_for_an_acme_certificate() {
             Duration::from_secs(10),
         )
         .await;
-    assert!(msg.contains(uri), "{msg}\n{}", portico.output());
+    assert!(msg.contains(&uri), "{msg}\n{}", portico.output());
     assert!(msg.contains("http-01"), "{msg}");
     browser.screenshot("certificate-locked").await;
     drop(browser);

@@ -115,6 +115,20 @@ pub fn run(args: &[&str]) -> (i32, String) {
 /// bind later. Taken below the kernel's ephemeral range (32768–60999 by default): a port the
 /// kernel hands out for `bind(0)` can meanwhile become the local port of some outgoing
 /// connection, and then the peer's bind fails with "Address already in use".
+/// The URL of the ACME account Portico keeps in `state` (its `acme/accounts/*/account.json`).
+#[allow(dead_code)]
+pub fn acme_account_uri(state: &Path) -> String {
+    let dir = std::fs::read_dir(state.join("acme/accounts"))
+        .unwrap()
+        .next()
+        .expect("an ACME account")
+        .unwrap()
+        .path();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("account.json")).unwrap()).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20000;
