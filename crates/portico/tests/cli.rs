@@ -327,3 +327,66 @@ fn zones_list_and_export_read_the_state_without_writing() {
     assert_eq!(code, 1);
     assert!(out.contains("no hosted zone"), "{out}");
 }
+
+/// `portico certs renew` follows the renewal inside `portico serve`; when the process it
+/// signalled dies instead (here a stand-in that SIGHUP ends), it says so at
+/// once rather than waiting out its 11-minute limit, and leaves no request behind.
+#[test]
+fn certs_renew_stops_waiting_when_the_server_is_gone() {
+    let dir = TempDir::new("renew-dead");
+    let config = dir.path().join("portico.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[acme]\ndirectory = \"https://127.0.0.1:9/dir\"\n[[certificate]]\nname = \"app\"\ndomains = [\"app.example.test\"]\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    // A stand-in that ends on SIGHUP, whatever disposition it inherited (a process started
+    // with SIGHUP ignored would keep `sleep` alive); it says when its handler is set.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stand_in = Reaped(
+        std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import signal, sys, time\nsignal.signal(signal.SIGHUP, lambda *a: sys.exit(0))\nprint('ready', flush=True)\ntime.sleep(600)\n",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (Debian python3) runs the stand-in"),
+    );
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(stand_in.0.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let pid = stand_in.0.id();
+    std::fs::write(dir.path().join("state/portico.pid"), pid.to_string()).unwrap();
+    // Exited but not reaped (a zombie of this test) counts as gone.
+    let (code, out) = run(&["certs", "renew", "app", "-c", config.to_str().unwrap()]);
+    drop(stand_in);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "portico serve (pid {pid}) exited before the renewal finished"
+        )),
+        "{out}"
+    );
+    assert!(
+        !dir.path()
+            .join("state/certificates/renewal/app.renew")
+            .exists(),
+        "no renewal request is left behind"
+    );
+}

@@ -328,6 +328,17 @@ pub fn certs_renew(
     let mut shown = before.progress.len();
     while std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
+        if !crate::cli::reload::alive(pid) {
+            let _ = storage.take_renewal_request(name);
+            anyhow::bail!(
+                "{name}: portico serve (pid {pid}) exited before the {} finished; nothing was changed — see its log, start it again and retry",
+                match what {
+                    RenewRequest::DryRun => "dry run",
+                    RenewRequest::Renew => "renewal",
+                    RenewRequest::Revoke => "revocation",
+                }
+            );
+        }
         let Some(r) = storage.record(name) else {
             continue;
         };

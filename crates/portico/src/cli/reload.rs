@@ -39,3 +39,15 @@ pub(crate) fn signal_server(config: &PorticoConfig) -> anyhow::Result<i32> {
     }
     Ok(pid)
 }
+
+/// Whether process `pid` still runs (exists and is not a zombie).
+pub(crate) fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: `pid (comm) S …`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
