@@ -350,6 +350,7 @@ impl CertManager {
                             tracing::warn!(certificate = %req.name, error = %e, "revocation failed; the certificate keeps serving");
                             let mut rec = self.storage.record(&req.name).unwrap_or_default();
                             rec.last_error = Some(e);
+                            rec.failures += 1;
                             let _ = self.storage.save_record(&rec);
                             continue;
                         }
@@ -452,6 +453,7 @@ impl CertManager {
                         .is_some_and(|c| c.not_after <= self.clock.now());
                     rec.status = if expired { "EXPIRED" } else { "FAILED" }.into();
                     rec.last_error = Some(e.clone());
+                    rec.failures += 1;
                     if e.contains("urn:ietf:params:acme:error:alreadyReplaced")
                         || e.contains("replaces field mismatch")
                     {

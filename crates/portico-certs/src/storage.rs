@@ -25,6 +25,10 @@ pub struct Record {
     pub renew_after: Option<String>,
     pub version: u32,
     pub last_error: Option<String>,
+    /// Failed attempts so far (each sets `last_error`), so that a failure with the same text
+    /// as the one before is still seen as new (`portico certs renew` waits on it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u64,
     /// The CA's suggested renewal window (RFC 9773), when it offers one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_window: Option<String>,
@@ -40,6 +44,10 @@ pub struct Record {
     /// The outcome of the last `portico certs renew --dry-run` ("ok at …" or the error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What `portico certs renew` asks the running manager for.

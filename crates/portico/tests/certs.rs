@@ -1060,6 +1060,17 @@ async fn acme_profiles_checked_against_the_directory_kept_on_renewal_and_shown()
         },
     )
     .await;
+    // Asked again, the same failure is reported again (not waited on as if nothing happened:
+    // the record counts failures, so an identical error text is still a new one).
+    let c = config.to_str().unwrap().to_string();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || run(&["certs", "renew", "app", "-c", &c]))
+            .await
+            .unwrap();
+    assert!(
+        code != 0 && out.contains("profile \"shortlived\" is not offered"),
+        "{out}"
+    );
     assert_eq!(
         proxy.state().orders.len(),
         orders_before,

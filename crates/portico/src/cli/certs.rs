@@ -377,7 +377,9 @@ pub fn certs_renew(
                 r.not_after.as_deref().unwrap_or("-")
             );
             return Ok(());
-        } else if r.last_error.is_some() && r.last_error != before.last_error {
+        } else if r.last_error.is_some()
+            && (r.last_error != before.last_error || r.failures > before.failures)
+        {
             anyhow::bail!(
                 "{} failed: {}{}",
                 if what == RenewRequest::Revoke {
