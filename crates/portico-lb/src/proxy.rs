@@ -2,7 +2,7 @@
 //! stream the request to a target and the response back, retrying a failed connect once.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -110,6 +110,7 @@ pub async fn handle(
     });
 
     // ACME HTTP-01 on plain HTTP listeners: before redirects and rules, as a CA expects.
+    let mut challenge_by_address = false;
     if listener.protocol == Protocol::Http {
         if let Some(token) = req
             .uri()
@@ -127,6 +128,10 @@ pub async fn handle(
                 }
                 return Ok(res.map(|b| LoggedBody::new(b, log, None, start)));
             }
+            // A CA never follows a redirect to an IP address (Let's Encrypt's rule), so for a
+            // name that is an address a redirect of the challenge path can only fail; a token
+            // unknown here is answered 404 instead, as the CA would find it.
+            challenge_by_address = host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
         }
     }
     let mut rule_priority = None;
@@ -178,6 +183,12 @@ pub async fn handle(
                         .insert(header::CONTENT_TYPE, f.content_type.clone());
                     (res, extra, None, None)
                 }
+                Action::Redirect(_) if challenge_by_address => (
+                    error_response(StatusCode::NOT_FOUND, "no such ACME challenge token"),
+                    extra,
+                    None,
+                    None,
+                ),
                 Action::Redirect(r) => {
                     let location = r.location(&RedirectInput {
                         protocol: scheme(listener),
