@@ -319,6 +319,13 @@ impl CertManager {
         loop {
             let current = self.current(&req);
             let asked = self.storage.take_renewal_request(&req.name);
+            // Put back if this attempt is cancelled (a reload restarts these tasks, and
+            // `portico certs renew` signals one) or given up before its outcome is recorded.
+            let mut taken = Taken {
+                storage: &self.storage,
+                name: &req.name,
+                what: asked,
+            };
             if asked == Some(RenewRequest::DryRun) {
                 tracing::info!(certificate = %req.name, "dry run: ordering a certificate that will not be stored");
                 let attempt = tokio::time::timeout(ORDER_DEADLINE, self.issue(&req, None)).await;
@@ -333,6 +340,7 @@ impl CertManager {
                 rec.name = req.name.clone();
                 rec.dry_run = Some(outcome);
                 let _ = self.storage.save_record(&rec);
+                taken.what = None;
                 continue;
             }
             if let Some(c) = &current {
@@ -344,6 +352,8 @@ impl CertManager {
                 if asked == Some(RenewRequest::Revoke) {
                     match self.revoke(&req, &c.leaf).await {
                         Ok(()) => {
+                            // Revoked: what is left to do, if cut short, is the replacement.
+                            taken.what = Some(RenewRequest::Renew);
                             tracing::info!(certificate = %req.name, "certificate revoked; replacing it now");
                         }
                         Err(e) => {
@@ -352,6 +362,7 @@ impl CertManager {
                             rec.last_error = Some(e);
                             rec.failures += 1;
                             let _ = self.storage.save_record(&rec);
+                            taken.what = None;
                             continue;
                         }
                     }
@@ -380,6 +391,7 @@ impl CertManager {
                 // Re-check after taking the lock: another node may have just stored a new one.
                 let now = self.current(&req);
                 if now.as_ref().map(|c| &c.leaf) != current.as_ref().map(|c| &c.leaf) {
+                    taken.what = None; // that new certificate answers the request
                     continue;
                 }
             }
@@ -402,6 +414,7 @@ impl CertManager {
                 .filter(|_| name_replaced)
                 .map(|c| c.leaf.as_slice());
             let attempt = tokio::time::timeout(ORDER_DEADLINE, self.obtain(&req, replaces)).await;
+            taken.what = None; // the attempt ended: its outcome is recorded below
             let attempt = attempt.unwrap_or_else(|_| {
                 Err(format!(
                     "the order did not finish within {ORDER_DEADLINE:?}"
@@ -905,6 +918,25 @@ fn fnv64(bytes: &[u8]) -> u64 {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A renewal request taken from its file (`portico certs renew`), put back when dropped while
+/// still set: the attempt it asked for was cancelled or given up before its outcome was
+/// recorded, and the next attempt must still do it (else `certs renew` waits for nothing).
+struct Taken<'a> {
+    storage: &'a Storage,
+    name: &'a str,
+    what: Option<RenewRequest>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(what) = self.what.take() {
+            if let Err(e) = self.storage.request_renewal(self.name, what) {
+                tracing::warn!(certificate = %self.name, error = %e, "cannot put back the renewal request");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
