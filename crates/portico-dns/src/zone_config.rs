@@ -185,7 +185,6 @@ pub(crate) struct Managed {
     set: Parsed,
 }
 
-/// FNV-1a: a stable fingerprint of a master file's text across runs and Rust versions.
 /// `file-stat|size|mtime|ctime|inode` of a zone's master file (nanoseconds), or `None`.
 fn file_stat(p: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
@@ -201,6 +200,7 @@ fn file_stat(p: &Path) -> Option<String> {
     ))
 }
 
+/// FNV-1a: a stable fingerprint of a master file's text across runs and Rust versions.
 pub(crate) fn fnv64(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

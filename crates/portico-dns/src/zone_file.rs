@@ -206,7 +206,8 @@ fn each_entry<'a>(
     Ok(())
 }
 
-/// `\X` or `\DDD` inside a quoted string; returns the bytes and how many chars it used.
+/// `\X` or `\DDD` inside a quoted string; returns the bytes and how many bytes of `rest` it
+/// used.
 fn unescape(rest: &str) -> Result<(Vec<u8>, usize), String> {
     match rest.as_bytes() {
         [a, b, c, ..] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
