@@ -11,6 +11,7 @@ pub mod reply;
 pub mod routing;
 pub mod rrset;
 pub mod server;
+pub mod shared;
 pub mod transfer;
 mod udp_batch;
 mod update;

@@ -568,7 +568,7 @@ pub fn rdata_text(rdata: &RData, origin: &Name) -> String {
     }
 }
 
-fn relative(n: &Name, origin: &Name) -> String {
+pub(crate) fn relative(n: &Name, origin: &Name) -> String {
     if n == origin {
         return "@".into();
     }

@@ -10,8 +10,10 @@
 //! at checkpoints — after [`CHECKPOINT_CHANGES`] changes or [`CHECKPOINT_BYTES`] of journal, at
 //! the first change after [`CHECKPOINT_AGE`], and on a clean shutdown — in the background,
 //! atomically (temp file, fsync, rename); the journal then keeps only what IXFR may still need.
-//! A start reads the master file and replays the journal after its serial. In cluster mode the
-//! zone is shared through the store as a whole (`ZoneGuard`) and no journal is kept.
+//! A start reads the master file and replays the journal after its serial. In cluster mode a
+//! change is first written to the shared store, one key per name it touched (`shared.rs`), and
+//! the local master file and journal are this node's cache of it; another node's change
+//! arrives as names too ([`HostedZones::sync_shared`]) and goes into the local journal.
 //!
 //! Over 600 lines on purpose: every write path (config load, change batch, UPDATE, challenge
 //! records, another node's copy) goes through the one writer lock and `commit` defined here.
@@ -33,6 +35,7 @@ use crate::config::DnsSections;
 use crate::journal::{Delta, Journal, JournalEntry, KEEP};
 use crate::journal_file::{self, Frame, JournalFile};
 use crate::routing::{RoutedData, RoutingFields};
+use crate::shared::{Remote, SharedZones, Stored};
 use crate::zone::Zone;
 use crate::zone_config::{
     build_zone, load_keys, parse_set, Applied, Parsed, Past, FILE_DEFAULT_TTL,
@@ -167,7 +170,8 @@ pub struct HostedZones {
     /// Reads the state directory but never writes it (for CLI look-ups beside a running server).
     read_only: bool,
     writer: tokio::sync::Mutex<()>,
-    guard: Mutex<Option<Arc<dyn ZoneGuard>>>,
+    /// The shared store's zones (cluster mode).
+    shared: Mutex<Option<Arc<SharedZones>>>,
     /// Queries answered, by zone and rcode (for `/metrics`).
     pub metrics: crate::metrics::DnsMetrics,
 }
@@ -197,7 +201,7 @@ impl HostedZones {
             read_only,
             writer: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
-            guard: Mutex::new(None),
+            shared: Mutex::new(None),
         })
     }
 
@@ -257,13 +261,17 @@ impl HostedZones {
                 ));
                 continue;
             }
+            let mut from_store = FromStore::default();
             let stored = match current.zones.get(&origin) {
                 Some(z) => Some(Zone::clone(z)),
-                None => self
-                    .read_state(&origin)
-                    .map_err(|e| issues.push(ConfigIssue::new(path!["zone", i], e)))
-                    .ok()
-                    .flatten(),
+                None => {
+                    let local = self
+                        .read_state(&origin)
+                        .map_err(|e| issues.push(ConfigIssue::new(path!["zone", i], e)))
+                        .ok()
+                        .flatten();
+                    self.stored_or_shared(&origin, local, &mut from_store)
+                }
             };
             let applied = self.applied_config(&origin);
             let past = Past {
@@ -316,14 +324,36 @@ impl HostedZones {
                 }
             }
             let changed = stored.as_ref() != Some(&zone);
-            zones.insert(origin.clone(), (zone, stored, changed));
+            zones.insert(origin.clone(), (zone, stored, changed, from_store));
             settings.insert(origin, s);
         }
         if !issues.is_empty() {
             return Err(issues);
         }
         let mut catalog = Catalog::default();
-        for (origin, (mut zone, stored, changed)) in zones {
+        for (origin, (mut zone, stored, changed, from_store)) in zones {
+            if let (Some(s), true, Some(dir)) = (&stored, from_store.write_local, self.write_dir())
+            {
+                // The store's version becomes this node's copy before the config goes on top.
+                if let Err(e) = self.write_whole(&dir, s, None) {
+                    return Err(vec![ConfigIssue::new(
+                        path!["state_dir"],
+                        format!("cannot store zone {origin}: {e}"),
+                    )]);
+                }
+            }
+            if !changed && from_store.publish {
+                if let Some(sh) = self.shared() {
+                    match sh.publish_whole(&zone) {
+                        Ok(()) => {
+                            tracing::info!(zone = %origin, store = %sh.store().describe(), "zone written into the shared store")
+                        }
+                        Err(e) => {
+                            tracing::warn!(zone = %origin, error = %e, "zone not written into the shared store; serving this node's copy")
+                        }
+                    }
+                }
+            }
             if changed {
                 if let Some(old) = &stored {
                     let next = old.serial().wrapping_add(1).max(1);
@@ -336,7 +366,7 @@ impl HostedZones {
                     .filter(|d| d.state_is_imported)
                     .and_then(|d| d.imported.as_deref())
                     .map(|t| format!("$TTL {FILE_DEFAULT_TTL}\n{t}"));
-                match self.persist(&zone, stored.as_ref(), text) {
+                match self.persist(&zone, stored.as_ref(), text, true) {
                     Ok(()) => {}
                     Err(PersistError::Conflict(e)) => {
                         // Another node wrote the zone first: its version arrives through the store.
@@ -405,10 +435,12 @@ impl HostedZones {
         zone.set_serial(old.serial().wrapping_add(1).max(1));
         zone.validate_change()
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        self.persist(&zone, Some(old), None).map_err(|e| match e {
-            PersistError::Conflict(m) => ChangeError::Conflict(m),
-            PersistError::Io(m) => ChangeError::Storage(m),
-        })?;
+        self.persist(&zone, Some(old), None, false)
+            .map_err(|e| match e {
+                PersistError::Conflict(m) => ChangeError::Conflict(m),
+                PersistError::Io(m) => ChangeError::Storage(m),
+                PersistError::TooLarge(m) => ChangeError::Invalid(m),
+            })?;
         let serial = zone.serial();
         let mut next = Catalog::clone(&catalog);
         if zone.glue_unchanged(old) {
@@ -548,9 +580,47 @@ impl HostedZones {
         Ok(Some(zone))
     }
 
-    /// Whether changes go to a journal: a state directory, and no shared store.
+    /// Whether changes go to a journal: a state directory (in cluster mode too: the local copy
+    /// is the node's cache of the shared store, kept the same way).
     fn journaling(&self) -> bool {
-        self.state_dir.is_some() && lock(&self.guard).is_none()
+        self.state_dir.is_some()
+    }
+
+    fn shared(&self) -> Option<Arc<SharedZones>> {
+        lock(&self.shared).clone()
+    }
+
+    /// At load, in cluster mode: the zone as the shared store holds it when that differs from
+    /// the local copy, else the local copy; `from_store` says what the caller must still write.
+    fn stored_or_shared(
+        &self,
+        origin: &Name,
+        local: Option<Zone>,
+        from_store: &mut FromStore,
+    ) -> Option<Zone> {
+        let Some(sh) = self.shared() else {
+            return local;
+        };
+        match sh.read(origin, local.as_ref().map(Zone::serial)) {
+            Ok(Stored::Same) => local,
+            Ok(Stored::Absent) => {
+                from_store.publish = local.is_some();
+                local
+            }
+            Ok(Stored::Zone(z)) => {
+                from_store.write_local = true;
+                Some(z)
+            }
+            Ok(Stored::Legacy(z)) => {
+                from_store.write_local = true;
+                from_store.publish = true;
+                Some(z)
+            }
+            Err(e) => {
+                tracing::warn!(zone = %origin, error = %e, "cannot read the zone from the shared store: serving this node's copy");
+                local
+            }
+        }
     }
 
     fn journal_path(dir: &Path, origin: &Name) -> PathBuf {
@@ -776,23 +846,37 @@ impl HostedZones {
 
     /// Persists a new version of the zone and records the difference for IXFR: a change to a
     /// zone with an open journal is appended to it; otherwise the master file is written whole
-    /// (`write_whole`). With a shared store, the zone is first written there, only if it still
-    /// holds what this node last saw; otherwise the change is a conflict and nothing is written.
+    /// (`write_whole`). With a shared store, the change is first written there as the names it
+    /// touched, only if the zone is still what this node last saw (else it is a conflict and
+    /// nothing is written); a change too large for one transaction is refused, or with
+    /// `whole_ok` (a config load) written as a new generation of the whole zone.
     fn persist(
         &self,
         zone: &Zone,
         old: Option<&Zone>,
         text: Option<String>,
+        whole_ok: bool,
     ) -> Result<(), PersistError> {
         let delta = old.map(|o| Delta::between(o, zone));
+        if let Some(sh) = self.shared() {
+            match &delta {
+                Some(d) if sh.knows(&zone.origin) => match sh.publish_change(&zone.origin, d) {
+                    Err(PersistError::TooLarge(why)) if whole_ok => {
+                        tracing::info!(zone = %zone.origin, "{why}; writing the zone whole instead");
+                        sh.publish_whole(zone)?
+                    }
+                    other => other?,
+                },
+                _ => sh.publish_whole(zone)?,
+            }
+        }
         if let Some(dir) = self.write_dir() {
-            let guard = lock(&self.guard).clone();
-            let journaled = match (&guard, &delta) {
-                (None, Some(d)) => self.append_journal(&zone.origin, d)?,
-                _ => false,
+            let journaled = match &delta {
+                Some(d) => self.append_journal(&zone.origin, d)?,
+                None => false,
             };
             if !journaled {
-                self.write_whole(&dir, zone, guard, text)?;
+                self.write_whole(&dir, zone, text)?;
             }
         }
         if let Some(d) = delta {
@@ -804,13 +888,12 @@ impl HostedZones {
         Ok(())
     }
 
-    /// Writes the master file whole (a new zone, or cluster mode); outside cluster mode the
-    /// journal then starts afresh from it.
+    /// Writes the master file whole (a new zone, or a zone read whole from the shared store);
+    /// the journal then starts afresh from it.
     fn write_whole(
         &self,
         dir: &Path,
         zone: &Zone,
-        guard: Option<Arc<dyn ZoneGuard>>,
         text: Option<String>,
     ) -> Result<(), PersistError> {
         let text = text.unwrap_or_else(|| zone_file::export(zone));
@@ -818,54 +901,84 @@ impl HostedZones {
             .map_err(|e| PersistError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(format!("{}zone", zone.origin));
         let _w = lock(&self.file_writes);
-        let journaled = guard.is_none();
-        if let Some(g) = guard {
-            let before = std::fs::read(&path).ok();
-            g.publish(
-                &format!("zones/{}zone", zone.origin),
-                before.as_deref(),
-                text.as_bytes(),
-            )?;
-        }
         portico_config::files::write_atomic(&path, text.as_bytes(), 0o644)
             .map_err(|e| PersistError::Io(format!("cannot write {}: {e}", path.display())))?;
-        if journaled {
-            self.restart_journal(dir, &zone.origin, zone.serial())?;
-        }
+        self.restart_journal(dir, &zone.origin, zone.serial())?;
         Ok(())
     }
 
-    /// Shares zone writes through `guard` (cluster mode).
-    pub fn set_guard(&self, guard: Arc<dyn ZoneGuard>) {
-        *lock(&self.guard) = Some(guard);
+    /// Shares zone writes through `store` (cluster mode): set before the first load.
+    pub fn set_shared(&self, store: Arc<dyn portico_store::Store>) {
+        *lock(&self.shared) = Some(Arc::new(SharedZones::new(store)));
     }
 
-    /// Serves the zone as its state file now says, when another node changed it; true when the
-    /// served zone changed.
-    pub async fn reload_stored(&self, origin: &Name) -> Result<bool, String> {
-        let _w = self.writer.lock().await;
-        let Some(fresh) = self.read_state(origin)? else {
+    /// Serves what another node changed in the zone since this node last looked (cluster mode):
+    /// the names it changed go into the local journal as one change, or the zone is written
+    /// whole when it was read whole. True when the served zone changed.
+    pub async fn sync_shared(self: &Arc<Self>, origin: &Name) -> Result<bool, String> {
+        let Some(sh) = self.shared() else {
             return Ok(false);
         };
+        let _w = self.writer.lock().await;
         let catalog = self.catalog.load_full();
         let Some(old) = catalog.zones.get(origin) else {
             return Ok(false);
         };
-        if **old == fresh {
+        let Some(remote) = sh.poll(old).map_err(|e| e.to_string())? else {
             return Ok(false);
+        };
+        let (mut fresh, names) = match remote {
+            Remote::Names(serial, names) => {
+                let mut z = Zone::clone(old);
+                z.track();
+                for (owner, node) in names {
+                    z.replace_node(owner, node);
+                }
+                z.set_serial(serial);
+                (z, true)
+            }
+            Remote::Whole(z) => (z, false),
+        };
+        if fresh.serial() == old.serial() && !fresh.differs_from(old) {
+            return Ok(false);
+        }
+        let delta = Delta::between(old, &fresh);
+        if let Some(dir) = self.write_dir() {
+            let journaled = names
+                && self
+                    .append_journal(origin, &delta)
+                    .map_err(|e| e.to_string())?;
+            if !journaled {
+                self.write_whole(&dir, &fresh, None)
+                    .map_err(|e| e.to_string())?;
+            }
         }
         lock(&self.journals)
             .entry(origin.clone())
             .or_default()
-            .append(JournalEntry::diff(old, &fresh));
-        tracing::info!(zone = %origin, serial = fresh.serial(), "zone changed on another node: serving it");
+            .append(delta.entry());
+        tracing::info!(zone = %origin, serial = fresh.serial(), names = delta.nodes.len(), "zone changed on another node: serving it");
+        if fresh.glue_unchanged(old) {
+            fresh.glue = old.glue.share();
+        } else {
+            fresh.index_glue();
+        }
+        fresh.touched = Default::default();
         let mut next = Catalog::clone(&catalog);
-        let mut fresh = fresh;
-        fresh.index_glue();
         next.zones.insert(origin.clone(), Arc::new(fresh));
         self.catalog.store(Arc::new(next));
+        self.checkpoint_if_due(origin);
         Ok(true)
     }
+}
+
+/// What a load must still do with a zone read in cluster mode.
+#[derive(Default)]
+struct FromStore {
+    /// The zone came from the shared store: write it as this node's copy first.
+    write_local: bool,
+    /// The shared store lacks it (or holds it in the old layout): write it there whole.
+    publish: bool,
 }
 
 /// A new journal generation (see `ZoneJournal::generation`).
@@ -926,12 +1039,6 @@ pub fn fold_journals(state_dir: &Path) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Where zone writes are shared in cluster mode: `publish` stores `new` under `key` only if the
-/// store still holds `old` (what this node last saw), atomically.
-pub trait ZoneGuard: Send + Sync {
-    fn publish(&self, key: &str, old: Option<&[u8]>, new: &[u8]) -> Result<(), PersistError>;
-}
-
 /// Why a zone could not be written.
 #[derive(Debug, Clone)]
 pub enum PersistError {
@@ -939,12 +1046,16 @@ pub enum PersistError {
     Conflict(String),
     /// The shared store or the disk failed.
     Io(String),
+    /// The change is larger than the shared store takes in one transaction.
+    TooLarge(String),
 }
 
 impl std::fmt::Display for PersistError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PersistError::Conflict(m) | PersistError::Io(m) => f.write_str(m),
+            PersistError::Conflict(m) | PersistError::Io(m) | PersistError::TooLarge(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

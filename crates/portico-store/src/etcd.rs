@@ -13,10 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
+    Txn, TxnOp, WatchOptions,
 };
 
-use crate::{check_key, Entry, Lock, Store};
+use crate::{check_key, Batch, Entry, Lock, Store, MAX_REQUEST_BYTES, MAX_TXN_OPS};
+
+/// Keys per page when reading a range: a zone of a million names is read in pages well under
+/// gRPC's 4 MiB message limit, all at one revision.
+const PAGE: i64 = 2000;
+/// Transactions of a bulk write (`put_many`) in flight at once: etcd commits concurrent
+/// proposals together, so a new zone generation is not written one fsync per 128 keys.
+const IN_FLIGHT: usize = 8;
 
 /// How long one etcd call may take before the store reports etcd unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -148,13 +156,9 @@ impl Store for Etcd {
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let (mut c, k) = (self.client.clone(), self.key(prefix));
-        let res = self.call(async move {
-            c.get(k, Some(GetOptions::new().with_prefix().with_keys_only()))
-                .await
-        })?;
-        let mut out: Vec<String> = res
-            .kvs()
+        let (c, k) = (self.client.clone(), self.key(prefix));
+        let (_, kvs) = self.call(range(c, k, true, 0, 0))?;
+        let mut out: Vec<String> = kvs
             .iter()
             .filter_map(|kv| {
                 let k = std::str::from_utf8(kv.key()).ok()?;
@@ -234,22 +238,26 @@ impl Store for Etcd {
         Ok(self.call(async move { c.txn(txn).await })?.succeeded())
     }
 
-    fn updates_since(&self, prefix: &str, revision: u64) -> io::Result<Option<(u64, Vec<Entry>)>> {
-        let (mut c, k) = (self.client.clone(), self.key(prefix));
-        let res = self.call(async move {
-            c.get(
-                k,
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_min_mod_revision(revision as i64 + 1),
-                ),
-            )
-            .await
+    fn updates_since(
+        &self,
+        prefixes: &[&str],
+        revision: u64,
+    ) -> io::Result<Option<(u64, Vec<Entry>)>> {
+        let keys: Vec<Vec<u8>> = prefixes.iter().map(|p| self.key(p)).collect();
+        let c = self.client.clone();
+        let min = (revision as i64).saturating_add(1);
+        let (now, kvs) = self.call(async move {
+            // The first range fixes the revision; the others are read at it.
+            let mut now = 0;
+            let mut all = Vec::new();
+            for k in keys {
+                let (rev, kvs) = range(c.clone(), k, false, min, now).await?;
+                now = rev;
+                all.extend(kvs);
+            }
+            Ok((now, all))
         })?;
-        let now = res.header().map(|h| h.revision()).unwrap_or(0).max(0) as u64;
-        let entries = res
-            .kvs()
+        let entries = kvs
             .iter()
             .filter_map(|kv| {
                 let k = std::str::from_utf8(kv.key()).ok()?;
@@ -257,7 +265,116 @@ impl Store for Etcd {
                 (!k.starts_with(".locks/")).then(|| (k.to_string(), kv.value().to_vec()))
             })
             .collect();
-        Ok(Some((now, entries)))
+        Ok(Some((now.max(0) as u64, entries)))
+    }
+
+    fn get_at(&self, key: &str) -> io::Result<(u64, Option<Vec<u8>>)> {
+        check_key(key)?;
+        let (mut c, k) = (self.client.clone(), self.key(key));
+        let res = self.call(async move { c.get(k, None).await })?;
+        let rev = res.header().map(|h| h.revision()).unwrap_or(0).max(0) as u64;
+        Ok((rev, res.kvs().first().map(|kv| kv.value().to_vec())))
+    }
+
+    fn scan(&self, prefix: &str, revision: u64) -> io::Result<Vec<Entry>> {
+        let (c, k) = (self.client.clone(), self.key(prefix));
+        let (_, kvs) = self.call(range(c, k, false, 0, revision as i64))?;
+        Ok(kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let k = std::str::from_utf8(kv.key()).ok()?;
+                let k = k.strip_prefix(&self.prefix)?.to_string();
+                Some((k, kv.value().to_vec()))
+            })
+            .collect())
+    }
+
+    fn apply(&self, batch: &Batch) -> io::Result<bool> {
+        for (k, _) in &batch.puts {
+            check_key(k)?;
+        }
+        if batch.ops() > MAX_TXN_OPS || batch.bytes() > MAX_REQUEST_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} operations of {} bytes exceed etcd's transaction limits (--max-txn-ops {MAX_TXN_OPS}, --max-request-bytes {MAX_REQUEST_BYTES})",
+                    batch.ops(),
+                    batch.bytes()
+                ),
+            ));
+        }
+        let mut ops = Vec::with_capacity(batch.ops());
+        for p in &batch.delete_prefixes {
+            ops.push(TxnOp::delete(
+                self.key(p),
+                Some(DeleteOptions::new().with_prefix()),
+            ));
+        }
+        for k in &batch.deletes {
+            ops.push(TxnOp::delete(self.key(k), None));
+        }
+        for (k, v) in &batch.puts {
+            ops.push(TxnOp::put(self.key(k), v.clone(), None));
+        }
+        let mut txn = Txn::new();
+        if let Some((k, v)) = &batch.compare {
+            let k = self.key(k);
+            txn = txn.when([match v {
+                None => Compare::create_revision(k, CompareOp::Equal, 0),
+                Some(v) => Compare::value(k, CompareOp::Equal, v.clone()),
+            }]);
+        }
+        let txn = txn.and_then(ops);
+        let mut c = self.client.clone();
+        Ok(self.call(async move { c.txn(txn).await })?.succeeded())
+    }
+
+    fn put_many(&self, entries: Vec<Entry>) -> io::Result<()> {
+        for (k, _) in &entries {
+            check_key(k)?;
+        }
+        // Transactions of at most MAX_TXN_OPS puts and a third of the request limit each.
+        let mut txns: Vec<Vec<TxnOp>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for (k, v) in entries {
+            let size = k.len() + v.len() + 16;
+            let full = txns.last().is_some_and(|t| t.len() >= MAX_TXN_OPS)
+                || bytes + size > MAX_REQUEST_BYTES / 3;
+            if full && txns.last().is_some_and(|t| !t.is_empty()) {
+                txns.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(t) = txns.last_mut() {
+                t.push(TxnOp::put(self.key(&k), v, None));
+            }
+        }
+        let c = self.client.clone();
+        let eps = self.endpoints.clone();
+        run(&self.rt, async move {
+            let mut pending = tokio::task::JoinSet::new();
+            for ops in txns.into_iter().filter(|t| !t.is_empty()) {
+                while pending.len() >= IN_FLIGHT {
+                    if let Some(r) = pending.join_next().await {
+                        r.map_err(io::Error::other)??;
+                    }
+                }
+                let mut c = c.clone();
+                let eps = eps.clone();
+                pending.spawn(async move {
+                    match tokio::time::timeout(CALL_TIMEOUT, c.txn(Txn::new().and_then(ops))).await
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(unreachable(&eps, e)),
+                        Err(_) => Err(unreachable(&eps, "no answer within 5 s")),
+                    }
+                });
+            }
+            while let Some(r) = pending.join_next().await {
+                r.map_err(io::Error::other)??;
+            }
+            Ok(())
+        })?
     }
 
     fn watch(&self, prefixes: &[&str]) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -268,6 +385,63 @@ impl Store for Etcd {
             self.rt.spawn(follow_prefix(client, key, tx));
         }
         Some(rx)
+    }
+}
+
+/// The end of the range of keys that start with `prefix` (etcd's "range end").
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+/// Every key under `prefix` (values unless `keys_only`, changed at or after `min_mod` when
+/// that is above 0), read page by page at `revision` (0: the revision of the first page).
+/// Returns the revision read at.
+async fn range(
+    mut c: Client,
+    prefix: Vec<u8>,
+    keys_only: bool,
+    min_mod: i64,
+    revision: i64,
+) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    let end = prefix_end(&prefix);
+    let mut from = if prefix.is_empty() { vec![0] } else { prefix };
+    let mut rev = revision;
+    let mut out = Vec::new();
+    loop {
+        let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if rev > 0 {
+            o = o.with_revision(rev);
+        }
+        if keys_only {
+            o = o.with_keys_only();
+        }
+        if min_mod > 0 {
+            o = o.with_min_mod_revision(min_mod);
+        }
+        let mut res = c.get(from.clone(), Some(o)).await?;
+        if rev <= 0 {
+            rev = res.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        let more = res.more();
+        let kvs = res.take_kvs();
+        match kvs.last() {
+            Some(last) if more => {
+                from = last.key().to_vec();
+                from.push(0); // the next key after it
+            }
+            _ => {
+                out.extend(kvs);
+                return Ok((rev, out));
+            }
+        }
+        out.extend(kvs);
     }
 }
 

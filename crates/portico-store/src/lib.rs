@@ -19,6 +19,45 @@ pub use local::LocalDir;
 /// A key and its bytes.
 pub type Entry = (String, Vec<u8>);
 
+/// Writes to several keys as one atomic step, applied only when `compare` holds: etcd's
+/// transaction, which a zone change in cluster mode is (`portico_dns::shared`).
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// The batch applies only while this key holds these bytes (`None`: while it is absent).
+    pub compare: Option<(String, Option<Vec<u8>>)>,
+    pub puts: Vec<Entry>,
+    pub deletes: Vec<String>,
+    /// Every key under each of these prefixes is deleted.
+    pub delete_prefixes: Vec<String>,
+}
+
+impl Batch {
+    /// How many operations etcd counts against `--max-txn-ops` (the compare is not one).
+    pub fn ops(&self) -> usize {
+        self.puts.len() + self.deletes.len() + self.delete_prefixes.len()
+    }
+
+    /// About what the request weighs against etcd's `--max-request-bytes` (keys and values,
+    /// plus a few bytes of framing per operation).
+    pub fn bytes(&self) -> usize {
+        let cmp = self
+            .compare
+            .as_ref()
+            .map_or(0, |(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16);
+        cmp + self
+            .puts
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+            + self.deletes.iter().map(|k| k.len() + 16).sum::<usize>()
+            + self
+                .delete_prefixes
+                .iter()
+                .map(|k| 2 * k.len() + 16)
+                .sum::<usize>()
+    }
+}
+
 /// Where state lives. Keys are `/`-separated relative paths without `..`.
 pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
@@ -42,14 +81,60 @@ pub trait Store: Send + Sync {
         value: &[u8],
         mode: u32,
     ) -> io::Result<bool>;
-    /// Keys changed under `prefix` after `revision`, with the store's revision now; `None` when
-    /// the store has no change feed (a state directory has one writer: the process itself).
+    /// Keys changed under any of `prefixes` after `revision`, with the store's revision now;
+    /// `None` when the store has no change feed (a state directory has one writer: the process
+    /// itself).
     fn updates_since(
         &self,
-        _prefix: &str,
+        _prefixes: &[&str],
         _revision: u64,
     ) -> io::Result<Option<(u64, Vec<Entry>)>> {
         Ok(None)
+    }
+    /// The key's bytes with the store's revision they were read at (0 without revisions), so
+    /// that [`Store::scan`] can read more at the same point in time.
+    fn get_at(&self, key: &str) -> io::Result<(u64, Option<Vec<u8>>)> {
+        Ok((0, self.get(key)?))
+    }
+    /// Every key under `prefix` with its bytes, sorted by key, as of `revision` (0: now).
+    /// etcd reads it in pages, all at one revision.
+    fn scan(&self, prefix: &str, _revision: u64) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for key in self.list(prefix)? {
+            if let Some(v) = self.get(&key)? {
+                out.push((key, v));
+            }
+        }
+        Ok(out)
+    }
+    /// Applies `batch` atomically if its compare holds; `false` when it did not.
+    /// A state directory applies it step by step (one process writes it, under its own locks).
+    fn apply(&self, batch: &Batch) -> io::Result<bool> {
+        if let Some((key, expected)) = &batch.compare {
+            if self.get(key)?.as_ref() != expected.as_ref() {
+                return Ok(false);
+            }
+        }
+        for prefix in &batch.delete_prefixes {
+            for key in self.list(prefix)? {
+                self.delete(&key)?;
+            }
+        }
+        for key in &batch.deletes {
+            self.delete(key)?;
+        }
+        for (key, value) in &batch.puts {
+            self.put(key, value, mode_for(key))?;
+        }
+        Ok(true)
+    }
+    /// Writes many keys, not as one step (a zone's new generation, before its head names it):
+    /// etcd sends them as transactions of at most [`MAX_TXN_OPS`] puts, several at a time.
+    fn put_many(&self, entries: Vec<Entry>) -> io::Result<()> {
+        for (key, value) in &entries {
+            self.put(key, value, mode_for(key))?;
+        }
+        Ok(())
     }
     /// A signal that fires (the value grows) soon after another writer changes a key under one
     /// of `prefixes`, so a follower need not poll to hear of it; `None` when the store has no
@@ -58,6 +143,11 @@ pub trait Store: Send + Sync {
         None
     }
 }
+
+/// etcd's default `--max-txn-ops`: operations in one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+/// etcd's default `--max-request-bytes` (1.5 MiB): the size of one request.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
 /// A held lock; released on drop.
 pub trait Lock: Send {
@@ -93,12 +183,12 @@ pub fn is_local_only(key: &str) -> bool {
         || (key.starts_with("zones/") && (key.ends_with(".journal") || key.contains(".journal.")))
 }
 
-/// Copies every key of `from` into `to` (same bytes; private keys keep mode 0600 on disk).
-/// Returns how many keys were copied.
-pub fn migrate(from: &dyn Store, to: &dyn Store) -> io::Result<usize> {
+/// Copies every key of `from` that `keep` keeps into `to` (same bytes; private keys keep mode
+/// 0600 on disk). Returns how many keys were copied.
+pub fn migrate(from: &dyn Store, to: &dyn Store, keep: impl Fn(&str) -> bool) -> io::Result<usize> {
     let mut n = 0;
     for key in from.list("")? {
-        if is_local_only(&key) {
+        if is_local_only(&key) || !keep(&key) {
             continue;
         }
         let Some(value) = from.get(&key)? else {

@@ -4,12 +4,15 @@
 //! Each node keeps its state directory as a local cache of the shared store, so that it starts
 //! and keeps serving while etcd is away. Writes go to the shared store first, each by its owner:
 //! a zone change is one compare-and-put (it applies only if the zone is still what this node last
-//! saw, else the change is a conflict); a certificate is written by the node holding its order
+//! saw, else the change is a conflict; one key per name, see `portico_dns::shared`); a
+//! certificate is written by the node holding its order
 //! lock, fenced by the lock; HTTP-01 tokens are put by the ordering node and read by any. The
 //! rest (ACME accounts, the internal CA, the API's additions) is pushed when it changes locally.
 //! An etcd watch on the shared prefixes wakes the node as soon as another node writes; it then
-//! reads what changed since the revision it last saw into the cache and tells the parts: the zone
-//! is served anew, the certificate re-published, the API's additions applied. The same read runs
+//! reads what changed since the revision it last saw into the cache and tells the parts: the
+//! certificate re-published, the API's additions applied. Zones are not mirrored key by key:
+//! each zone's head is read, and a moved head brings the names it changed into the zone
+//! (`HostedZones::sync_shared`). The same read runs
 //! every second without a wake-up, so a watch that broke unnoticed costs a second, not an update.
 
 use std::collections::{HashMap, HashSet};
@@ -17,10 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portico_dns::zones::{PersistError, ZoneGuard};
 use portico_store::{mode_for, LocalDir, Store};
 
-/// What nodes share (keys under these prefixes).
+/// What nodes share (keys under these prefixes, watched for changes).
 pub(crate) const SHARED: [&str; 5] = [
     "certificates/",
     "acme/accounts/",
@@ -28,6 +30,9 @@ pub(crate) const SHARED: [&str; 5] = [
     "zones/",
     "runtime.toml",
 ];
+/// What is mirrored key by key into the local cache: all but zones, which a zone of a million
+/// names would make a million keys (zones follow their heads instead).
+const MIRRORED: [&str; 4] = ["certificates/", "acme/accounts/", "ca/", "runtime.toml"];
 /// What this node pushes when it changes locally; zones and certificates have their own writers.
 const PUSHED: [&str; 3] = ["acme/accounts/", "ca/", "runtime.toml"];
 /// How often a node asks etcd what changed when no watch event woke it first (a watch that
@@ -38,7 +43,7 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const LIVE: Duration = Duration::from_secs(5);
 
 fn shared(key: &str) -> bool {
-    SHARED.iter().any(|p| key.starts_with(p)) && !key.starts_with("certificates/order/")
+    MIRRORED.iter().any(|p| key.starts_with(p)) && !key.starts_with("certificates/order/")
 }
 
 /// FNV-1a of a value: what this node last saw of a key.
@@ -61,7 +66,6 @@ pub struct Cluster {
 /// Keys another node changed, by the part that must hear of it.
 #[derive(Default, Debug)]
 pub struct Arrived {
-    pub zones: HashSet<String>,
     pub certificates: HashSet<String>,
     pub runtime: bool,
 }
@@ -128,15 +132,13 @@ impl Cluster {
         let result = (|| -> std::io::Result<usize> {
             let mut n = 0;
             // The revision first, so that nothing written meanwhile is missed.
-            if let Some((rev, _)) = self.store.updates_since("\u{10FFFF}", u64::MAX / 2)? {
-                self.revision.store(rev, Ordering::Relaxed);
-            }
-            for key in self.store.list("")? {
-                if !shared(&key) {
-                    continue;
-                }
-                if let Some(v) = self.store.get(&key)? {
-                    n += usize::from(self.cache(&key, &v));
+            let (rev, _) = self.store.get_at("runtime.toml")?;
+            self.revision.store(rev, Ordering::Relaxed);
+            for prefix in MIRRORED {
+                for (key, v) in self.store.scan(prefix, 0)? {
+                    if shared(&key) {
+                        n += usize::from(self.cache(&key, &v));
+                    }
                 }
             }
             Ok(n)
@@ -154,7 +156,7 @@ impl Cluster {
     pub fn pull(&self) -> Arrived {
         let mut arrived = Arrived::default();
         let since = self.revision.load(Ordering::Relaxed);
-        let batch = match self.store.updates_since("", since) {
+        let batch = match self.store.updates_since(&MIRRORED, since) {
             Ok(Some(b)) => b,
             Ok(None) => return arrived,
             Err(e) => {
@@ -174,12 +176,7 @@ impl Cluster {
             if !self.cache(&key, &value) {
                 continue;
             }
-            if let Some(z) = key
-                .strip_prefix("zones/")
-                .and_then(|z| z.strip_suffix("zone"))
-            {
-                arrived.zones.insert(z.to_string());
-            } else if let Some(rest) = key
+            if let Some(rest) = key
                 .strip_prefix("certificates/live/")
                 .or_else(|| key.strip_prefix("certificates/archive/"))
             {
@@ -345,36 +342,6 @@ impl Cluster {
                 }
             }
         }
-    }
-}
-
-impl ZoneGuard for Cluster {
-    fn publish(&self, key: &str, old: Option<&[u8]>, new: &[u8]) -> Result<(), PersistError> {
-        let unreachable = |e: std::io::Error| {
-            self.mark(false, Some(&e));
-            PersistError::Io(format!(
-                "the shared store ({}) cannot be reached, so the change was not applied: {e}",
-                self.store.describe()
-            ))
-        };
-        let mut done = self
-            .store
-            .put_if(key, old, new, 0o644)
-            .map_err(unreachable)?;
-        if !done && old.is_some() && self.store.get(key).map_err(unreachable)?.is_none() {
-            // A zone this node had before the cluster knew it: the first copy in the store.
-            done = self
-                .store
-                .put_if(key, None, new, 0o644)
-                .map_err(unreachable)?;
-        }
-        if !done {
-            return Err(PersistError::Conflict(
-                "the zone was changed on another node since this node last saw it; nothing was applied: read it again and retry".into(),
-            ));
-        }
-        self.lock_synced().insert(key.to_string(), fingerprint(new));
-        Ok(())
     }
 }
 

@@ -118,7 +118,7 @@ impl Server {
         let zones = HostedZones::new(Some(config.state_dir.clone()));
         let listeners = crate::wiring::listeners::LbListeners::new(lb.clone());
         if let Some(c) = &cluster {
-            zones.set_guard(c.clone());
+            zones.set_shared(c.store.clone());
             certs.set_shared_store(c.store.clone());
         }
         zones

@@ -35,11 +35,14 @@ pub async fn follow(cluster: Arc<Cluster>, core: Arc<Core>, stop: CancellationTo
         else {
             continue;
         };
-        for z in &arrived.zones {
-            if let Ok(mut origin) = hickory_proto::rr::Name::from_ascii(z) {
-                origin.set_fqdn(true);
-                if let Err(e) = core.zones.reload_stored(&origin.to_lowercase()).await {
-                    tracing::warn!(zone = %z, error = %e, "cannot serve the zone another node stored");
+        // One read of each zone's head; names only when it moved.
+        let origins: Vec<_> = core.zones.catalog().zones.keys().cloned().collect();
+        let mut zones_changed = false;
+        for origin in &origins {
+            match core.zones.sync_shared(origin).await {
+                Ok(changed) => zones_changed |= changed,
+                Err(e) => {
+                    tracing::warn!(zone = %origin, error = %e, "cannot serve the zone another node changed")
                 }
             }
         }
@@ -51,7 +54,7 @@ pub async fn follow(cluster: Arc<Cluster>, core: Arc<Core>, stop: CancellationTo
         }
         // The heartbeat carries the served serials, so a zone that just arrived is reported at
         // once (a change is INSYNC when every node's heartbeat has its serial).
-        if !beat && arrived.zones.is_empty() {
+        if !beat && !zones_changed {
             continue;
         }
         let serials: HashMap<String, u32> = core

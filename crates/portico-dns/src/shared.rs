@@ -1,0 +1,566 @@
+//! Zones in a shared store (cluster mode, etcd): one key per name, so that a change costs what
+//! it changes there too, and a zone is not bound by etcd's request limit.
+//!
+//! ```text
+//! zones/<origin>/head            {"serial": 7, "gen": "g…", "seq": 42}
+//! zones/<origin>/<gen>/<name>    the name's records as master-file lines ("" once removed)
+//! zones/<origin>/log/<seq>       {"gen", "from", "to", "names": [[owner key, lines], …]}
+//! ```
+//!
+//! A change batch is one transaction: it applies only if `head` still holds what this node last
+//! saw (else it is a conflict), and writes the new head, the names it touched and a log entry
+//! of them. Another node reads `head` (one small read per zone and poll); when it moved, the log
+//! entries since the node's own `seq` say which names to read, all at one revision. A whole zone
+//! (the first upload, a migration, a config reload that changes more than a transaction holds)
+//! is a new generation: its names are written first, under a generation no head names, and one
+//! transaction then points `head` at it and deletes the old one, so a half-written zone is
+//! never served. A node that is behind by more than the log keeps, or sees a new generation,
+//! reads the generation whole. The master file of etcd's old layout (`zones/<origin>zone`, one
+//! value) is read when no head exists and replaced by this layout on the first write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use hickory_proto::rr::Name;
+use portico_store::{Batch, Store, MAX_REQUEST_BYTES, MAX_TXN_OPS};
+
+use crate::journal::Delta;
+use crate::owner::name_of;
+use crate::zone::{Node, Owner, Zone};
+use crate::zone_config::FILE_DEFAULT_TTL;
+use crate::zone_file;
+use crate::zones::PersistError;
+
+/// Log entries kept: a node behind by more reads the generation whole.
+const LOG_KEEP: u64 = 1000;
+/// Operations of a change besides its names: the head, the log entry, the old log entry's
+/// deletion.
+const OVERHEAD_OPS: usize = 3;
+
+/// What `zones/<origin>/head` holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    pub serial: u32,
+    pub gen: String,
+    pub seq: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LogEntry {
+    gen: String,
+    from: u32,
+    to: u32,
+    /// The names changed (owner key in base64, the name's lines; "" when removed); absent for
+    /// a new generation (read it whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    names: Option<Vec<(String, String)>>,
+}
+
+/// What the store holds of a zone, as [`SharedZones::read`] found it.
+pub enum Stored {
+    /// Nothing: the zone is new to the cluster.
+    Absent,
+    /// The same serial as the local copy: serve that.
+    Same,
+    /// The zone as stored (a newer or other version than the local copy).
+    Zone(Zone),
+    /// Only etcd's old one-value layout holds it: serve it, and write it anew in this layout.
+    Legacy(Zone),
+}
+
+/// Names and what each holds now (`None`: nothing).
+pub type Names = Vec<(Owner, Option<Node>)>;
+
+/// Another node's change, read by [`SharedZones::poll`].
+pub enum Remote {
+    /// These names now hold this (`None`: nothing), at this serial.
+    Names(u32, Names),
+    /// The zone whole (a new generation, or this node was too far behind).
+    Whole(Zone),
+}
+
+/// A zone's head as this node last saw it: the bytes a change compares with.
+#[derive(Clone)]
+struct Seen {
+    bytes: Vec<u8>,
+    head: Head,
+}
+
+/// The zones of a shared store, and what this node last saw of each.
+pub struct SharedZones {
+    store: Arc<dyn Store>,
+    seen: Mutex<HashMap<Name, Seen>>,
+}
+
+pub fn head_key(origin: &Name) -> String {
+    format!("zones/{origin}/head")
+}
+
+/// etcd's old layout: the zone as one master-file value.
+pub fn legacy_key(origin: &Name) -> String {
+    format!("zones/{origin}zone")
+}
+
+fn gen_prefix(origin: &Name, gen: &str) -> String {
+    format!("zones/{origin}/{gen}/")
+}
+
+fn log_key(origin: &Name, seq: u64) -> String {
+    format!("zones/{origin}/log/{seq:020}")
+}
+
+/// A name's key: its master-file spelling relative to the origin (`@` for the apex), with `%`
+/// and `/` percent-escaped so that it stays one path segment.
+fn name_key(origin: &Name, gen: &str, owner: &Owner) -> String {
+    let rel = zone_file::relative(&owner.name(), origin);
+    let seg = rel.replace('%', "%25").replace('/', "%2F");
+    format!("{}{seg}", gen_prefix(origin, gen))
+}
+
+fn node_text(origin: &Name, owner: &Owner, node: Option<&Node>) -> String {
+    let mut s = String::new();
+    if let Some(n) = node {
+        zone_file::export_node(&mut s, origin, owner, n);
+    }
+    s
+}
+
+fn new_gen() -> String {
+    format!("g{:016x}", fastrand::u64(..))
+}
+
+fn io_error(store: &dyn Store, e: io::Error) -> PersistError {
+    PersistError::Io(format!(
+        "the shared store ({}) cannot be reached, so the change was not applied: {e}",
+        store.describe()
+    ))
+}
+
+fn bad(origin: &Name, what: &str, e: impl std::fmt::Display) -> PersistError {
+    PersistError::Io(format!("zone {origin} in the shared store: {what}: {e}"))
+}
+
+impl SharedZones {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        SharedZones {
+            store,
+            seen: Mutex::default(),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn seen(&self, origin: &Name) -> Option<Seen> {
+        lock(&self.seen).get(origin).cloned()
+    }
+
+    fn saw(&self, origin: &Name, bytes: Vec<u8>, head: Head) {
+        lock(&self.seen).insert(origin.clone(), Seen { bytes, head });
+    }
+
+    /// Whether this node has seen the zone's head (a change can then be written as names).
+    pub fn knows(&self, origin: &Name) -> bool {
+        lock(&self.seen).contains_key(origin)
+    }
+
+    fn read_head(&self, origin: &Name) -> Result<(u64, Option<Seen>), PersistError> {
+        let (rev, bytes) = self
+            .store
+            .get_at(&head_key(origin))
+            .map_err(|e| io_error(self.store(), e))?;
+        match bytes {
+            None => Ok((rev, None)),
+            Some(b) => {
+                let head: Head = serde_json::from_slice(&b).map_err(|e| bad(origin, "head", e))?;
+                Ok((rev, Some(Seen { bytes: b, head })))
+            }
+        }
+    }
+
+    /// The zone as the store holds it, at start or reload: [`Stored::Same`] when its serial
+    /// is `local_serial` (the local copy is current).
+    pub fn read(&self, origin: &Name, local_serial: Option<u32>) -> Result<Stored, PersistError> {
+        let (rev, head) = self.read_head(origin)?;
+        let Some(Seen { bytes, head }) = head else {
+            let legacy = self
+                .store
+                .get(&legacy_key(origin))
+                .map_err(|e| io_error(self.store(), e))?;
+            return match legacy {
+                None => Ok(Stored::Absent),
+                Some(text) => {
+                    let text = String::from_utf8_lossy(&text);
+                    let mut zone = Zone::new(origin);
+                    zone_file::parse_into(&mut zone, &text, 300)
+                        .map_err(|e| bad(origin, &legacy_key(origin), e))?;
+                    Ok(Stored::Legacy(zone))
+                }
+            };
+        };
+        if local_serial == Some(head.serial) {
+            self.saw(origin, bytes, head);
+            return Ok(Stored::Same);
+        }
+        let zone = self.read_gen(origin, &head, rev)?;
+        self.saw(origin, bytes, head);
+        Ok(Stored::Zone(zone))
+    }
+
+    /// Every name of the head's generation, read at `rev`, as a zone at the head's serial.
+    fn read_gen(&self, origin: &Name, head: &Head, rev: u64) -> Result<Zone, PersistError> {
+        let entries = self
+            .store
+            .scan(&gen_prefix(origin, &head.gen), rev)
+            .map_err(|e| io_error(self.store(), e))?;
+        let mut text = String::with_capacity(entries.iter().map(|(_, v)| v.len()).sum());
+        for (_, v) in &entries {
+            text.push_str(&String::from_utf8_lossy(v));
+        }
+        let mut zone = Zone::new(origin);
+        zone_file::parse_into(&mut zone, &text, FILE_DEFAULT_TTL)
+            .map_err(|e| bad(origin, &format!("generation {}", head.gen), e))?;
+        if zone.soa().is_none() {
+            return Err(bad(
+                origin,
+                &format!("generation {}", head.gen),
+                "it holds no SOA record (written only in part?)",
+            ));
+        }
+        zone.set_serial(head.serial);
+        Ok(zone)
+    }
+
+    /// Writes one change (the names `delta` touched) as one transaction that applies only if
+    /// the head is still what this node last saw. A change larger than one etcd transaction is
+    /// refused ([`PersistError::TooLarge`]) and nothing is written.
+    pub fn publish_change(&self, origin: &Name, delta: &Delta) -> Result<(), PersistError> {
+        let Some(seen) = self.seen(origin) else {
+            return Err(PersistError::Conflict(format!(
+                "this node has not read zone {origin} from the shared store yet; nothing was applied: retry in a moment"
+            )));
+        };
+        let head = Head {
+            serial: delta.to,
+            gen: seen.head.gen.clone(),
+            seq: seen.head.seq + 1,
+        };
+        let head_bytes = serde_json::to_vec(&head).unwrap_or_default();
+        let mut batch = Batch {
+            compare: Some((head_key(origin), Some(seen.bytes.clone()))),
+            ..Batch::default()
+        };
+        let mut names = Vec::with_capacity(delta.nodes.len());
+        for (owner, _, new) in &delta.nodes {
+            let text = node_text(origin, owner, new.as_ref());
+            batch.puts.push((
+                name_key(origin, &head.gen, owner),
+                text.clone().into_bytes(),
+            ));
+            names.push((
+                base64::engine::general_purpose::STANDARD.encode(owner.key()),
+                text,
+            ));
+        }
+        let entry = LogEntry {
+            gen: head.gen.clone(),
+            from: delta.from,
+            to: delta.to,
+            names: Some(names),
+        };
+        batch.puts.push((
+            log_key(origin, head.seq),
+            serde_json::to_vec(&entry).unwrap_or_default(),
+        ));
+        if head.seq > LOG_KEEP {
+            batch.deletes.push(log_key(origin, head.seq - LOG_KEEP));
+        }
+        batch.puts.push((head_key(origin), head_bytes.clone()));
+        if batch.ops() > MAX_TXN_OPS || batch.bytes() > MAX_REQUEST_BYTES {
+            return Err(PersistError::TooLarge(format!(
+                "the change touches {} names ({} bytes in the shared store); etcd takes at most {} names ({} operations, --max-txn-ops) and {} bytes (--max-request-bytes) in one transaction: split it into smaller change batches",
+                delta.nodes.len(),
+                batch.bytes(),
+                MAX_TXN_OPS - OVERHEAD_OPS,
+                MAX_TXN_OPS,
+                MAX_REQUEST_BYTES
+            )));
+        }
+        match self.store.apply(&batch) {
+            Ok(true) => {
+                self.saw(origin, head_bytes, head);
+                Ok(())
+            }
+            Ok(false) => Err(PersistError::Conflict(
+                "the zone was changed on another node since this node last saw it; nothing was applied: read it again and retry".into(),
+            )),
+            Err(e) => Err(io_error(self.store(), e)),
+        }
+    }
+
+    /// Writes the zone whole as a new generation, then points the head at it in one
+    /// transaction that applies only if the head is still what this node last saw (absent when
+    /// it saw none). The old generation and the old layout's value go with that transaction.
+    pub fn publish_whole(&self, zone: &Zone) -> Result<(), PersistError> {
+        let origin = &zone.origin;
+        let seen = self.seen(origin);
+        let gen = new_gen();
+        let entries: Vec<(String, Vec<u8>)> = zone
+            .nodes
+            .iter()
+            .map(|(owner, node)| {
+                (
+                    name_key(origin, &gen, owner),
+                    node_text(origin, owner, Some(node)).into_bytes(),
+                )
+            })
+            .collect();
+        self.store
+            .put_many(entries)
+            .map_err(|e| io_error(self.store(), e))?;
+        let seq = seen.as_ref().map_or(1, |s| s.head.seq + 1);
+        let head = Head {
+            serial: zone.serial(),
+            gen: gen.clone(),
+            seq,
+        };
+        let head_bytes = serde_json::to_vec(&head).unwrap_or_default();
+        let entry = LogEntry {
+            gen: gen.clone(),
+            from: seen.as_ref().map_or(0, |s| s.head.serial),
+            to: zone.serial(),
+            names: None,
+        };
+        let mut batch = Batch {
+            compare: Some((head_key(origin), seen.as_ref().map(|s| s.bytes.clone()))),
+            puts: vec![
+                (
+                    log_key(origin, seq),
+                    serde_json::to_vec(&entry).unwrap_or_default(),
+                ),
+                (head_key(origin), head_bytes.clone()),
+            ],
+            deletes: vec![legacy_key(origin)],
+            delete_prefixes: Vec::new(),
+        };
+        if let Some(s) = &seen {
+            batch.delete_prefixes.push(gen_prefix(origin, &s.head.gen));
+        }
+        if seq > LOG_KEEP {
+            batch.deletes.push(log_key(origin, seq - LOG_KEEP));
+        }
+        let result = self.store.apply(&batch);
+        if !matches!(result, Ok(true)) {
+            // Nobody points at the new generation: take it back (best effort).
+            let _ = self.store.apply(&Batch {
+                delete_prefixes: vec![gen_prefix(origin, &gen)],
+                ..Batch::default()
+            });
+        }
+        match result {
+            Ok(true) => {
+                self.saw(origin, head_bytes, head);
+                Ok(())
+            }
+            Ok(false) => Err(PersistError::Conflict(
+                "the zone was written by another node meanwhile; nothing was applied".into(),
+            )),
+            Err(e) => Err(io_error(self.store(), e)),
+        }
+    }
+
+    /// Replaces whatever the store holds of the zone by `zone` (`portico store migrate`).
+    pub fn import(&self, zone: &Zone) -> Result<(), PersistError> {
+        let (_, head) = self.read_head(&zone.origin)?;
+        if let Some(Seen { bytes, head }) = head {
+            self.saw(&zone.origin, bytes, head);
+        }
+        self.publish_whole(zone)
+    }
+
+    /// What another node changed since this node last saw the zone (`zone`, as served here);
+    /// `None` when nothing did. What it returns counts as seen.
+    pub fn poll(&self, zone: &Zone) -> Result<Option<Remote>, PersistError> {
+        let origin = &zone.origin;
+        let (rev, head) = self.read_head(origin)?;
+        let Some(Seen { bytes, head }) = head else {
+            return Ok(None);
+        };
+        let seen = self.seen(origin);
+        if seen.as_ref().is_some_and(|s| s.bytes == bytes) {
+            return Ok(None);
+        }
+        let names = match &seen {
+            Some(s) if s.head.gen == head.gen && head.seq > s.head.seq => {
+                self.read_log(origin, &s.head, &head, rev)?
+            }
+            _ => None,
+        };
+        let remote = match names {
+            Some(names) => Remote::Names(head.serial, names),
+            None => Remote::Whole(self.read_gen(origin, &head, rev)?),
+        };
+        self.saw(origin, bytes, head);
+        Ok(Some(remote))
+    }
+
+    /// The names changed from `from` to `to`, from the log at `rev`; `None` when the log no
+    /// longer covers them or a new generation began (then the zone is read whole).
+    fn read_log(
+        &self,
+        origin: &Name,
+        from: &Head,
+        to: &Head,
+        rev: u64,
+    ) -> Result<Option<Names>, PersistError> {
+        if to.seq - from.seq > LOG_KEEP {
+            return Ok(None);
+        }
+        let entries = self
+            .store
+            .scan(&format!("zones/{origin}/log/"), rev)
+            .map_err(|e| io_error(self.store(), e))?;
+        let wanted = (from.seq + 1)..=to.seq;
+        let mut names: BTreeMap<Owner, String> = BTreeMap::new();
+        let mut found = 0;
+        for (key, value) in &entries {
+            let in_range = key
+                .rsplit('/')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| wanted.contains(&s));
+            if !in_range {
+                continue;
+            }
+            let entry: LogEntry = serde_json::from_slice(value).map_err(|e| bad(origin, key, e))?;
+            let Some(list) = entry.names.filter(|_| entry.gen == to.gen) else {
+                return Ok(None);
+            };
+            for (owner, text) in list {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(&owner)
+                    .map_err(|e| bad(origin, key, e))?;
+                names.insert(Owner::new(&name_of(&raw)), text);
+            }
+            found += 1;
+        }
+        if found != to.seq - from.seq {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for (owner, text) in names {
+            let node = zone_file::parse_node(origin, &owner, &text)
+                .map_err(|e| bad(origin, &owner.to_string(), e))?;
+            out.push((owner, node));
+        }
+        Ok(Some(out))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone::Zone;
+
+    fn zone(text: &str) -> Zone {
+        let mut z = Zone::new(&Name::from_ascii("example.test.").unwrap());
+        zone_file::parse_into(&mut z, text, 300).unwrap();
+        z
+    }
+
+    const BASE: &str = "@ 300 IN SOA ns1 h 1 7200 900 1209600 300\n@ 300 IN NS ns1\nns1 300 IN A 192.0.2.1\nwww 300 IN A 192.0.2.2\n";
+
+    #[test]
+    fn names_a_change_and_a_whole_generation_reach_another_node() {
+        let dir = std::env::temp_dir().join(format!("portico-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store: Arc<dyn Store> = Arc::new(portico_store::LocalDir::new(&dir));
+        let (a, b) = (
+            SharedZones::new(store.clone()),
+            SharedZones::new(store.clone()),
+        );
+        let z1 = zone(BASE);
+        let origin = z1.origin.clone();
+        assert!(matches!(a.read(&origin, None).unwrap(), Stored::Absent));
+        a.publish_whole(&z1).unwrap();
+        let Stored::Zone(seen_by_b) = b.read(&origin, None).unwrap() else {
+            panic!("b reads the zone")
+        };
+        assert_eq!(seen_by_b, z1);
+
+        // A change through a: b reads only its names from the log.
+        let mut z2 = Zone::clone(&z1);
+        z2.track();
+        z2.replace_node(
+            Owner::new(&Name::from_ascii("www.example.test.").unwrap()),
+            None,
+        );
+        let txt = zone("_acme-challenge 60 IN TXT \"tok\"\n");
+        let key = txt.nodes.keys().next().unwrap().clone();
+        z2.replace_node(key.clone(), txt.nodes.get(&key).cloned());
+        z2.set_serial(2);
+        a.publish_change(&origin, &Delta::between(&z1, &z2))
+            .unwrap();
+        let Some(Remote::Names(serial, names)) = b.poll(&seen_by_b).unwrap() else {
+            panic!("b gets the names")
+        };
+        assert_eq!(serial, 2);
+        assert_eq!(names.len(), 3, "{names:?}"); // apex (serial), www removed, the TXT
+        assert!(names
+            .iter()
+            .any(|(o, n)| o.to_string() == "www.example.test." && n.is_none()));
+        let mut at_b = seen_by_b.clone();
+        for (o, n) in names {
+            at_b.replace_node(o, n);
+        }
+        at_b.set_serial(serial);
+        assert_eq!(at_b, z2);
+        assert!(b.poll(&at_b).unwrap().is_none(), "nothing new");
+
+        // b's own change against a head it saw applies; a's, against an older one, conflicts.
+        let mut z3 = Zone::clone(&z2);
+        z3.track();
+        z3.set_serial(3);
+        b.publish_change(&origin, &Delta::between(&z2, &z3))
+            .unwrap();
+        assert!(matches!(
+            a.publish_change(&origin, &Delta::between(&z2, &z3)),
+            Err(PersistError::Conflict(_))
+        ));
+
+        // Too many names for one transaction: refused, naming the limit, nothing written.
+        let mut big = Zone::clone(&z3);
+        big.track();
+        for i in 0..200 {
+            let t = zone(&format!("n{i} 60 IN A 192.0.2.9\n"));
+            let (k, n) = t.nodes.iter().next().unwrap();
+            big.replace_node(k.clone(), Some(n.clone()));
+        }
+        big.set_serial(4);
+        let err = b
+            .publish_change(&origin, &Delta::between(&z3, &big))
+            .unwrap_err();
+        assert!(matches!(err, PersistError::TooLarge(_)), "{err}");
+        assert!(err.to_string().contains("--max-txn-ops"), "{err}");
+
+        // A new generation: a reads it whole, and the old generation is gone.
+        let old_gen = b.seen(&origin).unwrap().head.gen;
+        b.publish_whole(&big).unwrap();
+        let Some(Remote::Whole(w)) = a.poll(&z2).unwrap() else {
+            panic!("a reads the new generation whole")
+        };
+        assert_eq!(w, big);
+        assert!(store
+            .list(&gen_prefix(&origin, &old_gen))
+            .unwrap()
+            .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
