@@ -563,4 +563,31 @@ mod tests {
             .is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn the_old_one_value_layout_is_read_and_replaced_on_the_first_write() {
+        let dir = std::env::temp_dir().join(format!("portico-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store: Arc<dyn Store> = Arc::new(portico_store::LocalDir::new(&dir));
+        let z = zone(BASE);
+        store
+            .put(
+                &legacy_key(&z.origin),
+                zone_file::export(&z).as_bytes(),
+                0o644,
+            )
+            .unwrap();
+        let node = SharedZones::new(store.clone());
+        let Stored::Legacy(read) = node.read(&z.origin, Some(1)).unwrap() else {
+            panic!("the old layout is read")
+        };
+        assert_eq!(read, z);
+        node.publish_whole(&read).unwrap();
+        assert_eq!(store.get(&legacy_key(&z.origin)).unwrap(), None);
+        let Stored::Zone(again) = SharedZones::new(store).read(&z.origin, None).unwrap() else {
+            panic!("the new layout is read")
+        };
+        assert_eq!(again, z);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

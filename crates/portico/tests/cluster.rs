@@ -1026,3 +1026,172 @@ evaluate_target_health = true
     drop(nodes);
     drop(etcd);
 }
+
+/// Node `n` (1..=3) of a DNS-only cluster serving `zone_file` as example.test.
+fn dns_node(dir: &Path, n: u8, dns: u16, etcd: &str, zone_file: &Path) -> Node {
+    let ip = format!("127.0.0.{n}");
+    let state = dir.join(format!("node{n}"));
+    let config = dir.join(format!("node{n}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+shutdown_timeout = "5s"
+[dns]
+listen = ["{ip}:{dns}"]
+[[zone]]
+name = "example.test"
+file = "{file}"
+[admin]
+listen = "{ip}:0"
+[store]
+etcd = ["{etcd}"]
+"#,
+            state = state.display(),
+            file = zone_file.display(),
+        ),
+    )
+    .unwrap();
+    Node {
+        ip: ip.parse().unwrap(),
+        proc: None,
+        config,
+        state,
+        admin: "127.0.0.1:1".parse().unwrap(),
+        token: String::new(),
+    }
+}
+
+/// How many keys etcd holds under `prefix` (Debian's etcdctl 3.4 has no --count-only).
+fn etcd_count(endpoint: &str, prefix: &str) -> usize {
+    etcdctl(endpoint, &["get", "--prefix", "--keys-only", prefix])
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_larger_than_etcds_request_limit_is_stored_changed_and_served_by_three_nodes() {
+    let etcd = start_etcd();
+    let dir = TempDir::new("cluster-big-zone");
+    // 60,000 names: about 1.9 MB as a master file, above etcd's 1.5 MiB request limit, so the
+    // old one-value layout could not store it at all.
+    let file = dir.path().join("example.test.zone");
+    let mut text = String::from(
+        "$ORIGIN example.test.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 7200 900 1209600 300\n@ IN NS ns1\nns1 IN A 192.0.2.53\n",
+    );
+    for i in 0..60_000u32 {
+        text.push_str(&format!(
+            "host{i} IN A 10.{}.{}.{}\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    assert!(text.len() > 1536 * 1024, "{}", text.len());
+    std::fs::write(&file, &text).unwrap();
+    let dns = free_port();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|n| dns_node(dir.path(), n, dns, &etcd.endpoint, &file))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start().await;
+    }
+    for n in &nodes {
+        let ip = n.ip;
+        support::eventually(
+            &format!("{ip} serves the big zone"),
+            Duration::from_secs(180),
+            || {
+                let ok = dig_at(ip, dns, "host59999.example.test") == "10.0.234.95";
+                async move { ok }
+            },
+        )
+        .await;
+    }
+    // Stored as a head and one key per name, not as one value.
+    let prefix = "portico/zones/example.test./";
+    let head = etcdctl(
+        &etcd.endpoint,
+        &["get", "--print-value-only", &format!("{prefix}head")],
+    );
+    let head: serde_json::Value = serde_json::from_str(head.trim()).unwrap();
+    let gen = head["gen"].as_str().unwrap().to_string();
+    assert!(
+        etcd_count(&etcd.endpoint, &format!("{prefix}{gen}/")) >= 60_002,
+        "{head}"
+    );
+    assert_eq!(
+        etcd_count(&etcd.endpoint, "portico/zones/example.test.zone"),
+        0
+    );
+
+    // A change through node 1 writes only what it touches and reaches every node.
+    let (s, v) = nodes[0]
+        .call(
+            "POST",
+            "/api/v1/zones/example.test/changes",
+            Some(serde_json::json!({"changes": [{"action": "UPSERT", "name": "host7", "type": "A", "values": ["192.0.2.7"]}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    wait_dig(&nodes, dns, "host7.example.test", "192.0.2.7").await;
+    let serial = v["serial"].as_u64().unwrap();
+    let head = etcdctl(
+        &etcd.endpoint,
+        &["get", "--print-value-only", &format!("{prefix}head")],
+    );
+    let head: serde_json::Value = serde_json::from_str(head.trim()).unwrap();
+    assert_eq!(head["serial"].as_u64(), Some(serial), "{head}");
+    let log = etcdctl(
+        &etcd.endpoint,
+        &[
+            "get",
+            "--print-value-only",
+            &format!("{prefix}log/{:020}", head["seq"].as_u64().unwrap()),
+        ],
+    );
+    let log: serde_json::Value = serde_json::from_str(log.trim()).unwrap();
+    // The apex (its SOA serial) and host7: two names, not 60,003.
+    assert_eq!(log["names"].as_array().map(Vec::len), Some(2), "{log}");
+
+    // A batch larger than one etcd transaction: refused, naming the limit; nothing applied.
+    let changes: Vec<serde_json::Value> = (0..200)
+        .map(|i| serde_json::json!({"action": "UPSERT", "name": format!("batch{i}"), "type": "A", "values": ["192.0.2.9"]}))
+        .collect();
+    let (s, v) = nodes[1]
+        .call(
+            "POST",
+            "/api/v1/zones/example.test/changes",
+            Some(serde_json::json!({ "changes": changes })),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("--max-txn-ops"),
+        "{v}"
+    );
+    assert_eq!(dig_at(nodes[1].ip, dns, "batch0.example.test"), "");
+    let (_, z) = nodes[1]
+        .call("GET", "/api/v1/zones/example.test", None)
+        .await;
+    assert_eq!(z["serial"].as_u64(), Some(serial), "{z}");
+
+    // Node 3 down while node 2 changes the zone: back up, it catches up from etcd.
+    let mut down = nodes[2].proc.take().unwrap();
+    down.signal(libc::SIGTERM);
+    assert_eq!(down.wait_exit(Duration::from_secs(20)), 0);
+    let (s, v) = nodes[1]
+        .call(
+            "POST",
+            "/api/v1/zones/example.test/changes",
+            Some(serde_json::json!({"changes": [{"action": "DELETE", "name": "host8", "type": "A", "values": ["10.0.0.8"]}, {"action": "UPSERT", "name": "while-down", "type": "A", "values": ["192.0.2.44"]}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    nodes[2].start().await;
+    wait_dig(&nodes, dns, "while-down.example.test", "192.0.2.44").await;
+    wait_dig(&nodes, dns, "host8.example.test", "").await;
+    wait_dig(&nodes, dns, "host7.example.test", "192.0.2.7").await;
+    drop(etcd);
+}
