@@ -13,10 +13,15 @@ Then the restart: each server applies --restart-changes changes to the largest z
 the API, Knot by RFC 2136 with nsupdate), is killed with SIGKILL (no clean shutdown, so the
 journal must be replayed), and is timed from start until it answers the last change.
 
-  bench/zone_changes.py [--sizes 10000,200000,1000000] [--changes 100] [--restart-changes 10000]
+With --nodes 3, Portico also runs as three nodes on one etcd (127.0.0.1-3, `portico-3-nodes`):
+the change goes to node 1, and answered = the first moment all three nodes answer the new TXT.
 
-PORTICO_BIN=path measures that binary instead of building target/release/portico.
-Needs: knot, knot-dnsutils, bind9-dnsutils (Debian packages).
+  bench/zone_changes.py [--sizes 10000,200000,1000000] [--changes 100] [--restart-changes 10000]
+                        [--nodes 3]
+
+PORTICO_BIN=path measures that binary instead of building target/release/portico (built with
+`--features etcd` for --nodes 3).
+Needs: knot, knot-dnsutils, bind9-dnsutils (Debian packages); etcd-server, etcd-client for --nodes.
 """
 
 import argparse
@@ -50,7 +55,7 @@ def write_zone(path, n):
             f.write(f"host{i} A 10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}\n")
 
 
-def query(name, qtype, port=DNS_PORT, timeout=0.2):
+def query(name, qtype, port=DNS_PORT, timeout=0.2, ip="127.0.0.1"):
     """One UDP query; the raw answer or None."""
     qid = os.getpid() & 0xFFFF
     q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
@@ -62,7 +67,7 @@ def query(name, qtype, port=DNS_PORT, timeout=0.2):
     try:
         # Connected, so that a query sent before the server binds fails at once (ICMP port
         # unreachable) instead of waiting out the timeout: restart times are read to the ms.
-        s.connect(("127.0.0.1", port))
+        s.connect((ip, port))
         s.send(q)
         data = s.recv(4096)
         return data
@@ -72,23 +77,24 @@ def query(name, qtype, port=DNS_PORT, timeout=0.2):
         s.close()
 
 
-def wait_txt(token, deadline=60.0):
-    """Waits until the TXT answer holds `token`; seconds waited."""
+def wait_txt(token, deadline=60.0, ips=("127.0.0.1",)):
+    """Waits until the TXT answer holds `token` at every address of `ips`; seconds waited."""
     t0 = time.perf_counter()
     want = token.encode()
+    left = list(ips)
     while time.perf_counter() - t0 < deadline:
-        a = query(f"_acme-challenge.{ZONE}", 16)
-        if a and want in a:
+        left = [ip for ip in left if not ((a := query(f"_acme-challenge.{ZONE}", 16, ip=ip)) and want in a)]
+        if not left:
             return time.perf_counter() - t0
     raise RuntimeError(f"{token} not answered after {deadline}s")
 
 
-def wait_soa(deadline, proc=None):
+def wait_soa(deadline, proc=None, ip="127.0.0.1"):
     end = time.time() + deadline
     while time.time() < end:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the server exited ({proc.returncode}) before answering")
-        a = query(ZONE, 6)
+        a = query(ZONE, 6, ip=ip)
         if a and a[3] & 0x0F == 0 and a[6:8] != b"\x00\x00":
             return
         time.sleep(0.01)
@@ -102,6 +108,7 @@ def pct(xs, p):
 
 class Portico:
     name = "portico"
+    ips = ("127.0.0.1",)
 
     def __init__(self, work, zonefile):
         self.d = work / "portico"
@@ -152,8 +159,76 @@ file = "{ZONE}.zone"
         self.proc.wait()
 
 
+class PorticoCluster(Portico):
+    """Three Portico nodes on one etcd (started here, on loopback, with its own data)."""
+    name = "portico-3-nodes"
+    ips = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    ETCD = "http://127.0.0.1:19379"
+
+    def __init__(self, work, zonefile):
+        self.d = work / "cluster"
+        shutil.rmtree(self.d, ignore_errors=True)
+        self.d.mkdir()
+        shutil.copy(zonefile, self.d / f"{ZONE}.zone")
+        for n, ip in enumerate(self.ips, 1):
+            nd = self.d / f"node{n}"
+            nd.mkdir()
+            (nd / "portico.toml").write_text(f"""
+state_dir = "{nd}/state"
+[log]
+level = "warn"
+[admin]
+listen = "{ip}:{ADMIN_PORT}"
+[dns]
+listen = ["{ip}:{DNS_PORT}"]
+[[zone]]
+name = "{ZONE}"
+file = "../{ZONE}.zone"
+[store]
+etcd = ["{self.ETCD}"]
+""")
+        self.procs, self.proc, self.conn = [], None, None
+
+    def start(self):
+        etcd = subprocess.Popen(
+            ["etcd", "--name", "b", "--data-dir", str(self.d / "etcd"), "--listen-client-urls", self.ETCD,
+             "--advertise-client-urls", self.ETCD, "--listen-peer-urls", "http://127.0.0.1:19380",
+             "--initial-advertise-peer-urls", "http://127.0.0.1:19380",
+             "--initial-cluster", "b=http://127.0.0.1:19380", "--quota-backend-bytes", str(8 << 30)],
+            stdout=subprocess.DEVNULL, stderr=open(self.d / "etcd.stderr", "a"), start_new_session=True)
+        self.procs = [etcd]
+        for _ in range(300):
+            r = subprocess.run(["etcdctl", "--endpoints", self.ETCD, "endpoint", "health"],
+                               capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+            if "is healthy" in r.stdout + r.stderr:
+                break
+            time.sleep(0.1)
+        for n, ip in enumerate(self.ips, 1):
+            nd = self.d / f"node{n}"
+            p = subprocess.Popen([str(PORTICO), "serve", "-c", str(nd / "portico.toml")],
+                                 stdout=subprocess.DEVNULL, stderr=open(nd / "stderr", "a"),
+                                 start_new_session=True)
+            self.procs.append(p)
+            # Node 1 writes the zone into etcd; the others read it from there.
+            wait_soa(900, p, ip=ip)
+        self.proc = self.procs[1]
+
+    def connect(self):
+        self.token = (self.d / "node1" / "state" / "admin.token").read_text().strip()
+        self.conn = http.client.HTTPConnection("127.0.0.1", ADMIN_PORT, timeout=60)
+
+    def kill(self):
+        if self.conn:
+            self.conn.close()
+            self.conn = None
+        for p in reversed(self.procs):
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 class Knot:
     name = "knot"
+    ips = ("127.0.0.1",)
 
     def __init__(self, work, zonefile):
         self.d = work / "knot"
@@ -241,16 +316,20 @@ def main():
     ap.add_argument("--changes", type=int, default=100)
     ap.add_argument("--restart-changes", type=int, default=10000)
     ap.add_argument("--only", default="portico,knot")
+    ap.add_argument("--nodes", type=int, default=1, choices=[1, 3])
     args = ap.parse_args()
     os.environ["PATH"] += ":/usr/sbin"
     for tool in ["knotd", "knotc", "nsupdate"]:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install knot knot-dnsutils bind9-dnsutils")
     if "PORTICO_BIN" not in os.environ:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
+        features = ["--features", "etcd"] if args.nodes == 3 else []
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico", *features], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="portico-zchanges-"))
-    kinds = {"portico": Portico, "knot": Knot}
+    kinds = {"portico": Portico, "knot": Knot, "portico-3-nodes": PorticoCluster}
     names = args.only.split(",")
+    if args.nodes == 3:
+        names.append("portico-3-nodes")
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for size in sizes:
@@ -271,7 +350,7 @@ def main():
                     acks.append(ack * 1000)
                     if whole is not None:
                         alls.append(whole * 1000)
-                    seen.append((ack + wait_txt(token)) * 1000)
+                    seen.append((ack + wait_txt(token, ips=srv.ips)) * 1000)
                 row = (f"| {size:,} | {name} | {pct(acks, 50):.2f} / {pct(acks, 99):.2f} ms | "
                        + (f"{pct(alls, 50):.2f} / {pct(alls, 99):.2f} ms" if alls else "–")
                        + f" | {pct(seen, 50):.2f} / {pct(seen, 99):.2f} ms | {loaded:.1f} s |")
@@ -292,7 +371,7 @@ def main():
         print()
         print(f"| server | restart of the {size:,}-record zone after {args.restart_changes:,} changes, killed with SIGKILL |")
         print("|---|---|")
-        for name in names:
+        for name in [n for n in names if n in ("portico", "knot")]:
             srv = kinds[name](work, zonefile)
             srv.start()
             try:

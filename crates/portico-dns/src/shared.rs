@@ -2,8 +2,8 @@
 //! it changes there too, and a zone is not bound by etcd's request limit.
 //!
 //! ```text
-//! zones/<origin>/head            {"serial": 7, "gen": "g…", "seq": 42}
-//! zones/<origin>/<gen>/<name>    the name's records as master-file lines ("" once removed)
+//! zones/<origin>/head                     {"serial": 7, "gen": "g…", "seq": 42, "buckets": 256}
+//! zones/<origin>/<gen>/<bucket>/<name>    the name's records as master-file lines ("" once removed)
 //! zones/<origin>/log/<seq>       {"gen", "from", "to", "names": [[owner key, lines], …]}
 //! ```
 //!
@@ -15,7 +15,11 @@
 //! is a new generation: its names are written first, under a generation no head names, and one
 //! transaction then points `head` at it and deletes the old one, so a half-written zone is
 //! never served. A node that is behind by more than the log keeps, or sees a new generation,
-//! reads the generation whole. The master file of etcd's old layout (`zones/<origin>zone`, one
+//! reads the generation whole, bucket by bucket: a name's bucket is a hash of it, about a
+//! thousand names each, because etcd 3.4 (Debian's) walks every key from a range's start to its
+//! end for each page it returns, so paging through one range of a million keys costs the square
+//! of it. The old generation is deleted after the switch, bucket by bucket, for the same reason
+//! (one deletion of a million keys would stall etcd). The master file of etcd's old layout (`zones/<origin>zone`, one
 //! value) is read when no head exists and replaced by this layout on the first write.
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,7 +49,17 @@ pub struct Head {
     pub serial: u32,
     pub gen: String,
     pub seq: u64,
+    /// How many buckets the generation's names are spread over.
+    #[serde(default = "one")]
+    pub buckets: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// Names per bucket a new generation aims at.
+const PER_BUCKET: usize = 1000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LogEntry {
@@ -107,16 +121,29 @@ fn gen_prefix(origin: &Name, gen: &str) -> String {
     format!("zones/{origin}/{gen}/")
 }
 
+fn bucket_prefix(origin: &Name, gen: &str, bucket: u32) -> String {
+    format!("{}{bucket:x}/", gen_prefix(origin, gen))
+}
+
+/// FNV-1a of the owner's key, for its bucket.
+fn bucket_of(owner: &Owner, buckets: u32) -> u32 {
+    let h = owner.key().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % u64::from(buckets.max(1))) as u32
+}
+
 fn log_key(origin: &Name, seq: u64) -> String {
     format!("zones/{origin}/log/{seq:020}")
 }
 
 /// A name's key: its master-file spelling relative to the origin (`@` for the apex), with `%`
 /// and `/` percent-escaped so that it stays one path segment.
-fn name_key(origin: &Name, gen: &str, owner: &Owner) -> String {
+fn name_key(origin: &Name, head: &Head, owner: &Owner) -> String {
     let rel = zone_file::relative(&owner.name(), origin);
     let seg = rel.replace('%', "%25").replace('/', "%2F");
-    format!("{}{seg}", gen_prefix(origin, gen))
+    let bucket = bucket_of(owner, head.buckets);
+    format!("{}{seg}", bucket_prefix(origin, &head.gen, bucket))
 }
 
 fn node_text(origin: &Name, owner: &Owner, node: Option<&Node>) -> String {
@@ -212,13 +239,15 @@ impl SharedZones {
 
     /// Every name of the head's generation, read at `rev`, as a zone at the head's serial.
     fn read_gen(&self, origin: &Name, head: &Head, rev: u64) -> Result<Zone, PersistError> {
-        let entries = self
-            .store
-            .scan(&gen_prefix(origin, &head.gen), rev)
-            .map_err(|e| io_error(self.store(), e))?;
-        let mut text = String::with_capacity(entries.iter().map(|(_, v)| v.len()).sum());
-        for (_, v) in &entries {
-            text.push_str(&String::from_utf8_lossy(v));
+        let mut text = String::new();
+        for bucket in 0..head.buckets.max(1) {
+            let entries = self
+                .store
+                .scan(&bucket_prefix(origin, &head.gen, bucket), rev)
+                .map_err(|e| io_error(self.store(), e))?;
+            for (_, v) in &entries {
+                text.push_str(&String::from_utf8_lossy(v));
+            }
         }
         let mut zone = Zone::new(origin);
         zone_file::parse_into(&mut zone, &text, FILE_DEFAULT_TTL)
@@ -247,6 +276,7 @@ impl SharedZones {
             serial: delta.to,
             gen: seen.head.gen.clone(),
             seq: seen.head.seq + 1,
+            buckets: seen.head.buckets,
         };
         let head_bytes = serde_json::to_vec(&head).unwrap_or_default();
         let mut batch = Batch {
@@ -256,10 +286,9 @@ impl SharedZones {
         let mut names = Vec::with_capacity(delta.nodes.len());
         for (owner, _, new) in &delta.nodes {
             let text = node_text(origin, owner, new.as_ref());
-            batch.puts.push((
-                name_key(origin, &head.gen, owner),
-                text.clone().into_bytes(),
-            ));
+            batch
+                .puts
+                .push((name_key(origin, &head, owner), text.clone().into_bytes()));
             names.push((
                 base64::engine::general_purpose::STANDARD.encode(owner.key()),
                 text,
@@ -307,13 +336,19 @@ impl SharedZones {
     pub fn publish_whole(&self, zone: &Zone) -> Result<(), PersistError> {
         let origin = &zone.origin;
         let seen = self.seen(origin);
-        let gen = new_gen();
+        let seq = seen.as_ref().map_or(1, |s| s.head.seq + 1);
+        let head = Head {
+            serial: zone.serial(),
+            gen: new_gen(),
+            seq,
+            buckets: zone.nodes.len().div_ceil(PER_BUCKET).next_power_of_two() as u32,
+        };
         let entries: Vec<(String, Vec<u8>)> = zone
             .nodes
             .iter()
             .map(|(owner, node)| {
                 (
-                    name_key(origin, &gen, owner),
+                    name_key(origin, &head, owner),
                     node_text(origin, owner, Some(node)).into_bytes(),
                 )
             })
@@ -321,15 +356,9 @@ impl SharedZones {
         self.store
             .put_many(entries)
             .map_err(|e| io_error(self.store(), e))?;
-        let seq = seen.as_ref().map_or(1, |s| s.head.seq + 1);
-        let head = Head {
-            serial: zone.serial(),
-            gen: gen.clone(),
-            seq,
-        };
         let head_bytes = serde_json::to_vec(&head).unwrap_or_default();
         let entry = LogEntry {
-            gen: gen.clone(),
+            gen: head.gen.clone(),
             from: seen.as_ref().map_or(0, |s| s.head.serial),
             to: zone.serial(),
             names: None,
@@ -346,29 +375,42 @@ impl SharedZones {
             deletes: vec![legacy_key(origin)],
             delete_prefixes: Vec::new(),
         };
-        if let Some(s) = &seen {
-            batch.delete_prefixes.push(gen_prefix(origin, &s.head.gen));
-        }
         if seq > LOG_KEEP {
             batch.deletes.push(log_key(origin, seq - LOG_KEEP));
         }
-        let result = self.store.apply(&batch);
-        if !matches!(result, Ok(true)) {
-            // Nobody points at the new generation: take it back (best effort).
-            let _ = self.store.apply(&Batch {
-                delete_prefixes: vec![gen_prefix(origin, &gen)],
-                ..Batch::default()
-            });
-        }
-        match result {
+        match self.store.apply(&batch) {
             Ok(true) => {
                 self.saw(origin, head_bytes, head);
+                if let Some(old) = seen {
+                    self.delete_gen(origin, &old.head);
+                }
                 Ok(())
             }
-            Ok(false) => Err(PersistError::Conflict(
-                "the zone was written by another node meanwhile; nothing was applied".into(),
-            )),
+            Ok(false) => {
+                // Nobody points at the new generation: take it back.
+                self.delete_gen(origin, &head);
+                Err(PersistError::Conflict(
+                    "the zone was written by another node meanwhile; nothing was applied".into(),
+                ))
+            }
+            // Not known whether the switch applied: the new generation stays (the head may
+            // name it), and the next poll reads whichever the head names.
             Err(e) => Err(io_error(self.store(), e)),
+        }
+    }
+
+    /// Deletes a generation no head names any more, bucket by bucket (best effort: what a
+    /// failure leaves is never read, since no head names it).
+    fn delete_gen(&self, origin: &Name, head: &Head) {
+        for bucket in 0..head.buckets.max(1) {
+            let batch = Batch {
+                delete_prefixes: vec![bucket_prefix(origin, &head.gen, bucket)],
+                ..Batch::default()
+            };
+            if let Err(e) = self.store.apply(&batch) {
+                tracing::warn!(zone = %origin, generation = %head.gen, error = %e, "cannot delete an old generation of the zone from the shared store");
+                return;
+            }
         }
     }
 
@@ -395,7 +437,7 @@ impl SharedZones {
         }
         let names = match &seen {
             Some(s) if s.head.gen == head.gen && head.seq > s.head.seq => {
-                self.read_log(origin, &s.head, &head, rev)?
+                self.read_log(origin, &s.head, &head)?
             }
             _ => None,
         };
@@ -407,48 +449,40 @@ impl SharedZones {
         Ok(Some(remote))
     }
 
-    /// The names changed from `from` to `to`, from the log at `rev`; `None` when the log no
+    /// The names changed from `from` to `to`, from the log; `None` when the log no
     /// longer covers them or a new generation began (then the zone is read whole).
     fn read_log(
         &self,
         origin: &Name,
         from: &Head,
         to: &Head,
-        rev: u64,
     ) -> Result<Option<Names>, PersistError> {
         if to.seq - from.seq > LOG_KEEP {
             return Ok(None);
         }
-        let entries = self
-            .store
-            .scan(&format!("zones/{origin}/log/"), rev)
-            .map_err(|e| io_error(self.store(), e))?;
-        let wanted = (from.seq + 1)..=to.seq;
+        // One read per entry: entries never change once written (only the oldest go), so they
+        // need no common revision, and a log of large entries is never one oversized answer.
         let mut names: BTreeMap<Owner, String> = BTreeMap::new();
-        let mut found = 0;
-        for (key, value) in &entries {
-            let in_range = key
-                .rsplit('/')
-                .next()
-                .and_then(|s| s.parse::<u64>().ok())
-                .is_some_and(|s| wanted.contains(&s));
-            if !in_range {
-                continue;
-            }
-            let entry: LogEntry = serde_json::from_slice(value).map_err(|e| bad(origin, key, e))?;
+        for seq in (from.seq + 1)..=to.seq {
+            let key = log_key(origin, seq);
+            let Some(value) = self
+                .store
+                .get(&key)
+                .map_err(|e| io_error(self.store(), e))?
+            else {
+                return Ok(None); // pruned: read the zone whole
+            };
+            let entry: LogEntry =
+                serde_json::from_slice(&value).map_err(|e| bad(origin, &key, e))?;
             let Some(list) = entry.names.filter(|_| entry.gen == to.gen) else {
                 return Ok(None);
             };
             for (owner, text) in list {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(&owner)
-                    .map_err(|e| bad(origin, key, e))?;
+                    .map_err(|e| bad(origin, &key, e))?;
                 names.insert(Owner::new(&name_of(&raw)), text);
             }
-            found += 1;
-        }
-        if found != to.seq - from.seq {
-            return Ok(None);
         }
         let mut out = Vec::with_capacity(names.len());
         for (owner, text) in names {

@@ -127,6 +127,44 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Every key under `prefix` (with values unless `keys_only`) as of `revision` (0: the
+    /// revision of the first page), page by page, each call with its own timeout: a large
+    /// range takes as long as it takes, and a stalled etcd still fails within CALL_TIMEOUT.
+    fn pages(&self, prefix: &str, keys_only: bool, revision: u64) -> io::Result<Vec<KeyValue>> {
+        let start = self.key(prefix);
+        let end = prefix_end(&start);
+        let mut from = if start.is_empty() { vec![0] } else { start };
+        let mut rev = revision as i64;
+        let mut out = Vec::new();
+        loop {
+            let (mut c, key) = (self.client.clone(), from.clone());
+            let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if rev > 0 {
+                o = o.with_revision(rev);
+            }
+            if keys_only {
+                o = o.with_keys_only();
+            }
+            let mut res = self.call(async move { c.get(key, Some(o)).await })?;
+            if rev <= 0 {
+                rev = res.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = res.more();
+            let kvs = res.take_kvs();
+            if let Some(last) = kvs.last() {
+                from = last.key().to_vec();
+                from.push(0); // the next key after it
+            }
+            let done = !more || kvs.is_empty();
+            out.extend(kvs);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+}
+
 /// Runs `f` on `rt` and waits for it on this thread (never inside `rt` itself).
 fn run<T: Send + 'static>(
     rt: &tokio::runtime::Handle,
@@ -156,9 +194,8 @@ impl Store for Etcd {
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let (c, k) = (self.client.clone(), self.key(prefix));
-        let (_, kvs) = self.call(range(c, k, true, 0, 0))?;
-        let mut out: Vec<String> = kvs
+        let mut out: Vec<String> = self
+            .pages(prefix, true, 0)?
             .iter()
             .filter_map(|kv| {
                 let k = std::str::from_utf8(kv.key()).ok()?;
@@ -277,9 +314,8 @@ impl Store for Etcd {
     }
 
     fn scan(&self, prefix: &str, revision: u64) -> io::Result<Vec<Entry>> {
-        let (c, k) = (self.client.clone(), self.key(prefix));
-        let (_, kvs) = self.call(range(c, k, false, 0, revision as i64))?;
-        Ok(kvs
+        Ok(self
+            .pages(prefix, false, revision)?
             .into_iter()
             .filter_map(|kv| {
                 let k = std::str::from_utf8(kv.key()).ok()?;
