@@ -189,6 +189,12 @@ impl SharedZones {
         lock(&self.seen).insert(origin.clone(), Seen { bytes, head });
     }
 
+    /// Forgets what this node saw of the zone, so that the next poll reads it whole (after a
+    /// change reached the store but not this node's own copy).
+    pub fn forget(&self, origin: &Name) {
+        lock(&self.seen).remove(origin);
+    }
+
     /// Whether this node has seen the zone's head (a change can then be written as names).
     pub fn knows(&self, origin: &Name) -> bool {
         lock(&self.seen).contains_key(origin)

@@ -871,12 +871,20 @@ impl HostedZones {
             }
         }
         if let Some(dir) = self.write_dir() {
-            let journaled = match &delta {
-                Some(d) => self.append_journal(&zone.origin, d)?,
-                None => false,
-            };
-            if !journaled {
-                self.write_whole(&dir, zone, text)?;
+            let local = match &delta {
+                Some(d) => self.append_journal(&zone.origin, d),
+                None => Ok(false),
+            }
+            .and_then(|journaled| match journaled {
+                true => Ok(()),
+                false => self.write_whole(&dir, zone, text),
+            });
+            if let Err(e) = local {
+                // In the shared store but not served here: the next poll reads it back whole.
+                if let Some(sh) = self.shared() {
+                    sh.forget(&zone.origin);
+                }
+                return Err(e);
             }
         }
         if let Some(d) = delta {
