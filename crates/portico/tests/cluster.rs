@@ -304,6 +304,11 @@ impl Node {
             format!("{text}\n[admin]\nlisten = \"{ip}:0\"\n[store]\netcd = [\"{etcd}\"]\n"),
         )
         .unwrap();
+        Node::new(&ip, config, state)
+    }
+
+    /// A node not started yet (`start` finds its admin API and token).
+    fn new(ip: &str, config: std::path::PathBuf, state: std::path::PathBuf) -> Node {
         Node {
             ip: ip.parse().unwrap(),
             proc: None,
@@ -1052,14 +1057,7 @@ etcd = ["{etcd}"]
         ),
     )
     .unwrap();
-    Node {
-        ip: ip.parse().unwrap(),
-        proc: None,
-        config,
-        state,
-        admin: "127.0.0.1:1".parse().unwrap(),
-        token: String::new(),
-    }
+    Node::new(&ip, config, state)
 }
 
 /// How many keys etcd holds under `prefix` (Debian's etcdctl 3.4 has no --count-only).
