@@ -20,7 +20,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use hickory_proto::rr::Name;
 
 use crate::journal::Delta;
@@ -68,7 +67,7 @@ pub fn encode(origin: &Name, d: &Delta) -> Vec<u8> {
         .nodes
         .iter()
         .map(|(key, old, new)| NodeText {
-            owner: base64::engine::general_purpose::STANDARD.encode(key.key()),
+            owner: key.to_base64(),
             old: text(key, old),
             new: text(key, new),
         })
@@ -94,10 +93,8 @@ fn decode(origin: &Name, from: u32, to: u32, json: &[u8]) -> Result<Delta, Strin
         nodes: Vec::with_capacity(nodes.len()),
     };
     for n in nodes {
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(&n.owner)
+        let owner = Owner::from_base64(&n.owner)
             .map_err(|e| format!("entry {from}→{to}: owner {:?}: {e}", n.owner))?;
-        let owner = Owner::new(&crate::owner::name_of(&key));
         let node = |t: &Option<String>| match t {
             None => Ok(None),
             Some(t) => zone_file::parse_node(origin, &owner, t)

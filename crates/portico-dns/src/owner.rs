@@ -33,6 +33,19 @@ impl Owner {
     pub fn name(&self) -> Name {
         name_of(&self.0)
     }
+
+    /// The key as base64: how the journal file and the shared store's log write an owner.
+    pub fn to_base64(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&self.0)
+    }
+
+    /// Reads back [`Owner::to_base64`] (the name is rebuilt, so any key decodes to a valid one).
+    pub fn from_base64(text: &str) -> Result<Owner, base64::DecodeError> {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD.decode(text)?;
+        Ok(Owner::new(&name_of(&raw)))
+    }
 }
 
 impl Borrow<[u8]> for Owner {

@@ -26,12 +26,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
 use hickory_proto::rr::Name;
 use portico_store::{Batch, Store, MAX_REQUEST_BYTES, MAX_TXN_OPS};
 
 use crate::journal::Delta;
-use crate::owner::name_of;
 use crate::zone::{Node, Owner, Zone};
 use crate::zone_config::FILE_DEFAULT_TTL;
 use crate::zone_file;
@@ -160,7 +158,7 @@ fn new_gen() -> String {
 
 fn io_error(store: &dyn Store, e: io::Error) -> PersistError {
     PersistError::Io(format!(
-        "the shared store ({}) cannot be reached, so the change was not applied: {e}",
+        "the shared store ({}) cannot be reached, so nothing was written: {e}",
         store.describe()
     ))
 }
@@ -295,10 +293,7 @@ impl SharedZones {
             batch
                 .puts
                 .push((name_key(origin, &head, owner), text.clone().into_bytes()));
-            names.push((
-                base64::engine::general_purpose::STANDARD.encode(owner.key()),
-                text,
-            ));
+            names.push((owner.to_base64(), text));
         }
         let entry = LogEntry {
             gen: head.gen.clone(),
@@ -484,10 +479,8 @@ impl SharedZones {
                 return Ok(None);
             };
             for (owner, text) in list {
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(&owner)
-                    .map_err(|e| bad(origin, &key, e))?;
-                names.insert(Owner::new(&name_of(&raw)), text);
+                let owner = Owner::from_base64(&owner).map_err(|e| bad(origin, &key, e))?;
+                names.insert(owner, text);
             }
         }
         let mut out = Vec::with_capacity(names.len());

@@ -111,31 +111,21 @@ impl Etcd {
         format!("{}{key}", self.prefix).into_bytes()
     }
 
-    /// Runs one etcd call on the store's runtime, bounded by [`CALL_TIMEOUT`].
-    fn call<T: Send + 'static>(
+    /// Every key under `prefix` (with values unless `keys_only`; only those changed at or after
+    /// `min_mod` when it is above 0) as of `revision` (0: the revision of the first page), with
+    /// the revision read at. Page by page, each call with its own timeout: a large range takes
+    /// as long as it takes, and a stalled etcd still fails within CALL_TIMEOUT.
+    fn pages(
         &self,
-        f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> io::Result<T> {
-        let eps = self.endpoints.clone();
-        run(&self.rt, async move {
-            match tokio::time::timeout(CALL_TIMEOUT, f).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(unreachable(&eps, e)),
-                Err(_) => Err(unreachable(&eps, "no answer within 5 s")),
-            }
-        })?
-    }
-}
-
-impl Etcd {
-    /// Every key under `prefix` (with values unless `keys_only`) as of `revision` (0: the
-    /// revision of the first page), page by page, each call with its own timeout: a large
-    /// range takes as long as it takes, and a stalled etcd still fails within CALL_TIMEOUT.
-    fn pages(&self, prefix: &str, keys_only: bool, revision: u64) -> io::Result<Vec<KeyValue>> {
+        prefix: &str,
+        keys_only: bool,
+        min_mod: i64,
+        revision: i64,
+    ) -> io::Result<(i64, Vec<KeyValue>)> {
         let start = self.key(prefix);
         let end = prefix_end(&start);
         let mut from = if start.is_empty() { vec![0] } else { start };
-        let mut rev = revision as i64;
+        let mut rev = revision;
         let mut out = Vec::new();
         loop {
             let (mut c, key) = (self.client.clone(), from.clone());
@@ -145,6 +135,9 @@ impl Etcd {
             }
             if keys_only {
                 o = o.with_keys_only();
+            }
+            if min_mod > 0 {
+                o = o.with_min_mod_revision(min_mod);
             }
             let mut res = self.call(async move { c.get(key, Some(o)).await })?;
             if rev <= 0 {
@@ -159,9 +152,24 @@ impl Etcd {
             let done = !more || kvs.is_empty();
             out.extend(kvs);
             if done {
-                return Ok(out);
+                return Ok((rev, out));
             }
         }
+    }
+
+    /// Runs one etcd call on the store's runtime, bounded by [`CALL_TIMEOUT`].
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> io::Result<T> {
+        let eps = self.endpoints.clone();
+        run(&self.rt, async move {
+            match tokio::time::timeout(CALL_TIMEOUT, f).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(unreachable(&eps, e)),
+                Err(_) => Err(unreachable(&eps, "no answer within 5 s")),
+            }
+        })?
     }
 }
 
@@ -195,7 +203,8 @@ impl Store for Etcd {
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         let mut out: Vec<String> = self
-            .pages(prefix, true, 0)?
+            .pages(prefix, true, 0, 0)?
+            .1
             .iter()
             .filter_map(|kv| {
                 let k = std::str::from_utf8(kv.key()).ok()?;
@@ -280,20 +289,14 @@ impl Store for Etcd {
         prefixes: &[&str],
         revision: u64,
     ) -> io::Result<Option<(u64, Vec<Entry>)>> {
-        let keys: Vec<Vec<u8>> = prefixes.iter().map(|p| self.key(p)).collect();
-        let c = self.client.clone();
         let min = (revision as i64).saturating_add(1);
-        let (now, kvs) = self.call(async move {
-            // The first range fixes the revision; the others are read at it.
-            let mut now = 0;
-            let mut all = Vec::new();
-            for k in keys {
-                let (rev, kvs) = range(c.clone(), k, false, min, now).await?;
-                now = rev;
-                all.extend(kvs);
-            }
-            Ok((now, all))
-        })?;
+        // The first range fixes the revision; the others are read at it.
+        let (mut now, mut kvs) = (0, Vec::new());
+        for prefix in prefixes {
+            let (rev, found) = self.pages(prefix, false, min, now)?;
+            now = rev;
+            kvs.extend(found);
+        }
         let entries = kvs
             .iter()
             .filter_map(|kv| {
@@ -315,7 +318,8 @@ impl Store for Etcd {
 
     fn scan(&self, prefix: &str, revision: u64) -> io::Result<Vec<Entry>> {
         Ok(self
-            .pages(prefix, false, revision)?
+            .pages(prefix, false, 0, revision as i64)?
+            .1
             .into_iter()
             .filter_map(|kv| {
                 let k = std::str::from_utf8(kv.key()).ok()?;
@@ -434,51 +438,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0] // every key
-}
-
-/// Every key under `prefix` (values unless `keys_only`, changed at or after `min_mod` when
-/// that is above 0), read page by page at `revision` (0: the revision of the first page).
-/// Returns the revision read at.
-async fn range(
-    mut c: Client,
-    prefix: Vec<u8>,
-    keys_only: bool,
-    min_mod: i64,
-    revision: i64,
-) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
-    let end = prefix_end(&prefix);
-    let mut from = if prefix.is_empty() { vec![0] } else { prefix };
-    let mut rev = revision;
-    let mut out = Vec::new();
-    loop {
-        let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if rev > 0 {
-            o = o.with_revision(rev);
-        }
-        if keys_only {
-            o = o.with_keys_only();
-        }
-        if min_mod > 0 {
-            o = o.with_min_mod_revision(min_mod);
-        }
-        let mut res = c.get(from.clone(), Some(o)).await?;
-        if rev <= 0 {
-            rev = res.header().map(|h| h.revision()).unwrap_or(0);
-        }
-        let more = res.more();
-        let kvs = res.take_kvs();
-        match kvs.last() {
-            Some(last) if more => {
-                from = last.key().to_vec();
-                from.push(0); // the next key after it
-            }
-            _ => {
-                out.extend(kvs);
-                return Ok((rev, out));
-            }
-        }
-        out.extend(kvs);
-    }
 }
 
 /// Keeps one etcd watch on `key` (a prefix) open for as long as someone listens, bumping `tx`
