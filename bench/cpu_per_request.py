@@ -8,7 +8,9 @@ proxies. Reads /proc/<pid>/task/*/stat of the processes whose command line match
 answered request for the proxy, the backend and wrk. The backend's work per request is fixed, so
 proxy / backend compares runs made minutes apart.
 
-  bench/cpu_per_request.py PROXY_PATTERN BACKEND_PATTERN URL
+  bench/cpu_per_request.py [--h2] PROXY_PATTERN BACKEND_PATTERN URL
+
+With --h2 the load is `h2load -c 10 -m 10 -t 2` (the benchmark's S3) instead of wrk.
 
 Example (docs/benchmarks.md, issue 13 step 13): an nginx backend started with a config named
 backend.conf, Portico serving /tmp/prof/portico.toml:
@@ -41,10 +43,15 @@ def pids_of(pattern):
 
 
 def main():
-    if len(sys.argv) != 4:
+    args = sys.argv[1:]
+    h2 = args[:1] == ["--h2"]
+    if h2:
+        args = args[1:]
+    if len(args) != 3:
         sys.exit(__doc__)
-    proxy, backend, url = pids_of(sys.argv[1]), pids_of(sys.argv[2]), sys.argv[3]
-    wrk = subprocess.Popen(["wrk", "-t2", "-c64", "-d5s", url], stdout=subprocess.PIPE, text=True)
+    proxy, backend, url = pids_of(args[0]), pids_of(args[1]), args[2]
+    load = ["h2load", "-c", "10", "-m", "10", "-t", "2", "-D", "5"] if h2 else ["wrk", "-t2", "-c64", "-d5s"]
+    wrk = subprocess.Popen(load + [url], stdout=subprocess.PIPE, text=True)
     time.sleep(0.1)
     before = (ticks(proxy), ticks(backend), ticks([wrk.pid]))
     t0 = time.time()
@@ -52,10 +59,13 @@ def main():
     after = (ticks(proxy), ticks(backend), ticks([wrk.pid]))
     t1 = time.time()
     out = wrk.communicate()[0]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    if h2:
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    else:
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     hz = os.sysconf("SC_CLK_TCK")
     per = [(a - b) / hz / (rps * (t1 - t0)) * 1e6 for a, b in zip(after, before)]
-    print(f"{sys.argv[1]}: {rps:.0f} req/s; CPU us/request: proxy {per[0]:.1f} backend {per[1]:.1f} "
+    print(f"{args[0]}: {rps:.0f} req/s; CPU us/request: proxy {per[0]:.1f} backend {per[1]:.1f} "
           f"wrk {per[2]:.1f}; proxy/backend {per[0] / per[1]:.2f}")
 
 
