@@ -435,12 +435,20 @@ impl HostedZones {
         zone.set_serial(old.serial().wrapping_add(1).max(1));
         zone.validate_change()
             .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        self.persist(&zone, Some(old), None, false)
-            .map_err(|e| match e {
-                PersistError::Conflict(m) => ChangeError::Conflict(m),
-                PersistError::Io(m) => ChangeError::Storage(m),
-                PersistError::TooLarge(m) => ChangeError::Invalid(m),
-            })?;
+        // The journal's fsync and, in cluster mode, the store's transaction block: off the
+        // runtime's thread, which also serves the admin API (or DNS answers).
+        let (this, before) = (self.clone(), old.clone());
+        let (mut zone, persisted) = tokio::task::spawn_blocking(move || {
+            let r = this.persist(&zone, Some(&before), None, false);
+            (zone, r)
+        })
+        .await
+        .map_err(|e| ChangeError::Storage(format!("the write stopped: {e}")))?;
+        persisted.map_err(|e| match e {
+            PersistError::Conflict(m) => ChangeError::Conflict(m),
+            PersistError::Io(m) => ChangeError::Storage(m),
+            PersistError::TooLarge(m) => ChangeError::Invalid(m),
+        })?;
         let serial = zone.serial();
         let mut next = Catalog::clone(&catalog);
         if zone.glue_unchanged(old) {
@@ -920,6 +928,29 @@ impl HostedZones {
         *lock(&self.shared) = Some(Arc::new(SharedZones::new(store)));
     }
 
+    /// Writes a zone that arrived through the shared store as this node's copy: into the journal
+    /// when it came as changed names, else (or when the journal cannot take it) whole.
+    fn write_local_copy(
+        &self,
+        origin: &Name,
+        zone: &Zone,
+        delta: &Delta,
+        names: bool,
+    ) -> Result<(), String> {
+        let Some(dir) = self.write_dir() else {
+            return Ok(());
+        };
+        let journaled = names
+            && self
+                .append_journal(origin, delta)
+                .map_err(|e| e.to_string())?;
+        if !journaled {
+            self.write_whole(&dir, zone, None)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Serves what another node changed in the zone since this node last looked (cluster mode):
     /// the names it changed go into the local journal as one change, or the zone is written
     /// whole when it was read whole. True when the served zone changed.
@@ -932,10 +963,17 @@ impl HostedZones {
         let Some(old) = catalog.zones.get(origin) else {
             return Ok(false);
         };
-        let Some(remote) = sh.poll(old).map_err(|e| e.to_string())? else {
+        // Reading from the store blocks (a whole generation of a large zone for seconds): off
+        // the runtime's thread.
+        let (poller, seen) = (sh.clone(), old.clone());
+        let remote = tokio::task::spawn_blocking(move || poller.poll(&seen))
+            .await
+            .map_err(|e| format!("the shared-store read stopped: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let Some(remote) = remote else {
             return Ok(false);
         };
-        let (mut fresh, names) = match remote {
+        let (fresh, names) = match remote {
             Remote::Names(serial, names) => {
                 let mut z = Zone::clone(old);
                 z.track();
@@ -951,16 +989,16 @@ impl HostedZones {
             return Ok(false);
         }
         let delta = Delta::between(old, &fresh);
-        if let Some(dir) = self.write_dir() {
-            let journaled = names
-                && self
-                    .append_journal(origin, &delta)
-                    .map_err(|e| e.to_string())?;
-            if !journaled {
-                self.write_whole(&dir, &fresh, None)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
+        // This node's copy: the journal's fsync, or a whole master file (seconds for a large
+        // zone read whole), off the runtime's thread too.
+        let (this, o) = (self.clone(), origin.clone());
+        let (mut fresh, delta, written) = tokio::task::spawn_blocking(move || {
+            let r = this.write_local_copy(&o, &fresh, &delta, names);
+            (fresh, delta, r)
+        })
+        .await
+        .map_err(|e| format!("the write stopped: {e}"))?;
+        written?;
         lock(&self.journals)
             .entry(origin.clone())
             .or_default()
