@@ -239,4 +239,146 @@ mod tests {
         short.as_object_mut().unwrap().remove("q");
         assert!(rsa_from_jwk(&short).unwrap_err().contains("\"q\""));
     }
+
+    /// A test double of a CA's directory, newNonce and keyChange endpoints (plain HTTP on
+    /// loopback): Pebble rejects nonces only at random (`PEBBLE_WFE_NONCEREJECT`), so the
+    /// badNonce retry is driven here deterministically. `answers` are keyChange's answers in
+    /// turn (status, problem type); each carries a fresh nonce. Returns the base URL and the
+    /// nonces keyChange was signed with.
+    async fn fake_ca(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let answers = Arc::new(Mutex::new(std::collections::VecDeque::from(answers)));
+        let (b, s) = (base.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((io, _)) = listener.accept().await else {
+                    return;
+                };
+                let (base, seen, answers) = (b.clone(), s.clone(), answers.clone());
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (base, seen, answers) = (base.clone(), seen.clone(), answers.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            // Every answer carries a nonce never given before.
+                            static ISSUED: std::sync::atomic::AtomicUsize =
+                                std::sync::atomic::AtomicUsize::new(0);
+                            let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let rsp = hyper::Response::builder()
+                                .header("replay-nonce", format!("nonce-{n}"));
+                            let rsp = match path.as_str() {
+                            "/dir" => rsp.status(200).body(Full::new(Bytes::from(
+                                json!({"newNonce": format!("{base}/nonce"), "keyChange": format!("{base}/kc")})
+                                    .to_string(),
+                            ))),
+                            "/nonce" => rsp.status(200).body(Full::new(Bytes::new())),
+                            _ => {
+                                let jws: Value = serde_json::from_slice(&body).unwrap();
+                                let protected: Value = serde_json::from_slice(
+                                    &B64.decode(jws["protected"].as_str().unwrap()).unwrap(),
+                                )
+                                .unwrap();
+                                seen.lock()
+                                    .unwrap()
+                                    .push(protected["nonce"].as_str().unwrap().to_string());
+                                let (status, kind) =
+                                    answers.lock().unwrap().pop_front().unwrap_or((500, "x"));
+                                rsp.status(status).body(Full::new(Bytes::from(
+                                    json!({"type": kind, "detail": "as the test asks"}).to_string(),
+                                )))
+                            }
+                        };
+                            Ok::<_, std::convert::Infallible>(rsp.unwrap())
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), svc),
+                );
+            }
+        });
+        (base, seen)
+    }
+
+    fn plain_http_connector() -> Connector {
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_http1()
+            .build()
+    }
+
+    fn rsa_key() -> RsaKeyPair {
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        RsaKeyPair::from_pkcs8(key.to_pkcs8_der().unwrap().as_bytes()).unwrap()
+    }
+
+    const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+
+    #[tokio::test]
+    async fn a_refused_nonce_is_replaced_by_the_one_the_refusal_carries() {
+        let (base, seen) = fake_ca(vec![(400, BAD_NONCE), (400, BAD_NONCE), (200, "")]).await;
+        let key = rollover(
+            plain_http_connector(),
+            &format!("{base}/dir"),
+            "http://ca/acct/1",
+            &rsa_key(),
+        )
+        .await
+        .unwrap();
+        assert!(EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key,
+            &SystemRandom::new()
+        )
+        .is_ok());
+        // newNonce's nonce first, then each refusal's own: never one twice.
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        let mut distinct = seen.clone();
+        distinct.dedup();
+        assert_eq!(distinct, seen, "a refused nonce was sent again");
+    }
+
+    #[tokio::test]
+    async fn rollover_gives_up_after_four_refused_nonces_and_at_once_on_other_errors() {
+        let (base, seen) = fake_ca(vec![(400, BAD_NONCE); 6]).await;
+        let e = rollover(
+            plain_http_connector(),
+            &format!("{base}/dir"),
+            "http://ca/acct/1",
+            &rsa_key(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("refused every nonce"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 4);
+
+        let (base, seen) = fake_ca(vec![(403, "urn:ietf:params:acme:error:unauthorized")]).await;
+        let e = rollover(
+            plain_http_connector(),
+            &format!("{base}/dir"),
+            "http://ca/acct/1",
+            &rsa_key(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("403") && e.contains("unauthorized"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
 }
