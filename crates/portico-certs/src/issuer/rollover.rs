@@ -328,19 +328,18 @@ mod tests {
         RsaKeyPair::from_pkcs8(key.to_pkcs8_der().unwrap().as_bytes()).unwrap()
     }
 
+    /// One rollover of a fresh RSA account key at the test double.
+    async fn roll(base: &str) -> Result<Vec<u8>, String> {
+        let dir = format!("{base}/dir");
+        rollover(plain_http_connector(), &dir, "http://ca/acct/1", &rsa_key()).await
+    }
+
     const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
 
     #[tokio::test]
     async fn a_refused_nonce_is_replaced_by_the_one_the_refusal_carries() {
         let (base, seen) = fake_ca(vec![(400, BAD_NONCE), (400, BAD_NONCE), (200, "")]).await;
-        let key = rollover(
-            plain_http_connector(),
-            &format!("{base}/dir"),
-            "http://ca/acct/1",
-            &rsa_key(),
-        )
-        .await
-        .unwrap();
+        let key = roll(&base).await.unwrap();
         assert!(EcdsaKeyPair::from_pkcs8(
             &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &key,
@@ -358,26 +357,12 @@ mod tests {
     #[tokio::test]
     async fn rollover_gives_up_after_four_refused_nonces_and_at_once_on_other_errors() {
         let (base, seen) = fake_ca(vec![(400, BAD_NONCE); 6]).await;
-        let e = rollover(
-            plain_http_connector(),
-            &format!("{base}/dir"),
-            "http://ca/acct/1",
-            &rsa_key(),
-        )
-        .await
-        .unwrap_err();
+        let e = roll(&base).await.unwrap_err();
         assert!(e.contains("refused every nonce"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 4);
 
         let (base, seen) = fake_ca(vec![(403, "urn:ietf:params:acme:error:unauthorized")]).await;
-        let e = rollover(
-            plain_http_connector(),
-            &format!("{base}/dir"),
-            "http://ca/acct/1",
-            &rsa_key(),
-        )
-        .await
-        .unwrap_err();
+        let e = roll(&base).await.unwrap_err();
         assert!(e.contains("403") && e.contains("unauthorized"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
