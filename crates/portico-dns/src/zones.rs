@@ -885,22 +885,12 @@ impl HostedZones {
                 _ => sh.publish_whole(zone)?,
             }
         }
-        if let Some(dir) = self.write_dir() {
-            let local = match &delta {
-                Some(d) => self.append_journal(&zone.origin, d),
-                None => Ok(false),
+        if let Err(e) = self.write_local_copy(zone, delta.as_ref(), text) {
+            // In the shared store but not served here: the next poll reads it back whole.
+            if let Some(sh) = self.shared() {
+                sh.forget(&zone.origin);
             }
-            .and_then(|journaled| match journaled {
-                true => Ok(()),
-                false => self.write_whole(&dir, zone, text),
-            });
-            if let Err(e) = local {
-                // In the shared store but not served here: the next poll reads it back whole.
-                if let Some(sh) = self.shared() {
-                    sh.forget(&zone.origin);
-                }
-                return Err(e);
-            }
+            return Err(e);
         }
         if let Some(d) = delta {
             lock(&self.journals)
@@ -935,25 +925,24 @@ impl HostedZones {
         *lock(&self.shared) = Some(Arc::new(SharedZones::new(store)));
     }
 
-    /// Writes a zone that arrived through the shared store as this node's copy: into the journal
-    /// when it came as changed names, else (or when the journal cannot take it) whole.
+    /// Writes this node's copy of the zone (when it has a state directory): `delta` appended to
+    /// the journal, or — without one, or when the journal cannot take it — the master file
+    /// whole (`text` when given).
     fn write_local_copy(
         &self,
-        origin: &Name,
         zone: &Zone,
-        delta: &Delta,
-        names: bool,
-    ) -> Result<(), String> {
+        delta: Option<&Delta>,
+        text: Option<String>,
+    ) -> Result<(), PersistError> {
         let Some(dir) = self.write_dir() else {
             return Ok(());
         };
-        let journaled = names
-            && self
-                .append_journal(origin, delta)
-                .map_err(|e| e.to_string())?;
+        let journaled = match delta {
+            Some(d) => self.append_journal(&zone.origin, d)?,
+            None => false,
+        };
         if !journaled {
-            self.write_whole(&dir, zone, None)
-                .map_err(|e| e.to_string())?;
+            self.write_whole(&dir, zone, text)?;
         }
         Ok(())
     }
@@ -998,14 +987,14 @@ impl HostedZones {
         let delta = Delta::between(old, &fresh);
         // This node's copy: the journal's fsync, or a whole master file (seconds for a large
         // zone read whole), off the runtime's thread too.
-        let (this, o) = (self.clone(), origin.clone());
+        let this = self.clone();
         let (mut fresh, delta, written) = tokio::task::spawn_blocking(move || {
-            let r = this.write_local_copy(&o, &fresh, &delta, names);
+            let r = this.write_local_copy(&fresh, names.then_some(&delta), None);
             (fresh, delta, r)
         })
         .await
         .map_err(|e| format!("the write stopped: {e}"))?;
-        written?;
+        written.map_err(|e| e.to_string())?;
         lock(&self.journals)
             .entry(origin.clone())
             .or_default()

@@ -31,12 +31,13 @@ fn no_transparent_huge_pages() {
 
 /// mimalloc's arenas committed on demand rather than eagerly. Linux overcommits, so by default
 /// mimalloc treats its arena as committed and only resets (not decommits) what it frees; the
-/// load balancer's anonymous memory was 3.3 MB larger that way, at idle and after the
+/// load balancer's anonymous memory was about 3.4 MB larger that way, at idle and after the
 /// benchmark's load (docs/benchmarks.md, issue 13 step 18). A default, so that the environment
 /// variable `MIMALLOC_ARENA_EAGER_COMMIT` still overrides it.
 ///
 /// Run from `.init_array`, before `main`: mimalloc reserves its first arena at the first
 /// allocation, which Rust's runtime makes before `main` is called.
+#[cfg(target_os = "linux")]
 extern "C" fn allocator_options() {
     /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e` (libmimalloc-sys does not
     /// name it).
