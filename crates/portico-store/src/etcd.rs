@@ -19,9 +19,14 @@ use etcd_client::{
 
 use crate::{check_key, Batch, Entry, Lock, Store, MAX_REQUEST_BYTES, MAX_TXN_OPS};
 
-/// Keys per page when reading a range: a zone of a million names is read in pages well under
-/// gRPC's 4 MiB message limit, all at one revision.
+/// Keys per page when reading a range: a zone of a million names is read in pages, all at one
+/// revision. A page of large values (names with big TXT sets) can exceed what one gRPC answer
+/// may carry: such a page is asked for again with half the keys, down to one.
 const PAGE: i64 = 2000;
+/// The largest gRPC answer a range read accepts (tonic's default is 4 MiB). Portico writes no
+/// value above etcd's default request limit (1.5 MiB, [`MAX_REQUEST_BYTES`]), so a page of one
+/// key always fits.
+const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 /// Transactions of a bulk write (`put_many`) in flight at once: etcd commits concurrent
 /// proposals together, so a new zone generation is not written one fsync per 128 keys.
 const IN_FLIGHT: usize = 8;
@@ -127,9 +132,14 @@ impl Etcd {
         let mut from = if start.is_empty() { vec![0] } else { start };
         let mut rev = revision;
         let mut out = Vec::new();
+        let mut limit = PAGE;
         loop {
-            let (mut c, key) = (self.client.clone(), from.clone());
-            let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let key = from.clone();
+            let mut c = self
+                .client
+                .kv_client()
+                .max_decoding_message_size(MAX_ANSWER_BYTES);
+            let mut o = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if rev > 0 {
                 o = o.with_revision(rev);
             }
@@ -139,7 +149,18 @@ impl Etcd {
             if min_mod > 0 {
                 o = o.with_min_mod_revision(min_mod);
             }
-            let mut res = self.call(async move { c.get(key, Some(o)).await })?;
+            let mut res = match self.call_raw(async move { c.get(key, Some(o)).await })? {
+                Ok(res) => res,
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::OutOfRange && limit > 1 =>
+                {
+                    // The page's answer was over MAX_ANSWER_BYTES: the same keys in smaller
+                    // pages (and the rest of the range too, as its values are likely alike).
+                    limit = (limit / 2).max(1);
+                    continue;
+                }
+                Err(e) => return Err(unreachable(&self.endpoints, e)),
+            };
             if rev <= 0 {
                 rev = res.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -157,19 +178,27 @@ impl Etcd {
         }
     }
 
+    /// Runs one etcd call on the store's runtime, bounded by [`CALL_TIMEOUT`]; etcd's own
+    /// answer, error or not, is the inner result.
+    fn call_raw<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> io::Result<Result<T, etcd_client::Error>> {
+        let eps = self.endpoints.clone();
+        run(&self.rt, async move {
+            tokio::time::timeout(CALL_TIMEOUT, f)
+                .await
+                .map_err(|_| unreachable(&eps, "no answer within 5 s"))
+        })?
+    }
+
     /// Runs one etcd call on the store's runtime, bounded by [`CALL_TIMEOUT`].
     fn call<T: Send + 'static>(
         &self,
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     ) -> io::Result<T> {
-        let eps = self.endpoints.clone();
-        run(&self.rt, async move {
-            match tokio::time::timeout(CALL_TIMEOUT, f).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(unreachable(&eps, e)),
-                Err(_) => Err(unreachable(&eps, "no answer within 5 s")),
-            }
-        })?
+        self.call_raw(f)?
+            .map_err(|e| unreachable(&self.endpoints, e))
     }
 }
 

@@ -1193,3 +1193,40 @@ async fn a_zone_larger_than_etcds_request_limit_is_stored_changed_and_served_by_
     wait_dig(&nodes, dns, "host7.example.test", "192.0.2.7").await;
     drop(etcd);
 }
+
+#[test]
+fn a_range_larger_than_one_grpc_answer_is_read_whole_in_smaller_pages() {
+    use portico_store::Store;
+    let etcd = start_etcd();
+    let store = portico_store::etcd::Etcd::connect(&[etcd.endpoint.clone()], "portico/", None)
+        .expect("connect");
+    // 2,100 keys of 4.6 KB (a zone's names with large TXT sets): 9.7 MB, more than one page of
+    // 2,000 keys fits in a gRPC answer (4 MiB by default, 8 MiB as the store reads ranges).
+    let value = |i: usize| format!("{i:08}").repeat(576).into_bytes();
+    let entries: Vec<(String, Vec<u8>)> = (0..2100)
+        .map(|i| (format!("zones/big.test./g1/n{i:05}"), value(i)))
+        .collect();
+    store.put_many(entries).expect("put_many");
+    let (rev, _) = store.get_at("zones/big.test./g1/n00000").unwrap();
+    for (what, got) in [
+        (
+            "scan",
+            store.scan("zones/big.test./g1/", rev).expect("scan"),
+        ),
+        (
+            "updates_since",
+            store
+                .updates_since(&["zones/big.test./"], 0)
+                .expect("updates_since")
+                .expect("etcd keeps revisions")
+                .1,
+        ),
+    ] {
+        assert_eq!(got.len(), 2100, "{what}");
+        for (i, (k, v)) in got.iter().enumerate() {
+            assert_eq!(k, &format!("zones/big.test./g1/n{i:05}"), "{what}");
+            assert!(v == &value(i), "{what}: value of {k}");
+        }
+    }
+    drop(etcd);
+}
