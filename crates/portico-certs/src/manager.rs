@@ -1040,6 +1040,68 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// `portico certs renew` while the attempt it asked for is cancelled (a reload restarts the
+    /// manager's tasks): the request goes back to its file, so the next attempt still does it.
+    /// The CA is a test double that accepts connections and never answers, so that the
+    /// attempt is certainly in flight when it is cancelled (no real CA can be held there).
+    #[tokio::test]
+    async fn a_renewal_request_cancelled_in_flight_is_put_back() {
+        let dir = std::env::temp_dir().join(format!("portico-putback-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let silent_ca = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent_ca.local_addr().unwrap();
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let silent = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = silent_ca.accept().await {
+                open.push(conn);
+                let _ = held_tx.send(());
+            }
+        });
+        let manager = CertManager::new(&dir, CertStore::new());
+        let req = CertRequest {
+            name: "held".into(),
+            domains: vec!["held.test".into()],
+            issuer: IssuerKind::Acme,
+            challenge: Challenge::Http01,
+            dns_publisher: None,
+            deploy_hook: None,
+            key_type: crate::keys::KeyType::default(),
+            profile: None,
+        };
+        manager
+            .storage
+            .request_renewal("held", RenewRequest::Renew)
+            .unwrap();
+        let trigger = manager.storage.trigger("held");
+        let acme = AcmeSettings {
+            directory: format!("https://{addr}/dir"),
+            ..AcmeSettings::default()
+        };
+        manager.manage(Some(acme), vec![req]);
+        // Taken from its file, and the order under way (the CA has its connection).
+        tokio::time::timeout(Duration::from_secs(20), held.recv())
+            .await
+            .expect("the attempt reaches the CA within 20 s")
+            .unwrap();
+        assert!(!trigger.exists(), "the request was taken by the attempt");
+        manager.stop();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !trigger.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cancelled attempt's request was not put back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            manager.storage.take_renewal_request("held"),
+            Some(RenewRequest::Renew)
+        );
+        silent.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn renewal_windows() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);

@@ -151,7 +151,7 @@ impl Storage {
         Some((chain, key))
     }
 
-    fn trigger(&self, name: &str) -> PathBuf {
+    pub(crate) fn trigger(&self, name: &str) -> PathBuf {
         self.root.join("renewal").join(format!("{name}.renew"))
     }
 
