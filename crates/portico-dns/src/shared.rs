@@ -5,6 +5,7 @@
 //! zones/<origin>/head                     {"serial": 7, "gen": "g…", "seq": 42, "buckets": 256}
 //! zones/<origin>/<gen>/<bucket>/<name>    the name's records as master-file lines ("" once removed)
 //! zones/<origin>/log/<seq>       {"gen", "from", "to", "names": [[owner key, lines], …]}
+//! zones/<origin>/gens/<gen>      {"buckets": 4, "since": <unix s>, "dead": false}
 //! ```
 //!
 //! A change batch is one transaction: it applies only if `head` still holds what this node last
@@ -21,10 +22,20 @@
 //! of it. The old generation is deleted after the switch, bucket by bucket, for the same reason
 //! (one deletion of a million keys would stall etcd). The master file of etcd's old layout (`zones/<origin>zone`, one
 //! value) is read when no head exists and replaced by this layout on the first write.
+//!
+//! A generation no head names is listed under `gens/` while it exists: written before its
+//! names (`dead: false`), removed by the transaction that points the head at it, which in turn
+//! lists the generation it replaces as `dead`. What a crash leaves behind (a generation
+//! written but never named, or an old one deleted in part) is therefore found without reading
+//! a million keys: every node collects a zone's dead generations now and then
+//! ([`SharedZones::collect`]), and declares dead a generation whose writer has been silent for
+//! [`WRITER_GONE`]. The head's switch compares the new generation's entry too, so a writer
+//! that was only slow cannot name a generation that is being deleted: its switch fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use hickory_proto::rr::Name;
 use portico_store::{Batch, Store, MAX_REQUEST_BYTES, MAX_TXN_OPS};
@@ -58,6 +69,37 @@ fn one() -> u32 {
 
 /// Names per bucket a new generation aims at.
 const PER_BUCKET: usize = 1000;
+
+/// A generation being written whose writer has been silent this long is taken for left by a
+/// crash (a million names are written in under a minute).
+pub const WRITER_GONE: Duration = Duration::from_secs(600);
+
+/// What `zones/<origin>/gens/<gen>` holds: a generation that no head names (yet, or any more).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct GenEntry {
+    buckets: u32,
+    /// When it was listed (seconds since the Unix epoch, the lister's clock).
+    since: u64,
+    /// Replaced or given up: to be deleted.
+    dead: bool,
+}
+
+impl GenEntry {
+    fn new(buckets: u32, dead: bool) -> GenEntry {
+        let since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        GenEntry {
+            buckets,
+            since,
+            dead,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LogEntry {
@@ -100,10 +142,15 @@ struct Seen {
     head: Head,
 }
 
+/// How often a node looks for generations to collect in each zone ([`SharedZones::collect_due`]).
+const COLLECT_EVERY: Duration = Duration::from_secs(600);
+
 /// The zones of a shared store, and what this node last saw of each.
 pub struct SharedZones {
     store: Arc<dyn Store>,
     seen: Mutex<HashMap<Name, Seen>>,
+    /// When this node last started collecting each zone's dead generations.
+    collected: Mutex<HashMap<Name, std::time::Instant>>,
 }
 
 pub fn head_key(origin: &Name) -> String {
@@ -129,6 +176,14 @@ fn bucket_of(owner: &Owner, buckets: u32) -> u32 {
         (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
     });
     (h % u64::from(buckets.max(1))) as u32
+}
+
+fn gens_prefix(origin: &Name) -> String {
+    format!("zones/{origin}/gens/")
+}
+
+fn gen_entry_key(origin: &Name, gen: &str) -> String {
+    format!("{}{gen}", gens_prefix(origin))
 }
 
 fn log_key(origin: &Name, seq: u64) -> String {
@@ -172,6 +227,21 @@ impl SharedZones {
         SharedZones {
             store,
             seen: Mutex::default(),
+            collected: Mutex::default(),
+        }
+    }
+
+    /// Whether it is time to look for the zone's dead generations (at this node's first look,
+    /// then every [`COLLECT_EVERY`]); true counts as started.
+    pub fn collect_due(&self, origin: &Name) -> bool {
+        let now = std::time::Instant::now();
+        let mut collected = lock(&self.collected);
+        match collected.get(origin) {
+            Some(t) if now.duration_since(*t) < COLLECT_EVERY => false,
+            _ => {
+                collected.insert(origin.clone(), now);
+                true
+            }
         }
     }
 
@@ -284,7 +354,7 @@ impl SharedZones {
         };
         let head_bytes = serde_json::to_vec(&head).unwrap_or_default();
         let mut batch = Batch {
-            compare: Some((head_key(origin), Some(seen.bytes.clone()))),
+            compares: vec![(head_key(origin), Some(seen.bytes.clone()))],
             ..Batch::default()
         };
         let mut names = Vec::with_capacity(delta.nodes.len());
@@ -333,7 +403,8 @@ impl SharedZones {
 
     /// Writes the zone whole as a new generation, then points the head at it in one
     /// transaction that applies only if the head is still what this node last saw (absent when
-    /// it saw none). The old generation and the old layout's value go with that transaction.
+    /// it saw none) and the generation's `gens/` entry is still the one written before it. The
+    /// old generation is listed as dead and the old layout's value deleted in that transaction.
     pub fn publish_whole(&self, zone: &Zone) -> Result<(), PersistError> {
         let origin = &zone.origin;
         let seen = self.seen(origin);
@@ -354,6 +425,11 @@ impl SharedZones {
                 )
             })
             .collect();
+        let listed = GenEntry::new(head.buckets, false).bytes();
+        let listed_key = gen_entry_key(origin, &head.gen);
+        self.store
+            .put(&listed_key, &listed, 0o644)
+            .map_err(|e| io_error(self.store(), e))?;
         self.store
             .put_many(entries)
             .map_err(|e| io_error(self.store(), e))?;
@@ -365,7 +441,10 @@ impl SharedZones {
             names: None,
         };
         let mut batch = Batch {
-            compare: Some((head_key(origin), seen.as_ref().map(|s| s.bytes.clone()))),
+            compares: vec![
+                (head_key(origin), seen.as_ref().map(|s| s.bytes.clone())),
+                (listed_key.clone(), Some(listed)),
+            ],
             puts: vec![
                 (
                     log_key(origin, seq),
@@ -373,9 +452,15 @@ impl SharedZones {
                 ),
                 (head_key(origin), head_bytes.clone()),
             ],
-            deletes: vec![legacy_key(origin)],
+            deletes: vec![legacy_key(origin), listed_key],
             delete_prefixes: Vec::new(),
         };
+        if let Some(old) = &seen {
+            batch.puts.push((
+                gen_entry_key(origin, &old.head.gen),
+                GenEntry::new(old.head.buckets, true).bytes(),
+            ));
+        }
         if seq > LOG_KEEP {
             batch.deletes.push(log_key(origin, seq - LOG_KEEP));
         }
@@ -383,36 +468,101 @@ impl SharedZones {
             Ok(true) => {
                 self.saw(origin, head_bytes, head);
                 if let Some(old) = seen {
-                    self.delete_gen(origin, &old.head);
+                    self.delete_gen(origin, &old.head.gen, old.head.buckets);
                 }
                 Ok(())
             }
             Ok(false) => {
                 // Nobody points at the new generation: take it back.
-                self.delete_gen(origin, &head);
+                self.delete_gen(origin, &head.gen, head.buckets);
                 Err(PersistError::Conflict(
                     "the zone was written by another node meanwhile; nothing was applied".into(),
                 ))
             }
             // Not known whether the switch applied: the new generation stays (the head may
-            // name it), and the next poll reads whichever the head names.
+            // name it), and the next poll reads whichever the head names. If it did not apply,
+            // its `gens/` entry has it collected once WRITER_GONE has passed.
             Err(e) => Err(io_error(self.store(), e)),
         }
     }
 
-    /// Deletes a generation no head names any more, bucket by bucket (best effort: what a
-    /// failure leaves is never read, since no head names it).
-    fn delete_gen(&self, origin: &Name, head: &Head) {
-        for bucket in 0..head.buckets.max(1) {
+    /// Deletes a generation no head names any more, bucket by bucket, then its `gens/` entry
+    /// (best effort: what a failure leaves is never read, since no head names it, and stays
+    /// listed for [`SharedZones::collect`]).
+    fn delete_gen(&self, origin: &Name, gen: &str, buckets: u32) {
+        for bucket in 0..buckets.max(1) {
             let batch = Batch {
-                delete_prefixes: vec![bucket_prefix(origin, &head.gen, bucket)],
+                delete_prefixes: vec![bucket_prefix(origin, gen, bucket)],
                 ..Batch::default()
             };
             if let Err(e) = self.store.apply(&batch) {
-                tracing::warn!(zone = %origin, generation = %head.gen, error = %e, "cannot delete an old generation of the zone from the shared store");
+                tracing::warn!(zone = %origin, generation = %gen, error = %e, "cannot delete an old generation of the zone from the shared store");
                 return;
             }
         }
+        if let Err(e) = self.store.delete(&gen_entry_key(origin, gen)) {
+            tracing::warn!(zone = %origin, generation = %gen, error = %e, "cannot delete a deleted generation's entry from the shared store");
+        }
+    }
+
+    /// Deletes what a crash or a failed deletion left of the zone's generations that no head
+    /// names: those listed dead, and those whose writer has been silent for `writer_gone`
+    /// (declared dead first, in a transaction that applies only while their entry is
+    /// unchanged, so that their writer's switch can no longer apply). Returns the generations
+    /// deleted.
+    pub fn collect(
+        &self,
+        origin: &Name,
+        writer_gone: Duration,
+    ) -> Result<Vec<String>, PersistError> {
+        let (rev, head) = self.read_head(origin)?;
+        let named = head.map(|s| s.head.gen);
+        let listed = self
+            .store
+            .scan(&gens_prefix(origin), rev)
+            .map_err(|e| io_error(self.store(), e))?;
+        let now = GenEntry::new(0, false).since;
+        let mut deleted = Vec::new();
+        for (key, bytes) in listed {
+            let gen = key.rsplit('/').next().unwrap_or_default().to_string();
+            if named.as_deref() == Some(gen.as_str()) {
+                // A switch whose answer was lost, yet applied: the entry goes when the
+                // generation is replaced.
+                continue;
+            }
+            let Ok(entry) = serde_json::from_slice::<GenEntry>(&bytes) else {
+                tracing::warn!(zone = %origin, key = %key, "an unreadable generation entry in the shared store: left alone");
+                continue;
+            };
+            if !entry.dead {
+                if now < entry.since.saturating_add(writer_gone.as_secs()) {
+                    continue;
+                }
+                let batch = Batch {
+                    compares: vec![(key.clone(), Some(bytes))],
+                    puts: vec![(
+                        key.clone(),
+                        GenEntry {
+                            dead: true,
+                            ..entry.clone()
+                        }
+                        .bytes(),
+                    )],
+                    ..Batch::default()
+                };
+                if !self
+                    .store
+                    .apply(&batch)
+                    .map_err(|e| io_error(self.store(), e))?
+                {
+                    continue; // its writer switched to it or gave it up meanwhile
+                }
+            }
+            tracing::info!(zone = %origin, generation = %gen, "deleting a generation of the zone that no head names (left by a crash or a failed deletion)");
+            self.delete_gen(origin, &gen, entry.buckets);
+            deleted.push(gen);
+        }
+        Ok(deleted)
     }
 
     /// Replaces whatever the store holds of the zone by `zone` (`portico store migrate`).
@@ -594,6 +744,172 @@ mod tests {
             .list(&gen_prefix(&origin, &old_gen))
             .unwrap()
             .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What a crash leaves of generations no head names is found through `gens/` and
+    /// collected; a generation still being written and the head's own are left alone.
+    #[test]
+    fn generations_left_by_a_crash_are_collected_and_live_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("portico-collect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store: Arc<dyn Store> = Arc::new(portico_store::LocalDir::new(&dir));
+        let node = SharedZones::new(store.clone());
+        let z = zone(BASE);
+        let origin = z.origin.clone();
+        node.publish_whole(&z).unwrap();
+        let mut z2 = Zone::clone(&z);
+        z2.set_serial(2);
+        node.publish_whole(&z2).unwrap();
+        // A switch leaves nothing listed: the new generation's entry went with it, the old
+        // generation's after its deletion.
+        assert!(store.list(&gens_prefix(&origin)).unwrap().is_empty());
+        let named = node.seen(&origin).unwrap().head.gen;
+
+        // Left as a crash leaves them: a generation written but never named, its writer silent
+        // for longer than WRITER_GONE; one replaced but deleted only in part; and one being
+        // written right now, by a writer that is alive.
+        let old = GenEntry::new(2, false);
+        let crashed = GenEntry {
+            since: old.since - WRITER_GONE.as_secs() - 1,
+            ..old
+        };
+        let left = [
+            ("gcrashed", crashed),
+            ("gdeletedinpart", GenEntry::new(2, true)),
+            ("gbeingwritten", GenEntry::new(2, false)),
+        ];
+        for (gen, entry) in &left {
+            store
+                .put(&gen_entry_key(&origin, gen), &entry.bytes(), 0o644)
+                .unwrap();
+            for bucket in 0..2 {
+                let key = format!("{}www", bucket_prefix(&origin, gen, bucket));
+                store.put(&key, b"www 300 IN A 192.0.2.2\n", 0o644).unwrap();
+            }
+        }
+        let mut deleted = node.collect(&origin, WRITER_GONE).unwrap();
+        deleted.sort();
+        assert_eq!(deleted, ["gcrashed", "gdeletedinpart"]);
+        for gen in ["gcrashed", "gdeletedinpart"] {
+            assert!(
+                store.list(&gen_prefix(&origin, gen)).unwrap().is_empty(),
+                "{gen}"
+            );
+            assert_eq!(store.get(&gen_entry_key(&origin, gen)).unwrap(), None);
+        }
+        assert_eq!(
+            store
+                .list(&gen_prefix(&origin, "gbeingwritten"))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(store
+            .get(&gen_entry_key(&origin, "gbeingwritten"))
+            .unwrap()
+            .is_some());
+        assert!(!store.list(&gen_prefix(&origin, &named)).unwrap().is_empty());
+        let Stored::Zone(read) = SharedZones::new(store.clone()).read(&origin, None).unwrap()
+        else {
+            panic!("the zone is read")
+        };
+        assert_eq!(read, z2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A test double of a slow writer's store: while a new generation's names are written,
+    /// another node declares every unnamed generation dead (as it would after WRITER_GONE of
+    /// silence), so that the switch that follows meets a collected generation.
+    struct CollectedWhileWriting {
+        inner: Arc<dyn Store>,
+        collector: Mutex<Option<SharedZones>>,
+        origin: Name,
+    }
+
+    impl Store for CollectedWhileWriting {
+        fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &str, value: &[u8], mode: u32) -> io::Result<()> {
+            self.inner.put(key, value, mode)
+        }
+        fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> io::Result<()> {
+            self.inner.delete(key)
+        }
+        fn try_lock(
+            &self,
+            name: &str,
+            ttl: Duration,
+        ) -> io::Result<Option<Box<dyn portico_store::Lock>>> {
+            self.inner.try_lock(name, ttl)
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn put_if(
+            &self,
+            key: &str,
+            expected: Option<&[u8]>,
+            value: &[u8],
+            mode: u32,
+        ) -> io::Result<bool> {
+            self.inner.put_if(key, expected, value, mode)
+        }
+        fn apply(&self, batch: &Batch) -> io::Result<bool> {
+            self.inner.apply(batch)
+        }
+        fn put_many(&self, entries: Vec<portico_store::Entry>) -> io::Result<()> {
+            self.inner.put_many(entries)?;
+            if let Some(other) = lock(&self.collector).take() {
+                let deleted = other.collect(&self.origin, Duration::ZERO).unwrap();
+                assert_eq!(deleted.len(), 1, "the generation being written");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_writer_cannot_name_a_generation_declared_dead_meanwhile() {
+        let dir = std::env::temp_dir().join(format!("portico-slow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let plain: Arc<dyn Store> = Arc::new(portico_store::LocalDir::new(&dir));
+        let z = zone(BASE);
+        let origin = z.origin.clone();
+        SharedZones::new(plain.clone()).publish_whole(&z).unwrap();
+        let slow = Arc::new(CollectedWhileWriting {
+            inner: plain.clone(),
+            collector: Mutex::new(Some(SharedZones::new(plain.clone()))),
+            origin: origin.clone(),
+        });
+        let writer = SharedZones::new(slow.clone());
+        assert!(matches!(
+            writer.read(&origin, Some(1)).unwrap(),
+            Stored::Same
+        ));
+        let mut z2 = Zone::clone(&z);
+        z2.set_serial(2);
+        let err = writer.publish_whole(&z2).unwrap_err();
+        assert!(matches!(err, PersistError::Conflict(_)), "{err}");
+        assert!(lock(&slow.collector).is_none(), "the collector ran");
+        // The head still names the first generation, which reads whole; nothing else is left.
+        let Stored::Zone(read) = SharedZones::new(plain.clone()).read(&origin, None).unwrap()
+        else {
+            panic!("the zone is read")
+        };
+        assert_eq!(read, z);
+        let gens: std::collections::BTreeSet<String> = plain
+            .list(&format!("zones/{origin}/"))
+            .unwrap()
+            .iter()
+            .filter_map(|k| k.split('/').nth(2).map(str::to_string))
+            .filter(|seg| seg.starts_with('g') && seg != "gens")
+            .collect();
+        assert_eq!(gens.len(), 1, "{gens:?}");
+        assert!(plain.list(&gens_prefix(&origin)).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -959,6 +959,16 @@ impl HostedZones {
         let Some(old) = catalog.zones.get(origin) else {
             return Ok(false);
         };
+        if sh.collect_due(origin) {
+            // What a crash left in the store (a generation no head names): deleted in the
+            // background, bucket by bucket, without holding up the poll.
+            let (collector, origin) = (sh.clone(), origin.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = collector.collect(&origin, crate::shared::WRITER_GONE) {
+                    tracing::warn!(zone = %origin, error = %e, "cannot look for dead generations of the zone in the shared store");
+                }
+            });
+        }
         // Reading from the store blocks (a whole generation of a large zone for seconds): off
         // the runtime's thread.
         let (poller, seen) = (sh.clone(), old.clone());

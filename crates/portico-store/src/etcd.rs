@@ -385,15 +385,18 @@ impl Store for Etcd {
         for (k, v) in &batch.puts {
             ops.push(TxnOp::put(self.key(k), v.clone(), None));
         }
-        let mut txn = Txn::new();
-        if let Some((k, v)) = &batch.compare {
-            let k = self.key(k);
-            txn = txn.when([match v {
-                None => Compare::create_revision(k, CompareOp::Equal, 0),
-                Some(v) => Compare::value(k, CompareOp::Equal, v.clone()),
-            }]);
-        }
-        let txn = txn.and_then(ops);
+        let compares: Vec<Compare> = batch
+            .compares
+            .iter()
+            .map(|(k, v)| {
+                let k = self.key(k);
+                match v {
+                    None => Compare::create_revision(k, CompareOp::Equal, 0),
+                    Some(v) => Compare::value(k, CompareOp::Equal, v.clone()),
+                }
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
         let mut c = self.client.clone();
         Ok(self.call(async move { c.txn(txn).await })?.succeeded())
     }

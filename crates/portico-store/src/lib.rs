@@ -19,12 +19,13 @@ pub use local::LocalDir;
 /// A key and its bytes.
 pub type Entry = (String, Vec<u8>);
 
-/// Writes to several keys as one atomic step, applied only when `compare` holds: etcd's
+/// Writes to several keys as one atomic step, applied only when every compare holds: etcd's
 /// transaction, which a zone change in cluster mode is (`portico_dns::shared`).
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    /// The batch applies only while this key holds these bytes (`None`: while it is absent).
-    pub compare: Option<(String, Option<Vec<u8>>)>,
+    /// The batch applies only while each of these keys holds its bytes (`None`: while it is
+    /// absent).
+    pub compares: Vec<(String, Option<Vec<u8>>)>,
     pub puts: Vec<Entry>,
     pub deletes: Vec<String>,
     /// Every key under each of these prefixes is deleted.
@@ -40,10 +41,11 @@ impl Batch {
     /// About what the request weighs against etcd's `--max-request-bytes` (keys and values,
     /// plus a few bytes of framing per operation).
     pub fn bytes(&self) -> usize {
-        let cmp = self
-            .compare
-            .as_ref()
-            .map_or(0, |(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16);
+        let cmp: usize = self
+            .compares
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
         cmp + self
             .puts
             .iter()
@@ -107,10 +109,10 @@ pub trait Store: Send + Sync {
         }
         Ok(out)
     }
-    /// Applies `batch` atomically if its compare holds; `false` when it did not.
+    /// Applies `batch` atomically if its compares hold; `false` when one did not.
     /// A state directory applies it step by step (one process writes it, under its own locks).
     fn apply(&self, batch: &Batch) -> io::Result<bool> {
-        if let Some((key, expected)) = &batch.compare {
+        for (key, expected) in &batch.compares {
             if self.get(key)?.as_ref() != expected.as_ref() {
                 return Ok(false);
             }

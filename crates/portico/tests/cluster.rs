@@ -1088,6 +1088,28 @@ async fn a_zone_larger_than_etcds_request_limit_is_stored_changed_and_served_by_
     }
     assert!(text.len() > 1536 * 1024, "{}", text.len());
     std::fs::write(&file, &text).unwrap();
+    // What a crash during an earlier upload left: a generation written but never named by a
+    // head, listed under gens/ since long ago. The nodes collect it.
+    let orphan = "portico/zones/example.test./gdeadbeefdeadbeef/";
+    etcdctl(
+        &etcd.endpoint,
+        &[
+            "put",
+            "portico/zones/example.test./gens/gdeadbeefdeadbeef",
+            r#"{"buckets":2,"since":0,"dead":false}"#,
+        ],
+    );
+    for bucket in 0..2 {
+        etcdctl(
+            &etcd.endpoint,
+            &[
+                "put",
+                &format!("{orphan}{bucket}/www"),
+                "www 300 IN A 192.0.2.99\n",
+            ],
+        );
+    }
+    assert_eq!(etcd_count(&etcd.endpoint, orphan), 2);
     let dns = free_port();
     let mut nodes: Vec<Node> = (1..=3)
         .map(|n| dns_node(dir.path(), n, dns, &etcd.endpoint, &file))
@@ -1095,6 +1117,16 @@ async fn a_zone_larger_than_etcds_request_limit_is_stored_changed_and_served_by_
     for n in nodes.iter_mut() {
         n.start().await;
     }
+    support::eventually(
+        "the crashed upload's generation is collected",
+        Duration::from_secs(60),
+        || {
+            let left = etcd_count(&etcd.endpoint, orphan)
+                + etcd_count(&etcd.endpoint, "portico/zones/example.test./gens/");
+            async move { left == 0 }
+        },
+    )
+    .await;
     for n in &nodes {
         let ip = n.ip;
         support::eventually(
@@ -1198,8 +1230,9 @@ async fn a_zone_larger_than_etcds_request_limit_is_stored_changed_and_served_by_
 fn a_range_larger_than_one_grpc_answer_is_read_whole_in_smaller_pages() {
     use portico_store::Store;
     let etcd = start_etcd();
-    let store = portico_store::etcd::Etcd::connect(&[etcd.endpoint.clone()], "portico/", None)
-        .expect("connect");
+    let store =
+        portico_store::etcd::Etcd::connect(std::slice::from_ref(&etcd.endpoint), "portico/", None)
+            .expect("connect");
     // 2,100 keys of 4.6 KB (a zone's names with large TXT sets): 9.7 MB, more than one page of
     // 2,000 keys fits in a gRPC answer (4 MiB by default, 8 MiB as the store reads ranges).
     let value = |i: usize| format!("{i:08}").repeat(576).into_bytes();
