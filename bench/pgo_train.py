@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Training run for a profile-guided build (scripts/build-pgo): one instrumented Portico serves
+the load balancer's benchmark loads (bench/run.py's S4, S1, S3, S2) and the DNS benchmark's
+queries (bench/dns.py: UDP and TCP against a 10,000-name zone), then stops with SIGTERM so that
+the LLVM profile runtime writes its counts (to LLVM_PROFILE_FILE).
+
+  bench/pgo_train.py PORTICO_BINARY [SECONDS_PER_LOAD]
+
+Needs nginx (the backend), wrk, h2load, dnsperf and openssl.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dns  # noqa: E402
+import run  # noqa: E402
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    binary = Path(sys.argv[1]).resolve()
+    secs = sys.argv[2] if len(sys.argv) == 3 else "8"
+    work = Path(tempfile.mkdtemp(prefix="portico-pgo-"))
+    run.sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-days", "30", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")])
+    zone, queries = work / f"{dns.ZONE}.zone", work / "queries"
+    dns.write_zone(zone, 10_000)
+    dns.write_queries(queries, 10_000)
+    conf = work / "portico.toml"
+    conf.write_text(f"""
+state_dir = "{work}/state"
+[log]
+level = "warn"
+[dns]
+listen = ["127.0.0.1:{dns.PORT}"]
+[[zone]]
+name = "{dns.ZONE}"
+file = "{zone}"
+[[certificate]]
+name = "bench"
+cert_file = "{work}/cert.pem"
+key_file = "{work}/key.pem"
+[[target_group]]
+name = "backend"
+targets = ["127.0.0.1:{run.BACKEND_PORT}"]
+[[listener]]
+name = "https"
+bind = "127.0.0.1:{run.TLS_PORT}"
+protocol = "https"
+certificates = ["bench"]
+default_action = {{ forward = "backend" }}
+[[listener]]
+name = "http"
+bind = "127.0.0.1:{run.HTTP_PORT}"
+protocol = "http"
+default_action = {{ forward = "backend" }}
+""")
+    backend = run.start_backend(work, run.BACKEND_PORT)
+    proxy = subprocess.Popen([str(binary), "serve", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                             stderr=open(work / "portico.err", "w"), start_new_session=True)
+    try:
+        run.wait_port(run.TLS_PORT)
+        run.wait_port(run.HTTP_PORT)
+        dns.wait_answers(dns.PORT, 60)
+        tls, plain = f"https://localhost:{run.TLS_PORT}/", f"http://127.0.0.1:{run.HTTP_PORT}/"
+        loads = [
+            ("S4 plain HTTP", ["wrk", "-t2", "-c64", f"-d{secs}s", plain]),
+            ("S1 HTTPS keep-alive", ["wrk", "-t2", "-c64", f"-d{secs}s", tls]),
+            ("S3 HTTP/2", ["h2load", "-c", "10", "-m", "10", "-t", "2", "-D", secs, tls]),
+            ("S2 new TLS connections", ["wrk", "-t2", "-c16", "-d3s", "-H", "Connection: close", tls]),
+        ]
+        for label, cmd in loads:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            rate = [line.strip() for line in out.splitlines() if "Requests/sec" in line or "finished in" in line]
+            print(f"{label}: {rate}", flush=True)
+        for mode in ("udp", "tcp"):
+            out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(dns.PORT), "-d", str(queries),
+                                  "-l", secs, "-c", "8", "-T", "2", "-q", "100", "-t", "1", "-m", mode],
+                                 capture_output=True, text=True, check=True).stdout
+            qps = [line.strip() for line in out.splitlines() if "Queries per second" in line]
+            print(f"DNS over {mode}: {qps}", flush=True)
+    finally:
+        os.killpg(proxy.pid, signal.SIGTERM)
+        code = proxy.wait(timeout=60)
+        os.killpg(backend.pid, signal.SIGKILL)
+    if code != 0:
+        sys.exit(f"portico exited with {code} (see {work}/portico.err): its profile may be missing")
+
+
+if __name__ == "__main__":
+    main()
