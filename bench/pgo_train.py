@@ -27,40 +27,16 @@ def main():
     binary = Path(sys.argv[1]).resolve()
     secs = sys.argv[2] if len(sys.argv) == 3 else "8"
     work = Path(tempfile.mkdtemp(prefix="portico-pgo-"))
-    run.sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "30", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")])
+    run.make_cert(work)
     zone, queries = work / f"{dns.ZONE}.zone", work / "queries"
     dns.write_zone(zone, 10_000)
     dns.write_queries(queries, 10_000)
-    conf = work / "portico.toml"
-    conf.write_text(f"""
-state_dir = "{work}/state"
-[log]
-level = "warn"
+    conf = run.portico_config(work, extra=f"""
 [dns]
 listen = ["127.0.0.1:{dns.PORT}"]
 [[zone]]
 name = "{dns.ZONE}"
 file = "{zone}"
-[[certificate]]
-name = "bench"
-cert_file = "{work}/cert.pem"
-key_file = "{work}/key.pem"
-[[target_group]]
-name = "backend"
-targets = ["127.0.0.1:{run.BACKEND_PORT}"]
-[[listener]]
-name = "https"
-bind = "127.0.0.1:{run.TLS_PORT}"
-protocol = "https"
-certificates = ["bench"]
-default_action = {{ forward = "backend" }}
-[[listener]]
-name = "http"
-bind = "127.0.0.1:{run.HTTP_PORT}"
-protocol = "http"
-default_action = {{ forward = "backend" }}
 """)
     backend = run.start_backend(work, run.BACKEND_PORT)
     proxy = subprocess.Popen([str(binary), "serve", "-c", str(conf)], stdout=subprocess.DEVNULL,

@@ -119,20 +119,21 @@ class Proxy:
         return rss
 
 
-class Portico(Proxy):
-    def command(self):
-        conf = self.work / "portico.toml"
-        conf.write_text(f"""
-state_dir = "{self.work}/portico-state"
+def portico_config(work, targets=(BACKEND_PORT,), extra=""):
+    """The benchmark's Portico config (TLS and plain listeners in front of `targets`), with
+    `extra` TOML appended; returns its path."""
+    conf = work / "portico.toml"
+    conf.write_text(f"""
+state_dir = "{work}/portico-state"
 [log]
 level = "warn"
 [[certificate]]
 name = "bench"
-cert_file = "{self.work}/cert.pem"
-key_file = "{self.work}/key.pem"
+cert_file = "{work}/cert.pem"
+key_file = "{work}/key.pem"
 [[target_group]]
 name = "backend"
-targets = [{", ".join(f'"127.0.0.1:{p}"' for p in self.targets)}]
+targets = [{", ".join(f'"127.0.0.1:{p}"' for p in targets)}]
 [[listener]]
 name = "https"
 bind = "127.0.0.1:{TLS_PORT}"
@@ -144,8 +145,20 @@ name = "http"
 bind = "127.0.0.1:{HTTP_PORT}"
 protocol = "http"
 default_action = {{ forward = "backend" }}
-""")
-        return [str(PORTICO), "serve", "-c", str(conf)]
+{extra}""")
+    return conf
+
+
+def make_cert(work):
+    """The ECDSA P-256 certificate every proxy serves (work/cert.pem, work/key.pem)."""
+    sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")])
+
+
+class Portico(Proxy):
+    def command(self):
+        return [str(PORTICO), "serve", "-c", str(portico_config(self.work, self.targets))]
 
 
 class Nginx(Proxy):
@@ -338,9 +351,7 @@ def main():
     if "PORTICO_BIN" not in os.environ:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="portico-bench-"))
-    sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
-        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")])
+    make_cert(work)
     backend_conf = work / "backend.conf"
     backend_conf.write_text(f"""
 worker_processes 1;
