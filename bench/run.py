@@ -12,9 +12,14 @@ backend (an nginx instance answering a fixed 200) on loopback, and is measured i
       requests (wrk's non-2xx and socket errors), for Portico and for nginx (whose default
       `proxy_next_upstream error timeout` retries idempotent requests) as the reference
 
-Proxies run one at a time; rounds interleave them (round 1: portico, nginx, haproxy, caddy; round 2
-again ...), and each figure is the median over rounds. Peak RSS is the sum of VmHWM over the proxy's
-processes at the end of its run. Usage:
+All proxies are started at once, each on ports of its own, and stay up for the whole run; they are
+measured one at a time (the others idle). Within a round each scenario is run for every proxy in
+turn before the next scenario, so that the figures compared with each other are taken within
+seconds of each other (throughput on a shared 2-core machine drifts by 10-20 % over minutes), and
+each round rotates who goes first (round 1: portico, nginx, haproxy, caddy; round 2: nginx,
+haproxy, caddy, portico; ...). Each figure is the median over rounds. Peak RSS is the sum of VmHWM
+over the proxy's processes at the end of the run (S1-S4, every round). S5 runs with a proxy
+instance of its own after each round's S1-S4. Usage:
 
   bench/run.py [--duration 8] [--rounds 2] [--only portico,nginx] [--scenarios S1,S4,S5]
 
@@ -100,31 +105,36 @@ def peak_rss_kb(pid):
 
 
 class Proxy:
-    def __init__(self, name, work, targets=(BACKEND_PORT,)):
+    """One proxy instance. `slot` picks its ports (TLS_PORT + slot, HTTP_PORT + slot) and names its
+    files, so that several instances run side by side."""
+
+    def __init__(self, name, work, targets=(BACKEND_PORT,), slot=0):
         self.name, self.work, self.proc, self.targets = name, work, None, list(targets)
+        self.tls_port, self.http_port = TLS_PORT + slot, HTTP_PORT + slot
+        self.tag = f"{name}-{slot}"
 
     def start(self):
         cmd = self.command()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{self.name}.err", "w"),
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.work / f"{self.tag}.err", "w"),
                                      start_new_session=True)
-        wait_port(TLS_PORT)
-        wait_port(HTTP_PORT)
+        wait_port(self.tls_port)
+        wait_port(self.http_port)
 
     def stop(self):
         rss = peak_rss_kb(self.proc.pid)
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        wait_port_free(TLS_PORT)
-        wait_port_free(HTTP_PORT)
+        wait_port_free(self.tls_port)
+        wait_port_free(self.http_port)
         return rss
 
 
-def portico_config(work, targets=(BACKEND_PORT,), extra=""):
+def portico_config(work, targets=(BACKEND_PORT,), extra="", tls_port=TLS_PORT, http_port=HTTP_PORT, tag="portico"):
     """The benchmark's Portico config (TLS and plain listeners in front of `targets`), with
     `extra` TOML appended; returns its path."""
-    conf = work / "portico.toml"
+    conf = work / f"{tag}.toml"
     conf.write_text(f"""
-state_dir = "{work}/portico-state"
+state_dir = "{work}/{tag}-state"
 [log]
 level = "warn"
 [[certificate]]
@@ -136,13 +146,13 @@ name = "backend"
 targets = [{", ".join(f'"127.0.0.1:{p}"' for p in targets)}]
 [[listener]]
 name = "https"
-bind = "127.0.0.1:{TLS_PORT}"
+bind = "127.0.0.1:{tls_port}"
 protocol = "https"
 certificates = ["bench"]
 default_action = {{ forward = "backend" }}
 [[listener]]
 name = "http"
-bind = "127.0.0.1:{HTTP_PORT}"
+bind = "127.0.0.1:{http_port}"
 protocol = "http"
 default_action = {{ forward = "backend" }}
 {extra}""")
@@ -158,17 +168,18 @@ def make_cert(work):
 
 class Portico(Proxy):
     def command(self):
-        return [str(PORTICO), "serve", "-c", str(portico_config(self.work, self.targets))]
+        conf = portico_config(self.work, self.targets, tls_port=self.tls_port, http_port=self.http_port, tag=self.tag)
+        return [str(PORTICO), "serve", "-c", str(conf)]
 
 
 class Nginx(Proxy):
     def command(self):
-        conf = self.work / "nginx-proxy.conf"
+        conf = self.work / f"nginx-proxy-{self.tag}.conf"
         conf.write_text(f"""
 worker_processes auto;
 daemon off;
-pid {self.work}/nginx-proxy.pid;
-error_log {self.work}/nginx-proxy.error.log warn;
+pid {self.work}/{self.tag}.pid;
+error_log {self.work}/{self.tag}.error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
@@ -177,26 +188,26 @@ http {{
   ssl_session_cache shared:SSL:10m;
   ssl_session_tickets on;
   server {{
-    listen 127.0.0.1:{TLS_PORT} ssl http2;
+    listen 127.0.0.1:{self.tls_port} ssl http2;
     ssl_certificate {self.work}/cert.pem;
     ssl_certificate_key {self.work}/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
   server {{
-    listen 127.0.0.1:{HTTP_PORT};
+    listen 127.0.0.1:{self.http_port};
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
 """)
-        return ["nginx", "-c", str(conf), "-e", str(self.work / "nginx-proxy.error.log")]
+        return ["nginx", "-c", str(conf), "-e", str(self.work / f"{self.tag}.error.log")]
 
 
 class Haproxy(Proxy):
     def command(self):
         pem = self.work / "combined.pem"
         pem.write_text((self.work / "cert.pem").read_text() + (self.work / "key.pem").read_text())
-        conf = self.work / "haproxy.cfg"
+        conf = self.work / f"haproxy-{self.tag}.cfg"
         conf.write_text(f"""
 global
   nbthread 2
@@ -210,10 +221,10 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend tls
-  bind 127.0.0.1:{TLS_PORT} ssl crt {pem} alpn h2,http/1.1
+  bind 127.0.0.1:{self.tls_port} ssl crt {pem} alpn h2,http/1.1
   default_backend be
 frontend plain
-  bind 127.0.0.1:{HTTP_PORT}
+  bind 127.0.0.1:{self.http_port}
   default_backend be
 backend be
 {chr(10).join(f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(self.targets))}
@@ -223,17 +234,17 @@ backend be
 
 class Caddy(Proxy):
     def command(self):
-        conf = self.work / "Caddyfile"
+        conf = self.work / f"Caddyfile-{self.tag}"
         conf.write_text(f"""
 {{
   admin off
   auto_https off
 }}
-https://127.0.0.1:{TLS_PORT}, https://localhost:{TLS_PORT} {{
+https://127.0.0.1:{self.tls_port}, https://localhost:{self.tls_port} {{
   tls {self.work}/cert.pem {self.work}/key.pem
   reverse_proxy {" ".join(f"127.0.0.1:{p}" for p in self.targets)}
 }}
-http://127.0.0.1:{HTTP_PORT} {{
+http://127.0.0.1:{self.http_port} {{
   reverse_proxy {" ".join(f"127.0.0.1:{p}" for p in self.targets)}
 }}
 """)
@@ -272,10 +283,10 @@ def run_wrk(url, duration, close=False):
     return parse_wrk(sh(cmd + [url]).stdout)
 
 
-def run_h2load(duration, work):
+def run_h2load(duration, work, port=TLS_PORT):
     log = work / "h2load.log"
     out = sh(["h2load", "-c", "10", "-m", "10", "-t", "2", "-D", str(duration), "--log-file", str(log),
-              f"https://localhost:{TLS_PORT}/"]).stdout
+              f"https://localhost:{port}/"]).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     times = sorted(int(l.split("\t")[2]) / 1000 for l in log.read_text().splitlines() if l.strip())
     m = re.search(r"(\d+) failed, (\d+) errored", out)
@@ -306,11 +317,11 @@ http {{
 def run_s5(name, duration, work):
     """One of two targets SIGKILLed halfway through a GET load; returns wrk's figures."""
     procs = [start_backend(work, p) for p in S5_BACKENDS]
-    proxy = PROXIES[name](name, work, targets=S5_BACKENDS)
+    proxy = PROXIES[name](name, work, targets=S5_BACKENDS, slot=S5_SLOT)
     proxy.start()
     try:
         wrk = subprocess.Popen(["wrk", "-t2", f"-c{CONNS}", f"-d{duration}s", "--latency",
-                                f"http://127.0.0.1:{HTTP_PORT}/"], stdout=subprocess.PIPE, text=True)
+                                f"http://127.0.0.1:{proxy.http_port}/"], stdout=subprocess.PIPE, text=True)
         time.sleep(duration / 2)
         os.killpg(procs[1].pid, signal.SIGKILL)
         procs[1].wait()
@@ -325,14 +336,15 @@ def run_s5(name, duration, work):
 
 
 SCENARIOS = {
-    "S1 h1 keep-alive TLS": lambda d, w: run_wrk(f"https://localhost:{TLS_PORT}/", d),
-    "S2 new TLS conn/request": lambda d, w: run_wrk(f"https://localhost:{TLS_PORT}/", d, close=True),
-    "S3 h2 10 streams/conn": run_h2load,
-    "S4 plain HTTP": lambda d, w: run_wrk(f"http://127.0.0.1:{HTTP_PORT}/", d),
+    "S1 h1 keep-alive TLS": lambda d, w, p: run_wrk(f"https://localhost:{p.tls_port}/", d),
+    "S2 new TLS conn/request": lambda d, w, p: run_wrk(f"https://localhost:{p.tls_port}/", d, close=True),
+    "S3 h2 10 streams/conn": lambda d, w, p: run_h2load(d, w, p.tls_port),
+    "S4 plain HTTP": lambda d, w, p: run_wrk(f"http://127.0.0.1:{p.http_port}/", d),
 }
 # Run with a proxy of its own (two targets), for these proxies only.
 S5 = "S5 target killed, failed req"
 S5_PROXIES = ("portico", "nginx")
+S5_SLOT = 9  # the S5 instance's ports, apart from the slots of the instances measured in S1-S4
 
 
 def main():
@@ -369,26 +381,31 @@ http {{
                                start_new_session=True, stderr=subprocess.DEVNULL)
     results = {}  # (proxy, scenario) -> list of runs
     rss = {}
+    proxies = {}
     try:
         wait_port(BACKEND_PORT)
         names = args.only.split(",")
+        for slot, name in enumerate(names):
+            proxies[name] = PROXIES[name](name, work, slot=slot)
+            proxies[name].start()
         for rnd in range(args.rounds):
-            for name in names:
-                proxy = PROXIES[name](name, work)
-                proxy.start()
-                try:
-                    for sc, fn in scenarios.items():
-                        r = fn(args.duration, work)
-                        results.setdefault((name, sc), []).append(r)
-                        print(f"round {rnd + 1} {name:8} {sc:26} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.2f} ms"
-                              f"  p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
-                finally:
-                    rss[name] = max(rss.get(name, 0), proxy.stop())
+            # Each round starts with the next proxy, so that no proxy always goes first or last.
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for sc, fn in scenarios.items():
+                for name in order:
+                    r = fn(args.duration, work, proxies[name])
+                    results.setdefault((name, sc), []).append(r)
+                    print(f"round {rnd + 1} {name:8} {sc:26} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.2f} ms"
+                          f"  p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
+            for name in order:
                 if "S5" in wanted and name in S5_PROXIES:
                     r = run_s5(name, args.duration, work)
                     results.setdefault((name, S5), []).append(r)
                     print(f"round {rnd + 1} {name:8} {S5:26} {r['rps']:>10.0f} req/s  failed {r['errors']}", flush=True)
     finally:
+        for name, proxy in proxies.items():
+            if proxy.proc is not None:
+                rss[name] = proxy.stop()
         os.killpg(backend.pid, signal.SIGKILL)
         backend.wait()
     report(results, rss, names, scenarios)
