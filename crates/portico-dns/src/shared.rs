@@ -84,14 +84,18 @@ struct GenEntry {
     dead: bool,
 }
 
+/// Seconds since the Unix epoch on this node's clock (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl GenEntry {
     fn new(buckets: u32, dead: bool) -> GenEntry {
-        let since = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         GenEntry {
             buckets,
-            since,
+            since: unix_now(),
             dead,
         }
     }
@@ -521,7 +525,7 @@ impl SharedZones {
             .store
             .scan(&gens_prefix(origin), rev)
             .map_err(|e| io_error(self.store(), e))?;
-        let now = GenEntry::new(0, false).since;
+        let now = unix_now();
         let mut deleted = Vec::new();
         for (key, bytes) in listed {
             let gen = key.rsplit('/').next().unwrap_or_default().to_string();
