@@ -369,26 +369,11 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "portico"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="portico-bench-"))
     make_cert(work)
-    backend_conf = work / "backend.conf"
-    backend_conf.write_text(f"""
-worker_processes 1;
-daemon off;
-pid {work}/backend.pid;
-error_log {work}/backend.error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{BACKEND_PORT}; location / {{ return 200 "hello from the backend\\n"; }} }}
-}}
-""")
-    backend = subprocess.Popen(["nginx", "-c", str(backend_conf), "-e", str(work / "backend.error.log")],
-                               start_new_session=True, stderr=subprocess.DEVNULL)
+    backend = start_backend(work, BACKEND_PORT)
     results = {}  # (proxy, scenario) -> list of runs
     rss = {}
     proxies = {}
     try:
-        wait_port(BACKEND_PORT)
         names = args.only.split(",")
         for slot, name in enumerate(names):
             proxies[name] = PROXIES[name](name, work, slot=slot)
