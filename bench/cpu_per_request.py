@@ -12,9 +12,9 @@ proxy / backend compares runs made minutes apart.
 
 With --h2 the load is `h2load -c 10 -m 10 -t 2` (the benchmark's S3) instead of wrk.
 
-Example (docs/benchmarks.md, issue 13 step 13): an nginx backend started with a config named
-backend.conf, Portico serving /tmp/prof/portico.toml:
-  bench/cpu_per_request.py portico backend.conf http://127.0.0.1:18980/
+Example (docs/benchmarks.md, issue 13): the backend that bench/run.py starts (its config is
+backend-18900.conf) and Portico serving the benchmark's plain-HTTP listener:
+  bench/cpu_per_request.py "portico serve" backend-18900.conf http://127.0.0.1:18980/
 """
 
 import os

@@ -289,11 +289,13 @@ def run_h2load(duration, work, port=TLS_PORT):
     shm = Path("/dev/shm")
     log = (shm if shm.is_dir() and os.access(shm, os.W_OK) else work) / f"portico-bench-h2load-{os.getpid()}.log"
     log.unlink(missing_ok=True)
-    out = sh(["h2load", "-c", "10", "-m", "10", "-t", "2", "-D", str(duration), "--log-file", str(log),
-              f"https://localhost:{port}/"]).stdout
-    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-    times = sorted(int(l.split("\t")[2]) / 1000 for l in log.read_text().splitlines() if l.strip())
-    log.unlink()
+    try:
+        out = sh(["h2load", "-c", "10", "-m", "10", "-t", "2", "-D", str(duration), "--log-file", str(log),
+                  f"https://localhost:{port}/"]).stdout
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+        times = sorted(int(l.split("\t")[2]) / 1000 for l in log.read_text().splitlines() if l.strip())
+    finally:
+        log.unlink(missing_ok=True)
     m = re.search(r"(\d+) failed, (\d+) errored", out)
     errors = int(m.group(1)) + int(m.group(2)) if m else 0
     return {"rps": rps, "p50_ms": times[len(times) // 2], "p99_ms": times[int(len(times) * 0.99)], "errors": errors}
