@@ -19,7 +19,9 @@ seconds of each other (throughput on a shared 2-core machine drifts by 10-20 % o
 each round rotates who goes first (round 1: portico, nginx, haproxy, caddy; round 2: nginx,
 haproxy, caddy, portico; ...). Each figure is the median over rounds. Peak RSS is the sum of VmHWM
 over the proxy's processes at the end of the run (S1-S4, every round). S5 runs with a proxy
-instance of its own after each round's S1-S4. Usage:
+instance of its own after each round's S1-S4. A second table gives, per scenario, Portico's
+req/s over the best of nginx and HAProxy in each round and the median of those ratios: figures
+paired within a round, which the machine's drift between rounds does not move. Usage:
 
   bench/run.py [--duration 8] [--rounds 2] [--only portico,nginx] [--scenarios S1,S4,S5]
 
@@ -407,6 +409,24 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
 
 
+def paired_ratios(results, scenarios):
+    """Per scenario, Portico's req/s over the best of nginx and HAProxy in each round (figures
+    taken seconds apart), and per round whether Portico's p99 is no worse than the lower of
+    theirs. The machine drifts between rounds; the median of each proxy's own figures can then
+    set one proxy's fast round against another's slow one, while these ratios cannot."""
+    out = {}
+    for sc in scenarios:
+        mine = results.get(("portico", sc))
+        peers = [results[(n, sc)] for n in ("nginx", "haproxy") if (n, sc) in results]
+        if not mine or not peers:
+            continue
+        rounds = min(len(mine), *(len(p) for p in peers))
+        ratios = [mine[i]["rps"] / max(p[i]["rps"] for p in peers) for i in range(rounds)]
+        p99_ok = [mine[i]["p99_ms"] <= min(p[i]["p99_ms"] for p in peers) for i in range(rounds)]
+        out[sc] = (ratios, p99_ok)
+    return out
+
+
 def report(results, rss, names, scenarios):
     med = {k: {m: statistics.median(r[m] for r in v) for m in ["rps", "p50_ms", "p99_ms", "errors"]}
            for k, v in results.items()}
@@ -422,6 +442,15 @@ def report(results, rss, names, scenarios):
         ratio = f"{med[('portico', sc)]['rps'] / max(peers):.2f}x" if peers and ("portico", sc) in med else "-"
         print(f"| {sc} | " + " | ".join(cells) + f" | {ratio} |")
     print("| peak RSS | " + " | ".join(f"{rss[n] / 1024:.1f} MB" for n in names) + " | |")
+    paired = paired_ratios(results, scenarios)
+    if paired:
+        print()
+        print("| scenario | portico / best of nginx, haproxy in each round | median | rounds ahead "
+              "| rounds with p99 no worse |")
+        print("|---|---|---|---|---|")
+        for sc, (ratios, p99_ok) in paired.items():
+            print(f"| {sc} | " + ", ".join(f"{r:.3f}" for r in ratios) + f" | {statistics.median(ratios):.2f}x"
+                  f" | {sum(r >= 1 for r in ratios)} of {len(ratios)} | {sum(p99_ok)} of {len(p99_ok)} |")
     if any(k[1] == S5 for k in results):
         print()
         print(f"| {S5} (each round) | " + " | ".join(n for n in names if (n, S5) in results) + " |")
