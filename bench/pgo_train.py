@@ -25,7 +25,7 @@ def main():
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     binary = Path(sys.argv[1]).resolve()
-    secs = sys.argv[2] if len(sys.argv) == 3 else "8"
+    secs = int(sys.argv[2]) if len(sys.argv) == 3 else 8
     work = Path(tempfile.mkdtemp(prefix="portico-pgo-"))
     run.make_cert(work)
     zone, queries = work / f"{dns.ZONE}.zone", work / "queries"
@@ -45,27 +45,25 @@ file = "{zone}"
         run.wait_port(run.TLS_PORT)
         run.wait_port(run.HTTP_PORT)
         dns.wait_answers(dns.PORT, 60)
-        tls, plain = f"https://localhost:{run.TLS_PORT}/", f"http://127.0.0.1:{run.HTTP_PORT}/"
+        # The loads of bench/run.py's scenarios, through its own functions.
         loads = [
-            ("S4 plain HTTP", ["wrk", "-t2", "-c64", f"-d{secs}s", plain]),
-            ("S1 HTTPS keep-alive", ["wrk", "-t2", "-c64", f"-d{secs}s", tls]),
-            ("S3 HTTP/2", ["h2load", "-c", "10", "-m", "10", "-t", "2", "-D", secs, tls]),
-            ("S2 new TLS connections", ["wrk", "-t2", "-c16", "-d3s", "-H", "Connection: close", tls]),
+            ("S4 plain HTTP", lambda: run.run_wrk(f"http://127.0.0.1:{run.HTTP_PORT}/", secs)),
+            ("S1 HTTPS keep-alive", lambda: run.run_wrk(f"https://localhost:{run.TLS_PORT}/", secs)),
+            ("S3 HTTP/2", lambda: run.run_h2load(secs, work)),
+            ("S2 new TLS connections", lambda: run.run_wrk(f"https://localhost:{run.TLS_PORT}/", 3, close=True)),
         ]
-        for label, cmd in loads:
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            rate = [line.strip() for line in out.splitlines() if "Requests/sec" in line or "finished in" in line]
-            print(f"{label}: {rate}", flush=True)
+        for label, load in loads:
+            print(f"{label}: {load()['rps']:.0f} req/s", flush=True)
         for mode in ("udp", "tcp"):
             out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(dns.PORT), "-d", str(queries),
-                                  "-l", secs, "-c", "8", "-T", "2", "-q", "100", "-t", "1", "-m", mode],
+                                  "-l", str(secs), "-c", "8", "-T", "2", "-q", "100", "-t", "1", "-m", mode],
                                  capture_output=True, text=True, check=True).stdout
             qps = [line.strip() for line in out.splitlines() if "Queries per second" in line]
             print(f"DNS over {mode}: {qps}", flush=True)
     finally:
         os.killpg(proxy.pid, signal.SIGTERM)
-        code = proxy.wait(timeout=60)
         os.killpg(backend.pid, signal.SIGKILL)
+        code = proxy.wait(timeout=60)
     if code != 0:
         sys.exit(f"portico exited with {code} (see {work}/portico.err): its profile may be missing")
 
